@@ -1,0 +1,1 @@
+"""Dagster software-defined assets: thin wiring around loc2vec."""

@@ -1,0 +1,3 @@
+"""loc2vec: location embeddings from OpenStreetMap (domain library, no Dagster imports)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""OpenStreetMap input: file checks, streaming import into channel feature layers."""

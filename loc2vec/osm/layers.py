@@ -1,0 +1,78 @@
+"""The feature-layer stage: import an extract and write versioned GeoParquet plus its schema."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import geopandas as gpd
+
+from loc2vec.geo import BBox
+from loc2vec.io import write_geoparquet, write_json
+from loc2vec.osm.files import file_sha256
+from loc2vec.osm.importer import ImportStats, import_features
+from loc2vec.schema import ChannelSchema, load_schema
+
+
+@dataclass(frozen=True)
+class FeaturesManifest:
+    """Where a feature layer lives and what it was made from (passed between pipeline stages)."""
+
+    path: str
+    schema_path: str
+    bbox: tuple[float, float, float, float]
+    osm_path: str
+    osm_sha256: str
+    schema_name: str
+    schema_digest: str
+    version: str
+    n_features: int
+    features_per_channel: dict[str, int]
+
+    @property
+    def region(self) -> BBox:
+        return BBox(*self.bbox)
+
+    def read(self) -> gpd.GeoDataFrame:
+        return gpd.read_parquet(self.path)
+
+    def schema(self) -> ChannelSchema:
+        return load_schema(self.schema_path)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layers_version(osm_sha256: str, schema: ChannelSchema, bbox: BBox) -> str:
+    text = f"{osm_sha256}|{schema.digest()}|{bbox}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_feature_layers(
+    pbf_path: str | Path,
+    schema: ChannelSchema,
+    out_root: str | Path,
+    bbox: BBox | None = None,
+    node_index: str = "auto",
+) -> tuple[FeaturesManifest, ImportStats]:
+    """Import ``pbf_path`` and write ``<out_root>/<version>/features.parquet`` (atomically)."""
+    frame, stats = import_features(pbf_path, schema, bbox=bbox, node_index=node_index)
+    sha = file_sha256(pbf_path)
+    version = layers_version(sha, schema, stats.bbox)
+    out_dir = Path(out_root) / version
+    schema_path = write_json(schema.source, out_dir / "channels.json")
+    path = write_geoparquet(frame, out_dir / "features.parquet")
+    manifest = FeaturesManifest(
+        path=str(path),
+        schema_path=str(schema_path),
+        bbox=stats.bbox.as_tuple(),
+        osm_path=str(Path(pbf_path).resolve()),
+        osm_sha256=sha,
+        schema_name=schema.name,
+        schema_digest=schema.digest(),
+        version=version,
+        n_features=stats.total,
+        features_per_channel=stats.features_per_channel,
+    )
+    return manifest, stats

@@ -1,0 +1,1 @@
+"""Dagster definitions: the one Definitions object, jobs, schedules and sensors."""

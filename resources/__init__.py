@@ -1,0 +1,6 @@
+"""Dagster resources: typed, configurable wrappers that hand plain values to loc2vec."""
+
+from resources.osm import OsmSource
+from resources.storage import ProjectStorage
+
+__all__ = ["OsmSource", "ProjectStorage"]
