@@ -23,7 +23,7 @@ dagster-home:
 
 ## Run the main job end to end on the embedded extract (import -> ... -> register in MLflow).
 run: install dagster-home
-	$(BIN)/dagster job execute -m pipelines.definitions -j main_job
+	$(BIN)/python -m pipelines.runner
 
 ## Run the tests (fast + slow + server tests; what CI runs).
 test: install

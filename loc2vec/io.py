@@ -35,7 +35,7 @@ def write_atomic(path: str | Path, writer: Callable[[Path], Any]) -> Path:
 
 
 def write_geoparquet(frame: gpd.GeoDataFrame, path: str | Path) -> Path:
-    return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False, write_covering_bbox=True))
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

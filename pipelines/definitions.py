@@ -1,16 +1,30 @@
-"""The one Definitions of the loc2vec code location."""
-
-from __future__ import annotations
+"""The one Definitions of the loc2vec code location (``build_definitions`` for other resources)."""
 
 import dagster as dg
 
-from assets import osm
-from pipelines.jobs import main_job, observe_osm_job
-from resources import OsmSource, ProjectStorage
+from assets import osm, raster
+from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job
+from resources import MapnikRenderer, OsmSource, ProjectStorage
 
-defs = dg.Definitions(
-    assets=[osm.osm_source, osm.osm_features],
-    asset_checks=[osm.osm_features_channels_covered],
-    jobs=[main_job, observe_osm_job],
-    resources={"osm": OsmSource(), "storage": ProjectStorage()},
-)
+
+def build_definitions(
+    osm_source: OsmSource | None = None,
+    storage: ProjectStorage | None = None,
+    renderer: MapnikRenderer | None = None,
+) -> dg.Definitions:
+    """Definitions with the given resources (defaults: environment variables, see README)."""
+    storage = storage or ProjectStorage()
+    return dg.Definitions(
+        assets=[osm.osm_source, osm.osm_features, raster.raster_blocks, raster.raster_mosaic],
+        asset_checks=[osm.osm_features_channels_covered],
+        jobs=[main_job, observe_osm_job, ingest_job, render_job],
+        resources={
+            "osm": osm_source or OsmSource(),
+            "storage": storage,
+            "renderer": renderer or MapnikRenderer(),
+            "io_manager": dg.FilesystemIOManager(base_dir=str(storage.path("dagster_storage"))),
+        },
+    )
+
+
+defs = build_definitions()

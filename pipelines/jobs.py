@@ -1,8 +1,12 @@
-"""Jobs over the asset graph."""
+"""Jobs over the asset graph.
 
-from __future__ import annotations
+Dagster runs a partitioned asset one partition per run, so the end-to-end pipeline is three jobs run in
+order by ``pipelines.runner`` (``make run``): ingest -> render (one run per spatial block) -> main.
+"""
 
 import dagster as dg
+
+from assets.raster import block_partitions
 
 observe_osm_job = dg.define_asset_job(
     "observe_osm_job",
@@ -10,8 +14,21 @@ observe_osm_job = dg.define_asset_job(
     description="Observe the OSM extract: records its content hash as the source's data version.",
 )
 
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.keys("osm_source", "osm_features"),
+    description="Observe the extract and import its feature layers.",
+)
+
+render_job = dg.define_asset_job(
+    "render_job",
+    selection=dg.AssetSelection.keys("raster_blocks"),
+    partitions_def=block_partitions,
+    description="Render one spatial block of the mosaic (a backfill renders all blocks in parallel).",
+)
+
 main_job = dg.define_asset_job(
     "main_job",
-    selection=dg.AssetSelection.keys("osm_source") | dg.AssetSelection.groups("osm"),
-    description="The whole pipeline on the configured extract, end to end.",
+    selection=dg.AssetSelection.keys("raster_mosaic"),
+    description="Everything downstream of the rendered blocks: mosaic validation, ... ",
 )

@@ -1,0 +1,130 @@
+"""raster_blocks (one partition per spatial block) and raster_mosaic (the complete, checked mosaic)."""
+
+import dagster as dg
+import numpy as np
+
+from assets.metadata import markdown_table
+from loc2vec.data.crops import CropReader
+from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.render.grid import block_keys
+from loc2vec.render.mosaic import MosaicManifest, render_mosaic
+from loc2vec.render.preview import channel_panel, composite, markdown_image, overview, png_bytes
+from loc2vec.store.mosaic import inspect_mosaic, open_mosaic
+from resources import MapnikRenderer, ProjectStorage
+from resources.render import blocks_per_side
+
+block_partitions = dg.StaticPartitionsDefinition(block_keys(blocks_per_side()))
+
+
+@dg.asset(
+    partitions_def=block_partitions,
+    group_name="raster",
+    kinds={"mapnik", "zarr"},
+    description="Renders one spatial block of the region into the Zarr mosaic (skips finished units).",
+    code_version="1",
+)
+def raster_blocks(
+    context: dg.AssetExecutionContext,
+    osm_features: FeaturesManifest,
+    renderer: MapnikRenderer,
+    storage: ProjectStorage,
+) -> dg.Output[MosaicManifest]:
+    manifest = render_mosaic(
+        osm_features, renderer.spec(), storage.path("mosaic"), block=context.partition_key
+    )
+    context.log.info(
+        f"{context.partition_key}: rendered {manifest.rendered_units} units, "
+        f"skipped {manifest.skipped_units} already complete, {manifest.seconds:.2f} s"
+    )
+    return dg.Output(
+        manifest,
+        metadata={
+            "rendered_units": manifest.rendered_units,
+            "skipped_units": manifest.skipped_units,
+            "seconds": round(manifest.seconds, 3),
+            "mosaic_version": manifest.version,
+            "store": dg.MetadataValue.path(manifest.path),
+        },
+    )
+
+
+def _sample_previews(store, n: int = 4, size: int = 128, seed: int = 0) -> np.ndarray:
+    """Crops at the ``n`` busiest of a seeded set of candidate locations (so previews show something)."""
+    reader = CropReader.from_store(store.path)
+    rng = np.random.default_rng(seed)
+    cols = rng.uniform(size, max(reader.width - size, size + 1), 64)
+    rows = rng.uniform(size, max(reader.height - size, size + 1), 64)
+    crops, _ = reader.crops_px(cols, rows, size)
+    busiest = np.argsort(-crops.reshape(64, -1).mean(axis=1), kind="stable")[:n]
+    return crops[busiest].transpose(0, 3, 1, 2)
+
+
+@dg.asset(
+    group_name="raster",
+    kinds={"zarr"},
+    description="The complete 12-channel mosaic of the region, validated, with previews.",
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec("complete", asset="raster_mosaic", blocking=True, description="No unit missing."),
+        dg.AssetCheckSpec(
+            "values_in_range", asset="raster_mosaic", blocking=True, description="uint8, non-blank."
+        ),
+        dg.AssetCheckSpec("channel_coverage", asset="raster_mosaic", description="Warns on empty channels."),
+    ],
+)
+def raster_mosaic(
+    context: dg.AssetExecutionContext, raster_blocks: dict[str, MosaicManifest], storage: ProjectStorage
+):
+    versions = {m.version for m in raster_blocks.values()}
+    if len(versions) != 1:
+        raise dg.Failure(
+            f"blocks were rendered for different mosaic versions {sorted(versions)}: re-render all blocks"
+        )
+    first = next(iter(raster_blocks.values()))
+    store = open_mosaic(first.path)
+    report = inspect_mosaic(store)
+    if not report.complete:
+        raise dg.Failure(
+            f"mosaic {first.path} is missing units {report.missing_units[:10]}: render every block"
+        )
+    names = first.channel_names
+    picture = composite(overview(store, 1024))
+    overview_path = storage.path("mosaic", f"{first.version}_overview.png")
+    overview_path.write_bytes(png_bytes(picture))
+    panel = channel_panel(_sample_previews(store), names)
+    grid = first.mosaic_grid
+    coverage = markdown_table(["channel", "share of pixels > 0"], [(n, report.coverage[n]) for n in names])
+    yield dg.Output(
+        first,
+        data_version=dg.DataVersion(first.version),
+        metadata={
+            "coverage": coverage,
+            "size_px": f"{grid.width} x {grid.height} x {len(names)}",
+            "resolution_m": grid.resolution,
+            "crs": f"EPSG:{grid.crs_epsg}",
+            "chunks_written": report.chunks_written,
+            "chunks_total": report.chunks_total,
+            "mosaic_version": first.version,
+            "store": dg.MetadataValue.path(first.path),
+            "preview": dg.MetadataValue.md(markdown_image(png_bytes(panel), "12 channels at 4 locations")),
+            "region": dg.MetadataValue.md(markdown_image(png_bytes(picture), "region composite")),
+            "overview_png": dg.MetadataValue.path(str(overview_path)),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="complete",
+        passed=report.complete,
+        metadata={"missing_units": len(report.missing_units), "chunks_written": report.chunks_written},
+    )
+    in_range = store.mosaic.dtype == np.uint8 and report.max_value > 0 and report.min_value >= 0
+    yield dg.AssetCheckResult(
+        check_name="values_in_range",
+        passed=bool(in_range),
+        metadata={"min": report.min_value, "max": report.max_value, "dtype": str(store.mosaic.dtype)},
+    )
+    yield dg.AssetCheckResult(
+        check_name="channel_coverage",
+        passed=not report.empty_channels,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"empty_channels": ", ".join(report.empty_channels) or "none", "coverage": coverage},
+    )

@@ -1,0 +1,1 @@
+"""Sample locations, spatial splits, crops with augmentation, triplet datasets."""

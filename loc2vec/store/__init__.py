@@ -1,0 +1,1 @@
+"""Zarr tensor store: the mosaic array, its attributes and per-unit completion records."""

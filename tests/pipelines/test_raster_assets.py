@@ -1,0 +1,47 @@
+"""The staged pipeline through Dagster: ingest -> one render run per block -> validated mosaic."""
+
+import dagster as dg
+import pytest
+
+from pipelines.definitions import build_definitions
+from pipelines.runner import PipelineFailed, run_pipeline
+from resources import MapnikRenderer, OsmSource, ProjectStorage
+from tests.conftest import KOTKA
+
+
+def _defs(tmp_path, **renderer):
+    return build_definitions(
+        OsmSource(pbf_path=str(KOTKA)),
+        ProjectStorage(data_dir=str(tmp_path)),
+        MapnikRenderer(**renderer),
+    )
+
+
+def test_runner_materializes_every_block_and_the_checked_mosaic(tmp_path):
+    with dg.instance_for_test() as instance:
+        results = run_pipeline(_defs(tmp_path, resolution_m=2.0, unit_chunks=1), instance, log=lambda _: None)
+        assert [k for k in results if k.startswith("render_job")] == [
+            "render_job[block-0-0]",
+            "render_job[block-0-1]",
+            "render_job[block-1-0]",
+            "render_job[block-1-1]",
+        ]
+        record = instance.get_latest_materialization_event(dg.AssetKey("raster_mosaic"))
+        meta = record.asset_materialization.metadata
+        assert "data:image/png;base64," in meta["preview"].value
+        assert "data:image/png;base64," in meta["region"].value
+        assert "| buildings |" in meta["coverage"].value
+        checks = {e.check_name: e.passed for e in results["main_job"].get_asset_check_evaluations()}
+        assert checks["complete"] and checks["values_in_range"]
+        assert checks["channel_coverage"] is False  # Kotka has no railway or water: warned, not blocking
+        for key in ("block-0-0", "block-1-1"):
+            assert instance.get_latest_materialization_event(dg.AssetKey("raster_blocks")) is not None
+            assert key in instance.get_materialized_partitions(dg.AssetKey("raster_blocks"))
+
+
+def test_bad_resolution_fails_the_render_stage_and_records_nothing(tmp_path):
+    with dg.instance_for_test() as instance:
+        with pytest.raises(PipelineFailed, match=r"render_job\[block-0-0\].*resolution"):
+            run_pipeline(_defs(tmp_path, resolution_m=0.0), instance, log=lambda _: None)
+        assert instance.get_latest_materialization_event(dg.AssetKey("raster_blocks")) is None
+        assert not list(tmp_path.glob("mosaic/*.zarr"))
