@@ -29,9 +29,7 @@ def raster_blocks(
     renderer: MapnikRenderer,
     storage: ProjectStorage,
 ) -> dg.Output[MosaicManifest]:
-    manifest = render_mosaic(
-        osm_features, renderer.spec(), storage.path("mosaic"), block=context.partition_key
-    )
+    manifest = render_mosaic(osm_features, renderer.spec(), storage.path("mosaic"), block=context.partition_key)
     context.log.info(
         f"{context.partition_key}: rendered {manifest.rendered_units} units, "
         f"skipped {manifest.skipped_units} already complete, {manifest.seconds:.2f} s"
@@ -66,27 +64,19 @@ def _sample_previews(store, n: int = 4, size: int = 128, seed: int = 0) -> np.nd
     code_version="1",
     check_specs=[
         dg.AssetCheckSpec("complete", asset="raster_mosaic", blocking=True, description="No unit missing."),
-        dg.AssetCheckSpec(
-            "values_in_range", asset="raster_mosaic", blocking=True, description="uint8, non-blank."
-        ),
+        dg.AssetCheckSpec("values_in_range", asset="raster_mosaic", blocking=True, description="uint8, non-blank."),
         dg.AssetCheckSpec("channel_coverage", asset="raster_mosaic", description="Warns on empty channels."),
     ],
 )
-def raster_mosaic(
-    context: dg.AssetExecutionContext, raster_blocks: dict[str, MosaicManifest], storage: ProjectStorage
-):
+def raster_mosaic(context: dg.AssetExecutionContext, raster_blocks: dict[str, MosaicManifest], storage: ProjectStorage):
     versions = {m.version for m in raster_blocks.values()}
     if len(versions) != 1:
-        raise dg.Failure(
-            f"blocks were rendered for different mosaic versions {sorted(versions)}: re-render all blocks"
-        )
+        raise dg.Failure(f"blocks were rendered for different mosaic versions {sorted(versions)}: re-render all blocks")
     first = next(iter(raster_blocks.values()))
     store = open_mosaic(first.path)
     report = inspect_mosaic(store)
     if not report.complete:
-        raise dg.Failure(
-            f"mosaic {first.path} is missing units {report.missing_units[:10]}: render every block"
-        )
+        raise dg.Failure(f"mosaic {first.path} is missing units {report.missing_units[:10]}: render every block")
     names = first.channel_names
     picture = composite(overview(store, 1024))
     overview_path = storage.path("mosaic", f"{first.version}_overview.png")

@@ -2,26 +2,37 @@
 
 import dagster as dg
 
-from assets import osm, raster
+from assets import osm, raster, training
 from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job
-from resources import MapnikRenderer, OsmSource, ProjectStorage
+from resources import MapnikRenderer, MlflowTracking, OsmSource, ProjectStorage, TorchDevice
 
 
 def build_definitions(
     osm_source: OsmSource | None = None,
     storage: ProjectStorage | None = None,
     renderer: MapnikRenderer | None = None,
+    device: TorchDevice | None = None,
+    mlflow_tracking: MlflowTracking | None = None,
 ) -> dg.Definitions:
     """Definitions with the given resources (defaults: environment variables, see README)."""
     storage = storage or ProjectStorage()
     return dg.Definitions(
-        assets=[osm.osm_source, osm.osm_features, raster.raster_blocks, raster.raster_mosaic],
-        asset_checks=[osm.osm_features_channels_covered],
+        assets=[
+            osm.osm_source,
+            osm.osm_features,
+            raster.raster_blocks,
+            raster.raster_mosaic,
+            training.sample_locations,
+            training.trained_model,
+        ],
+        asset_checks=[osm.osm_features_channels_covered, training.trained_model_weights_finite],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
         resources={
             "osm": osm_source or OsmSource(),
             "storage": storage,
             "renderer": renderer or MapnikRenderer(),
+            "device": device or TorchDevice(),
+            "mlflow_tracking": mlflow_tracking or MlflowTracking(),
             "io_manager": dg.FilesystemIOManager(base_dir=str(storage.path("dagster_storage"))),
         },
     )

@@ -29,6 +29,6 @@ render_job = dg.define_asset_job(
 
 main_job = dg.define_asset_job(
     "main_job",
-    selection=dg.AssetSelection.keys("raster_mosaic"),
-    description="Everything downstream of the rendered blocks: mosaic validation, ... ",
+    selection=dg.AssetSelection.keys("raster_blocks").downstream(include_self=False),
+    description="Everything downstream of the rendered blocks: mosaic, splits, training, evaluation.",
 )

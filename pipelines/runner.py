@@ -32,9 +32,9 @@ def _error_of(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
-            while error.cause is not None:  # the user's exception, not Dagster's wrapper
-                error = error.cause
-            return error.message.strip()
+            while error.cls_name.startswith("Dagster") and error.cause is not None:
+                error = error.cause  # the user's exception, not Dagster's wrapper
+            return f"{event.step_key}: {error.message.strip()}"
     return "unknown error"
 
 
@@ -43,8 +43,12 @@ def run_pipeline(
     instance: dg.DagsterInstance | None = None,
     run_config: dict | None = None,
     log: Callable[[str], None] = print,
+    main_assets: list[str] | None = None,
 ) -> dict[str, dg.ExecuteInProcessResult]:
-    """Execute every stage; raise PipelineFailed at the first failing run."""
+    """Execute every stage; raise PipelineFailed at the first failing run.
+
+    ``main_assets`` restricts the last stage to these assets (default: all of ``main_job``).
+    """
     instance = instance or _instance()
     results: dict[str, dg.ExecuteInProcessResult] = {}
     for job_name, partitioned in STAGES:
@@ -54,8 +58,13 @@ def run_pipeline(
             label = f"{job_name}[{key}]" if key else job_name
             started = time.perf_counter()
             config = (run_config or {}).get(job_name)
+            selection = [dg.AssetKey(k) for k in main_assets] if main_assets and job_name == "main_job" else None
             result = job.execute_in_process(
-                instance=instance, partition_key=key, run_config=config, raise_on_error=False
+                instance=instance,
+                partition_key=key,
+                run_config=config,
+                raise_on_error=False,
+                asset_selection=selection,
             )
             results[label] = result
             if not result.success:

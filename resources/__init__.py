@@ -3,5 +3,7 @@
 from resources.osm import OsmSource
 from resources.render import MapnikRenderer
 from resources.storage import ProjectStorage
+from resources.torch_device import TorchDevice
+from resources.tracking import MlflowTracking
 
-__all__ = ["MapnikRenderer", "OsmSource", "ProjectStorage"]
+__all__ = ["MapnikRenderer", "MlflowTracking", "OsmSource", "ProjectStorage", "TorchDevice"]

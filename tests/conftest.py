@@ -25,3 +25,33 @@ def _isolated_data_dir(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("LOC2VEC_SCHEMA", raising=False)
     os.environ.setdefault("MPLBACKEND", "Agg")
     yield data_dir
+
+
+TRAIN_REGION = (7.405, 43.722, 7.445, 43.752)  # Monaco proper, ~3.2 x 3.3 km
+
+
+@pytest.fixture(scope="session")
+def monaco_mosaic(tmp_path_factory):
+    """Features and a 3 m/px mosaic of central Monaco, built once per test session."""
+    from loc2vec.geo import BBox
+    from loc2vec.osm.layers import build_feature_layers
+    from loc2vec.render.mosaic import MosaicSpec, render_mosaic
+    from loc2vec.schema import load_schema
+
+    root = tmp_path_factory.mktemp("monaco-mosaic")
+    features, _ = build_feature_layers(MONACO, load_schema(), root / "features", bbox=BBox(*TRAIN_REGION))
+    mosaic = render_mosaic(features, MosaicSpec(resolution=3.0), root / "mosaic")
+    return features, mosaic
+
+
+@pytest.fixture(scope="session")
+def monaco_samples(monaco_mosaic, tmp_path_factory):
+    from loc2vec.data.crops import CropReader
+    from loc2vec.data.locations import build_sample_locations
+    from loc2vec.data.samples import SplitSpec
+
+    _, mosaic = monaco_mosaic
+    reader = CropReader.from_store(mosaic.path)
+    spec = SplitSpec(spacing_m=40.0, block_m=700.0, crop_px=64, seed=0)
+    manifest, _ = build_sample_locations(reader, spec, mosaic.version, tmp_path_factory.mktemp("samples"))
+    return reader, manifest

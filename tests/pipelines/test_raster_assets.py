@@ -19,7 +19,12 @@ def _defs(tmp_path, **renderer):
 
 def test_runner_materializes_every_block_and_the_checked_mosaic(tmp_path):
     with dg.instance_for_test() as instance:
-        results = run_pipeline(_defs(tmp_path, resolution_m=2.0, unit_chunks=1), instance, log=lambda _: None)
+        results = run_pipeline(
+            _defs(tmp_path, resolution_m=2.0, unit_chunks=1),
+            instance,
+            log=lambda _: None,
+            main_assets=["raster_mosaic"],
+        )
         assert [k for k in results if k.startswith("render_job")] == [
             "render_job[block-0-0]",
             "render_job[block-0-1]",

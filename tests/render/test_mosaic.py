@@ -67,9 +67,7 @@ def test_a_building_lands_on_its_pixels_within_one_pixel(features, tmp_path):
     assert inner.sum() > 50
     assert (channel[inner] == 255).all()
     others = shapely.union_all(buildings.geometry.to_numpy())
-    ring = _rasterize_centres(
-        grid, big.buffer(2.0 * grid.resolution).difference(others.buffer(1.5 * grid.resolution))
-    )
+    ring = _rasterize_centres(grid, big.buffer(2.0 * grid.resolution).difference(others.buffer(1.5 * grid.resolution)))
     assert ring.sum() > 10
     assert (channel[ring] == 0).all()
 

@@ -57,9 +57,7 @@ class DagsterDev:
 
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 30.0) -> dict:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        req = urllib.request.Request(
-            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
+        req = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 payload = json.load(resp)
@@ -278,16 +276,10 @@ def _wait_for_run(server: DagsterDev, run_id: str) -> dict:
             return {**run, "seen": seen}
         if run["status"] in ("FAILURE", "CANCELED"):
             events = server.graphql(RUN_ERRORS, {"runId": run_id})["logsForRun"].get("events", [])
-            errors = [
-                f"{e.get('stepKey')}: {e['message']}"
-                for e in events
-                if e.get("level") in ("ERROR", "CRITICAL")
-            ]
+            errors = [f"{e.get('stepKey')}: {e['message']}" for e in events if e.get("level") in ("ERROR", "CRITICAL")]
             pytest.fail(f"run {run_id} ended {run['status']}:\n" + "\n".join(errors))
         time.sleep(0.5)
-    pytest.fail(
-        f"run {run_id} not finished after {RUN_TIMEOUT:.0f} s (statuses {seen}):\n{server.log_tail()}"
-    )
+    pytest.fail(f"run {run_id} not finished after {RUN_TIMEOUT:.0f} s (statuses {seen}):\n{server.log_tail()}")
 
 
 def test_materialize_osm_assets_like_the_ui(dagster_dev):

@@ -1,0 +1,153 @@
+"""sample_locations (spatial splits, blocking leakage check) and trained_model (MLflow-registered)."""
+
+import dagster as dg
+from pydantic import Field
+
+from assets.metadata import markdown_table
+from loc2vec.data.crops import CropReader
+from loc2vec.data.locations import SamplesManifest, build_sample_locations, split_table
+from loc2vec.data.samples import SplitSpec
+from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.render.mosaic import MosaicManifest
+from loc2vec.tracking import git_commit
+from loc2vec.training.config import TrainConfig
+from loc2vec.training.run import ModelManifest, train_and_register
+from resources import MlflowTracking, ProjectStorage, TorchDevice
+from resources.paths import PROJECT_ROOT
+
+
+class SamplesConfig(dg.Config):
+    spacing_m: float = Field(60.0, description="Candidate grid spacing (metres).")
+    empty_share: float = Field(0.05, description="Share of empty candidates kept (sea, blank land).")
+    block_m: float = Field(1500.0, description="Edge of the square spatial blocks that go whole to a split.")
+    test_fraction: float = Field(0.2, description="Share of anchors (by whole blocks) for test.")
+    val_fraction: float = Field(0.1, description="Share of anchors (by whole blocks) for validation.")
+    r_pos_m: float = Field(100.0, description="Positive radius; part of the leak buffer.")
+    crop_px: int = Field(128, description="Crop edge in pixels; its diagonal is part of the leak buffer.")
+    seed: int = Field(0, description="Seed of the candidate jitter and the block assignment.")
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"parquet"},
+    description="Anchor locations with train/val/test splits by spatial blocks and a leak buffer.",
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_split_leakage",
+            asset="sample_locations",
+            blocking=True,
+            description="No test anchor within r_pos + crop diagonal of a train or val anchor.",
+        )
+    ],
+)
+def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, storage: ProjectStorage):
+    spec = SplitSpec(**config.model_dump())
+    reader = CropReader.from_store(raster_mosaic.path)
+    manifest, report = build_sample_locations(reader, spec, raster_mosaic.version, storage.path("samples"))
+    frame = manifest.read()
+    yield dg.Output(
+        manifest,
+        metadata={
+            "splits": markdown_table(["split", "anchors", "blocks"], split_table(frame)),
+            "leak_distance_m": round(report.leak_distance_m, 1),
+            "min_test_train_m": round(report.min_test_train_m, 1),
+            "busy_share": round(float(frame["busy"].mean()), 4),
+            "path": dg.MetadataValue.path(manifest.path),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="no_split_leakage",
+        passed=report.passed,
+        metadata={
+            "violations": report.violations,
+            "min_test_train_m": report.min_test_train_m,
+            "min_test_val_m": report.min_test_val_m,
+            "leak_distance_m": report.leak_distance_m,
+        },
+    )
+
+
+class TrainingConfig(dg.Config):
+    encoder: str = Field("small_cnn", description="small_cnn | resnet18 | efficientnet_b0 | mobilenet_v3_small")
+    embedding_dim: int = Field(16, description="Embedding size (16 as in Loc2Vec; 64/128 allowed).")
+    weights_path: str | None = Field(None, description="Local torchvision RGB weights (inflated to 12 ch).")
+    loss: str = Field("triplet", description="triplet (margin) | soft_pn (Sentiance).")
+    margin: float = Field(0.2, description="Triplet margin.")
+    mining: str = Field("semihard", description="In-batch mining: semihard | hard | all.")
+    epochs: int = Field(12, description="Maximum epochs (early stopping on validation loss).")
+    steps_per_epoch: int = Field(40, description="Batches per epoch.")
+    batch_size: int = Field(64, description="Anchors per batch (plus as many positives).")
+    lr: float = Field(2e-3, description="Peak learning rate (one-cycle).")
+    r_pos_m: float = Field(100.0, description="Positives within this distance of the anchor.")
+    r_neg_m: float = Field(500.0, description="Negatives at least this far from the anchor.")
+    patience: int = Field(4, description="Early-stopping patience in epochs.")
+    seed: int = Field(0, description="Seed of weights and data order.")
+    num_workers: int = Field(0, description="DataLoader worker processes.")
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+    pool="gpu",
+    description="Triplet-trained encoder, logged and registered in MLflow with its data lineage.",
+    code_version="1",
+)
+def trained_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    sample_locations: SamplesManifest,
+    raster_mosaic: MosaicManifest,
+    osm_features: FeaturesManifest,
+    device: TorchDevice,
+    mlflow_tracking: MlflowTracking,
+    storage: ProjectStorage,
+) -> dg.Output[ModelManifest]:
+    train_config = TrainConfig(**config.model_dump(), crop_px=sample_locations.spec["crop_px"])
+    uri = mlflow_tracking.uri(storage.data_dir)
+    spec = device.spec()
+    context.log.info(f"training on {spec.describe()}, tracking at {uri}")
+    run_dir = storage.path("models", f"{raster_mosaic.version}-{train_config.digest()}")
+    manifest = train_and_register(
+        train_config,
+        sample_locations,
+        raster_mosaic.path,
+        raster_mosaic.version,
+        osm_features.osm_sha256,
+        osm_features.schema().to_json(),
+        spec,
+        run_dir,
+        uri,
+        lineage_tags={"dagster_run_id": context.run.run_id, "git_commit": git_commit(PROJECT_ROOT)},
+        model_name=mlflow_tracking.model_name,
+        experiment=mlflow_tracking.experiment,
+        log=context.log.info,
+    )
+    rows = [
+        (h["epoch"], h["train_loss"], h["val_loss"], h["val_triplet_accuracy"], h["samples_per_s"])
+        for h in manifest.history
+    ]
+    return dg.Output(
+        manifest,
+        metadata={
+            "epochs": markdown_table(["epoch", "train loss", "val loss", "val triplet acc", "samples/s"], rows),
+            "best_epoch": manifest.best_epoch,
+            "model_version": manifest.model_version,
+            "model_uri": manifest.model_uri,
+            "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(manifest.experiment_id, manifest.run_id)),
+            "mlflow_model": dg.MetadataValue.url(
+                mlflow_tracking.model_url(manifest.model_name, manifest.model_version)
+            ),
+            "device": spec.describe(),
+            "weights": dg.MetadataValue.path(manifest.weights_path),
+        },
+    )
+
+
+@dg.asset_check(asset=trained_model, blocking=True, description="All model weights are finite.")
+def trained_model_weights_finite(trained_model: ModelManifest) -> dg.AssetCheckResult:
+    import torch
+
+    state = torch.load(trained_model.weights_path, map_location="cpu", weights_only=True)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    return dg.AssetCheckResult(passed=not bad, metadata={"non_finite_tensors": ", ".join(bad) or "none"})

@@ -1,0 +1,165 @@
+"""Anchor locations and spatial train/val/test splits with a leakage buffer.
+
+Rule for anchors: a seeded, jittered grid over the mosaic; a candidate is *busy* when the 32x32-px
+window around it has any drawn pixel. Every busy candidate is kept; empty ones (open sea, blank land)
+are kept with probability ``empty_share`` so the model still sees them, without letting them dominate.
+
+Splits are by square spatial blocks: whole blocks go to test, val or train (seeded), then every
+train/val anchor closer than ``leak_distance_m`` to a test anchor (and every train anchor that close to
+a val anchor) is moved to split ``buffer`` and never used. ``leak_distance_m = r_pos + crop diagonal``:
+a positive of a train anchor lies within ``r_pos`` of it and any rotated crop reaches half a diagonal
+from its centre, so no pixel of any training crop can appear in a test crop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from loc2vec.data.crops import CropReader
+from loc2vec.errors import ConfigError
+
+SPLITS = ("train", "val", "test", "buffer")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Sampling and split parameters (metres on the ground)."""
+
+    spacing_m: float = 60.0
+    empty_share: float = 0.05
+    block_m: float = 1500.0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    r_pos_m: float = 100.0
+    crop_px: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.spacing_m <= 0 or self.block_m <= 0 or self.r_pos_m < 0 or self.crop_px <= 0:
+            raise ConfigError("spacing_m, block_m, crop_px must be > 0 and r_pos_m >= 0")
+        if not (0 < self.test_fraction < 1 and 0 <= self.val_fraction < 1):
+            raise ConfigError("test_fraction must be in (0, 1) and val_fraction in [0, 1)")
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ConfigError("test_fraction + val_fraction must leave room for training")
+        if not 0 <= self.empty_share <= 1:
+            raise ConfigError("empty_share must be in [0, 1]")
+
+    def leak_distance_m(self, resolution: float) -> float:
+        return self.r_pos_m + self.crop_px * resolution * math.sqrt(2)
+
+
+def candidate_anchors(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
+    """Jittered grid of candidates with their busy flag (pixel and CRS coordinates)."""
+    grid = reader.grid
+    rng = np.random.default_rng(spec.seed)
+    step = spec.spacing_m / grid.resolution
+    cols = np.arange(step / 2, reader.width, step)
+    rows = np.arange(step / 2, reader.height, step)
+    cc, rr = np.meshgrid(cols, rows)
+    cc = (cc + rng.uniform(-step / 2, step / 2, cc.shape)).clip(0, reader.width - 1).ravel()
+    rr = (rr + rng.uniform(-step / 2, step / 2, rr.shape)).clip(0, reader.height - 1).ravel()
+    busy = np.zeros(cc.size, dtype=bool)
+    for start in range(0, cc.size, 512):
+        window, _ = reader.crops_px(cc[start : start + 512], rr[start : start + 512], 32)
+        busy[start : start + 512] = window.reshape(window.shape[0], -1).any(axis=1)
+    keep = busy | (rng.random(cc.size) < spec.empty_share)
+    x, y = grid.pixel_to_xy(cc[keep], rr[keep])
+    lon, lat = grid.pixel_to_lonlat(cc[keep], rr[keep])
+    return pd.DataFrame({"x": x, "y": y, "lon": lon, "lat": lat, "busy": busy[keep]})
+
+
+def assign_blocks(frame: pd.DataFrame, x0: float, y0: float, block_m: float) -> pd.Series:
+    i = np.floor((y0 - frame["y"].to_numpy()) / block_m).astype(int)
+    j = np.floor((frame["x"].to_numpy() - x0) / block_m).astype(int)
+    return pd.Series([f"r{a}c{b}" for a, b in zip(i, j, strict=True)], index=frame.index)
+
+
+def split_blocks(frame: pd.DataFrame, spec: SplitSpec) -> pd.Series:
+    """Seeded assignment of whole blocks: test first, then val, the rest train (by anchor share)."""
+    counts = frame.groupby("block").size()
+    order = np.random.default_rng(spec.seed + 1).permutation(counts.index.to_numpy())
+    total, acc = counts.sum(), 0
+    label: dict[str, str] = {}
+    for block in order:
+        share = acc / total
+        if share < spec.test_fraction:
+            label[block] = "test"
+        elif share < spec.test_fraction + spec.val_fraction:
+            label[block] = "val"
+        else:
+            label[block] = "train"
+        acc += counts[block]
+    return frame["block"].map(label)
+
+
+def _near(points: np.ndarray, others: np.ndarray, distance: float) -> np.ndarray:
+    if len(others) == 0 or len(points) == 0:
+        return np.zeros(len(points), dtype=bool)
+    d, _ = cKDTree(others).query(points, k=1, distance_upper_bound=distance)
+    return np.isfinite(d) & (d <= distance)
+
+
+def apply_buffer(frame: pd.DataFrame, leak_distance: float) -> pd.Series:
+    """Move train/val anchors near test (and train anchors near val) to ``buffer``."""
+    split = frame["split"].copy()
+    xy = frame[["x", "y"]].to_numpy()
+    test = xy[(split == "test").to_numpy()]
+    for name in ("val", "train"):
+        mask = (split == name).to_numpy()
+        split[mask & _near(xy, test, leak_distance)] = "buffer"
+    val = xy[(split == "val").to_numpy()]
+    train_mask = (split == "train").to_numpy()
+    split[train_mask & _near(xy, val, leak_distance)] = "buffer"
+    return split
+
+
+def sample_locations(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
+    """Anchors with block ids and splits; raises ConfigError when a split ends up empty."""
+    frame = candidate_anchors(reader, spec)
+    if frame.empty:
+        raise ConfigError("no anchor locations: the mosaic is empty")
+    frame["block"] = assign_blocks(frame, reader.grid.x0, reader.grid.y0, spec.block_m)
+    frame["split"] = split_blocks(frame, spec)
+    frame["split"] = apply_buffer(frame, spec.leak_distance_m(reader.grid.resolution))
+    sizes = frame["split"].value_counts()
+    missing = [s for s in ("train", "test") if sizes.get(s, 0) == 0]
+    if missing:
+        raise ConfigError(
+            f"split(s) {missing} are empty: the region is too small for block_m={spec.block_m} m "
+            f"and a leak buffer of {spec.leak_distance_m(reader.grid.resolution):.0f} m"
+        )
+    return frame.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class LeakageReport:
+    min_test_train_m: float
+    min_test_val_m: float
+    violations: int
+    leak_distance_m: float
+
+    @property
+    def passed(self) -> bool:
+        return self.violations == 0
+
+
+def leakage_report(frame: pd.DataFrame, leak_distance: float) -> LeakageReport:
+    """Distances between test anchors and train/val anchors; a violation is one closer than allowed."""
+    xy = frame[["x", "y"]].to_numpy()
+    test = xy[(frame["split"] == "test").to_numpy()]
+    out = {}
+    violations = 0
+    for name in ("train", "val"):
+        other = xy[(frame["split"] == name).to_numpy()]
+        if len(other) == 0 or len(test) == 0:
+            out[name] = math.inf
+            continue
+        d, _ = cKDTree(other).query(test, k=1)
+        out[name] = float(d.min())
+        violations += int((d <= leak_distance).sum())
+    return LeakageReport(out["train"], out["val"], violations, leak_distance)

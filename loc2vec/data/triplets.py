@@ -1,0 +1,136 @@
+"""Triplet batches cut on the fly from the mosaic, with seeded augmentation.
+
+A batch is ``(anchors, positives, locations)``: uint8 crops of shape (B, S, S, C) and the anchors' CRS
+coordinates (B, 2). Any other anchor's pair in the batch is a negative for in-batch mining, except those
+within ``r_neg_m`` (the loss drops such triplets using ``locations``). A positive is a crop centred
+within ``r_pos_m`` of its anchor. Augmentations: any-angle rotation (independent for anchor and
+positive), small shifts, flips, channel dropout. Batch ``k`` of epoch ``e`` depends only on ``(seed, e,
+k)``, so a resumed run sees exactly the same data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from loc2vec.data.crops import CropReader
+from loc2vec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TripletSpec:
+    crop_px: int = 128
+    r_pos_m: float = 100.0
+    r_neg_m: float = 500.0
+    batch_size: int = 64
+    max_shift_px: int = 4
+    flip: bool = True
+    channel_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.crop_px < 8:
+            raise ConfigError(f"crop_px must be >= 8, got {self.crop_px}")
+        if not 0 <= self.r_pos_m < self.r_neg_m:
+            raise ConfigError(f"need 0 <= r_pos_m < r_neg_m, got {self.r_pos_m} and {self.r_neg_m}")
+        if not 0 <= self.channel_dropout < 1:
+            raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
+
+
+def augment(batch: np.ndarray, rng: np.random.Generator, spec: TripletSpec) -> np.ndarray:
+    """Flips and channel dropout in place on a (B, S, S, C) batch."""
+    if spec.flip:
+        flip = rng.random(len(batch)) < 0.5
+        batch[flip] = batch[flip, :, ::-1]
+    if spec.channel_dropout > 0:
+        drop = rng.random((len(batch), batch.shape[-1])) < spec.channel_dropout
+        b, c = np.nonzero(drop)
+        batch[b, :, :, c] = 0
+    return batch
+
+
+class TripletBatches(torch.utils.data.IterableDataset):
+    """``steps`` seeded batches of (anchors, positives) for one epoch."""
+
+    def __init__(
+        self,
+        reader: CropReader,
+        xy: np.ndarray,
+        spec: TripletSpec,
+        seed: int,
+        epoch: int,
+        steps: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(xy) < spec.batch_size:
+            raise ConfigError(f"only {len(xy)} train anchors for batch_size {spec.batch_size}")
+        self.reader, self.xy, self.spec = reader, np.asarray(xy, dtype=np.float64), spec
+        self.seed, self.epoch, self.steps = seed, epoch, steps
+        self.rank, self.world = rank, world
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        spec, grid = self.spec, self.reader.grid
+        rng = np.random.default_rng([self.seed, self.epoch, step])
+        idx = rng.choice(len(self.xy), size=spec.batch_size, replace=False)
+        n = len(idx)
+        cols, rows = grid.xy_to_pixel(self.xy[idx, 0], self.xy[idx, 1])
+        shift = rng.uniform(-spec.max_shift_px, spec.max_shift_px, (2, n))
+        radius = spec.r_pos_m / grid.resolution * np.sqrt(rng.random(n))
+        theta = rng.uniform(0, 2 * np.pi, n)
+        angles = rng.uniform(0, 2 * np.pi, (2, n))
+        anchors, _ = self.reader.crops_px(cols + shift[0], rows + shift[1], spec.crop_px, angles[0])
+        positives, _ = self.reader.crops_px(
+            cols + radius * np.cos(theta), rows + radius * np.sin(theta), spec.crop_px, angles[1]
+        )
+        return augment(anchors, rng, spec), augment(positives, rng, spec), self.xy[idx].astype(np.float32)
+
+    def __iter__(self):
+        """Batches rank, rank + world, ... of the epoch, split again across loader workers in order."""
+        info = torch.utils.data.get_worker_info()
+        mine = list(range(self.rank, self.steps, self.world))
+        if info is not None:
+            mine = mine[info.id :: info.num_workers]
+        for k in mine:
+            a, p, xy = self.batch(k)
+            yield torch.from_numpy(a), torch.from_numpy(p), torch.from_numpy(xy)
+
+
+def fixed_triplets(
+    reader: CropReader, xy: np.ndarray, spec: TripletSpec, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed, seeded set of explicit (anchor, positive, negative) crops for validation/evaluation.
+
+    Negatives are other anchors at least ``r_neg_m`` away. Returns uint8 arrays (n, S, S, C).
+    """
+    rng = np.random.default_rng([seed, 7919])
+    xy = np.asarray(xy, dtype=np.float64)
+    grid = reader.grid
+    a_idx = rng.integers(0, len(xy), n)
+    tree = cKDTree(xy)
+    neg_idx = np.empty(n, dtype=np.int64)
+    for i, a in enumerate(a_idx):
+        near = set(tree.query_ball_point(xy[a], spec.r_neg_m))
+        for _ in range(100):
+            cand = int(rng.integers(0, len(xy)))
+            if cand not in near:
+                break
+        else:
+            raise ConfigError(f"no location {spec.r_neg_m} m away from anchor {a}: region too small")
+        neg_idx[i] = cand
+    cols, rows = grid.xy_to_pixel(xy[a_idx, 0], xy[a_idx, 1])
+    radius = spec.r_pos_m / grid.resolution * np.sqrt(rng.random(n))
+    theta = rng.uniform(0, 2 * np.pi, n)
+    angles = rng.uniform(0, 2 * np.pi, (3, n))
+    anchors, _ = reader.crops_px(cols, rows, spec.crop_px, angles[0])
+    positives, _ = reader.crops_px(
+        cols + radius * np.cos(theta), rows + radius * np.sin(theta), spec.crop_px, angles[1]
+    )
+    ncols, nrows = grid.xy_to_pixel(xy[neg_idx, 0], xy[neg_idx, 1])
+    negatives, _ = reader.crops_px(ncols, nrows, spec.crop_px, angles[2])
+    return anchors, positives, negatives

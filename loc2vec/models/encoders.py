@@ -1,0 +1,108 @@
+"""Encoders from a (N, C, S, S) uint8 crop to an L2-normalised embedding.
+
+``small_cnn`` (default) is designed for CPU speed: a 4x4/stride-4 patch stem removes the expensive
+full-resolution layers (where a plain CNN spends half its time in BN/ReLU/pooling), then three
+stride-2 stages with a 3x3 refinement each. torchvision backbones get a 12-channel stem; pretrained
+RGB weights come only from a local file and are inflated to 12 channels (mean over RGB, rescaled).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loc2vec.errors import ConfigError
+
+ENCODERS = ("small_cnn", "resnet18", "efficientnet_b0", "mobilenet_v3_small")
+
+
+def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    pad = kernel // 2 if kernel % 2 else 0
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class SmallCNN(nn.Module):
+    """Patch stem (k4 s4) -> 3 stages (s2 conv + 3x3 conv) -> global average pool."""
+
+    def __init__(self, in_channels: int = 12, widths: tuple[int, ...] = (32, 64, 128, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(in_channels, widths[0], kernel=4, stride=4)]
+        for cin, cout in itertools.pairwise(widths):
+            layers += [_conv_bn(cin, cout, stride=2), _conv_bn(cout, cout)]
+        self.features = nn.Sequential(*layers)
+        self.out_features = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+
+def _inflate_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """RGB stem weights (O, 3, k, k) -> (O, C, k, k): the RGB mean repeated, scaled by 3/C."""
+    if weight.shape[1] == in_channels:
+        return weight
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, 1, 1) * (weight.shape[1] / in_channels)
+
+
+def _torchvision_backbone(name: str, in_channels: int, weights_path: str | None) -> tuple[nn.Module, int]:
+    import torchvision
+
+    model = getattr(torchvision.models, name)(weights=None)
+    if weights_path is not None:
+        path = Path(weights_path)
+        if not path.is_file():
+            raise ConfigError(f"pretrained weights file not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or len(missing) > 2:
+            raise ConfigError(f"weights {path.name} do not fit {name}: missing {missing[:5]}, extra {unexpected[:5]}")
+    if name == "resnet18":
+        old = model.conv1
+        model.conv1 = nn.Conv2d(in_channels, old.out_channels, 7, 2, 3, bias=False)
+        model.conv1.weight.data = _inflate_stem(old.weight.data, in_channels)
+        dim = model.fc.in_features
+        model.fc = nn.Identity()
+    else:  # efficientnet_b0, mobilenet_v3_small: features[0][0] is the stem conv
+        old = model.features[0][0]
+        stem = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        stem.weight.data = _inflate_stem(old.weight.data, in_channels)
+        model.features[0][0] = stem
+        dim = next(m.in_features for m in model.classifier if isinstance(m, nn.Linear))
+        model.classifier = nn.Identity()
+    return model, dim
+
+
+class Encoder(nn.Module):
+    """Backbone + linear head; input uint8 (or float in [0, 1]); output unit-length embeddings."""
+
+    def __init__(self, backbone: nn.Module, features: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(features, embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+
+
+def build_encoder(
+    name: str = "small_cnn", embedding_dim: int = 16, in_channels: int = 12, weights_path: str | None = None
+) -> Encoder:
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r}; choose one of {ENCODERS}")
+    if embedding_dim < 2:
+        raise ConfigError(f"embedding_dim must be >= 2, got {embedding_dim}")
+    if name == "small_cnn":
+        if weights_path is not None:
+            raise ConfigError("small_cnn has no pretrained weights; weights_path is for torchvision encoders")
+        backbone = SmallCNN(in_channels)
+        return Encoder(backbone, backbone.out_features, embedding_dim)
+    backbone, dim = _torchvision_backbone(name, in_channels, weights_path)
+    return Encoder(backbone, dim, embedding_dim)

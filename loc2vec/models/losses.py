@@ -1,0 +1,62 @@
+"""Triplet losses over in-batch mined triplets (pytorch-metric-learning miners).
+
+A batch holds anchors and their positives; label i marks anchor i and its positive, so every other
+sample is a candidate negative. Triplets whose negative's anchor lies within ``r_neg`` of the anchor
+on the ground are dropped (they are near places, not negatives).
+"""
+
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning import losses, miners
+
+from loc2vec.errors import ConfigError
+
+LOSSES = ("triplet", "soft_pn")
+MINING = ("semihard", "hard", "all")
+
+
+def soft_pn(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Sentiance's soft-PN: Δ* = min(Δ(a,n), Δ(p,n)); softmax over (Δ(a,p), Δ*); d₊² + (d₋ − 1)²."""
+    d_ap = (anchor - positive).norm(dim=1)
+    d_star = torch.minimum((anchor - negative).norm(dim=1), (positive - negative).norm(dim=1))
+    soft = torch.softmax(torch.stack([d_ap, d_star], dim=1), dim=1)
+    return (soft[:, 0].pow(2) + (soft[:, 1] - 1).pow(2)).mean()
+
+
+class TripletObjective:
+    """Mine triplets in the batch, then apply the margin triplet loss or soft-PN."""
+
+    def __init__(self, loss: str = "triplet", margin: float = 0.2, mining: str = "semihard") -> None:
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+        if mining not in MINING:
+            raise ConfigError(f"unknown mining {mining!r}; choose one of {MINING}")
+        if not margin > 0:
+            raise ConfigError(f"margin must be > 0, got {margin}")
+        self.kind = loss
+        self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=mining)
+        self.triplet = losses.TripletMarginLoss(margin=margin)
+        self.all_triplets = miners.TripletMarginMiner(margin=1e9, type_of_triplets="all")
+
+    @staticmethod
+    def far_negatives(triplets, labels: torch.Tensor, locations: torch.Tensor, r_neg: float):
+        a, p, n = triplets
+        gap = (locations[labels[a]] - locations[labels[n]]).norm(dim=1)
+        keep = gap >= r_neg
+        return a[keep], p[keep], n[keep]
+
+    def __call__(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, locations: torch.Tensor, r_neg: float
+    ) -> torch.Tensor:
+        """``locations[label]`` are the anchors' ground coordinates (metres)."""
+        triplets = self.miner(embeddings, labels)
+        if triplets[0].numel() == 0:  # nothing violates the margin: fall back to all triplets
+            triplets = self.all_triplets(embeddings, labels)
+        triplets = self.far_negatives(triplets, labels, locations, r_neg)
+        if triplets[0].numel() == 0:
+            return embeddings.sum() * 0.0  # keeps the graph: a zero loss with zero gradients
+        if self.kind == "triplet":
+            return self.triplet(embeddings, labels, triplets)
+        a, p, n = triplets
+        return soft_pn(embeddings[a], embeddings[p], embeddings[n])

@@ -1,0 +1,112 @@
+"""MLflow tracking and registry: a local sqlite store by default, any server URI otherwise.
+
+Every training run logs params, per-epoch metrics and artifacts and registers one new model version,
+tagged with its lineage (Dagster run id, OSM data version, mosaic version, git commit).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loc2vec.errors import ConfigError, Loc2VecError
+
+MODEL_NAME = "loc2vec-encoder"
+EXPERIMENT = "loc2vec"
+
+
+class TrackingUnavailable(Loc2VecError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def default_tracking_uri(data_dir: str | Path) -> str:
+    path = Path(data_dir).resolve() / "mlflow" / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (before any training) when an HTTP tracking server does not answer its health check."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise TrackingUnavailable(f"MLflow server {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {exc}") from exc
+    elif uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif not uri.startswith(("file:", "databricks", "postgresql", "mysql")) and "://" in uri:
+        raise ConfigError(f"unsupported MLflow tracking URI {uri!r}")
+
+
+def git_commit(cwd: str | Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    tracking_uri: str
+    experiment_id: str
+
+
+def setup(tracking_uri: str, experiment: str = EXPERIMENT, artifact_root: str | None = None) -> str:
+    """Point MLflow at ``tracking_uri`` and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    check_reachable(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if artifact_root is not None:
+        Path(artifact_root).mkdir(parents=True, exist_ok=True)
+        location = Path(artifact_root).resolve().as_uri()
+    return mlflow.create_experiment(experiment, artifact_location=location)
+
+
+def log_json(obj: Any, name: str) -> None:
+    import mlflow
+
+    mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
+
+
+def register_torch_model(model, name: str, tags: dict[str, str], example) -> tuple[str, str]:
+    """Log ``model`` in the active run and register a new version with ``tags``; returns (version, uri)."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        registered_model_name=name,
+        input_example=example,
+        pip_requirements=["torch", "torchvision", "pytorch-metric-learning"],
+        await_registration_for=60,
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    return version, f"models:/{name}/{version}"

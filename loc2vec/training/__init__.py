@@ -1,0 +1,1 @@
+"""Training: device handling, the triplet training loop, checkpoints, DDP."""

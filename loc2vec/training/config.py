@@ -1,0 +1,76 @@
+"""Training hyper-parameters, validated up front so bad values fail before any work is done."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from loc2vec.data.triplets import TripletSpec
+from loc2vec.errors import ConfigError
+from loc2vec.models.encoders import ENCODERS
+from loc2vec.models.losses import LOSSES, MINING
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    encoder: str = "small_cnn"
+    embedding_dim: int = 16
+    weights_path: str | None = None
+    loss: str = "triplet"
+    margin: float = 0.2
+    mining: str = "semihard"
+    epochs: int = 12
+    steps_per_epoch: int = 40
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    crop_px: int = 128
+    r_pos_m: float = 100.0
+    r_neg_m: float = 500.0
+    max_shift_px: int = 4
+    channel_dropout: float = 0.1
+    val_triplets: int = 256
+    patience: int = 4
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.encoder in ENCODERS, f"encoder must be one of {ENCODERS}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}"),
+            (self.mining in MINING, f"mining must be one of {MINING}"),
+            (self.embedding_dim >= 2, "embedding_dim must be >= 2"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.margin > 0, "margin must be > 0"),
+            (self.val_triplets >= 8, "val_triplets must be >= 8"),
+            (self.patience >= 1, "patience must be >= 1"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+        ]
+        errors = [f"{msg} (got {self._value_for(msg)!r})" for ok, msg in checks if not ok]
+        if errors:
+            raise ConfigError("bad training config: " + "; ".join(errors))
+        self.triplet_spec()  # validates the sampling fields
+
+    def _value_for(self, message: str):
+        return getattr(self, message.split()[0], None)
+
+    def triplet_spec(self) -> TripletSpec:
+        return TripletSpec(
+            crop_px=self.crop_px,
+            r_pos_m=self.r_pos_m,
+            r_neg_m=self.r_neg_m,
+            batch_size=self.batch_size,
+            max_shift_px=self.max_shift_px,
+            channel_dropout=self.channel_dropout,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]

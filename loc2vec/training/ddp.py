@@ -1,0 +1,53 @@
+"""Distributed training entry point, launched by torchrun (NCCL on GPUs, gloo on CPU).
+
+    torchrun --standalone --nproc_per_node 2 -m loc2vec.training.ddp --mosaic M.zarr --samples S.parquet \\
+        --config config.json --out DIR
+
+Every rank builds the same model (same seed), trains on its share of each epoch's batches with
+gradients averaged by DistributedDataParallel; rank 0 writes checkpoints and ``DIR/model.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+
+from loc2vec.data.crops import CropReader
+from loc2vec.data.locations import SamplesManifest
+from loc2vec.training.checkpoint import save_checkpoint
+from loc2vec.training.config import TrainConfig
+from loc2vec.training.device import select_device
+from loc2vec.training.loop import train
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mosaic", required=True)
+    parser.add_argument("--samples", required=True, help="sample-locations GeoParquet")
+    parser.add_argument("--config", required=True, help="TrainConfig as JSON")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = select_device(args.device, local_rank=local_rank)
+    dist.init_process_group(backend="nccl" if device.kind == "cuda" else "gloo")
+    try:
+        config = TrainConfig(**json.loads(Path(args.config).read_text()))
+        samples = SamplesManifest(args.samples, "", {}, {}, 0.0, 0.0)
+        reader = CropReader.from_store(args.mosaic)
+        out = Path(args.out)
+        result = train(config, reader, samples.xy("train"), samples.xy("val"), device, out / "checkpoints")
+        if dist.get_rank() == 0:
+            save_checkpoint(result.model.state_dict(), out / "model.pt")
+            (out / "history.json").write_text(json.dumps([h.__dict__ for h in result.history], indent=2))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The triplet training loop: seeded, checkpointed every epoch, resumable, early-stopped on validation.
+
+Runs the same on CPU and CUDA (see ``device.py``) and under DDP (``ddp.py``): with a process group,
+rank r trains on batches r, r+W, ... of each epoch and rank 0 writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from loc2vec.data.crops import CropReader
+from loc2vec.data.triplets import TripletBatches, fixed_triplets
+from loc2vec.errors import ConfigError
+from loc2vec.models.encoders import Encoder, build_encoder
+from loc2vec.models.losses import TripletObjective
+from loc2vec.training.checkpoint import load_checkpoint, save_checkpoint
+from loc2vec.training.config import TrainConfig
+from loc2vec.training.device import DeviceSpec
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_triplet_accuracy: float
+    seconds: float
+    samples_per_s: float
+    data_wait_share: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    model: Encoder
+    history: list[EpochMetrics]
+    best_epoch: int
+    stopped_early: bool
+    resumed_from_epoch: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class SimulatedCrash(RuntimeError):
+    """Raised by ``crash_after_epoch`` in tests to stand for a killed process."""
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def evaluate_triplets(
+    model: torch.nn.Module, device: DeviceSpec, triplets, margin: float, batch: int = 128
+) -> tuple[float, float]:
+    """Margin triplet loss and accuracy (d(a,p) < d(a,n)) on explicit triplets."""
+    model.eval()
+    losses, hits = [], []
+    a_all, p_all, n_all = triplets
+    for start in range(0, len(a_all), batch):
+        parts = [torch.from_numpy(x[start : start + batch]).permute(0, 3, 1, 2) for x in (a_all, p_all, n_all)]
+        with device.autocast():
+            ea, ep, en = (model(device.to_device(x)) for x in parts)
+        d_ap = (ea - ep).norm(dim=1)
+        d_an = (ea - en).norm(dim=1)
+        losses.append(torch.relu(d_ap - d_an + margin).cpu())
+        hits.append((d_ap < d_an).float().cpu())
+    model.train()
+    return float(torch.cat(losses).mean()), float(torch.cat(hits).mean())
+
+
+def train(
+    config: TrainConfig,
+    reader: CropReader,
+    train_xy: np.ndarray,
+    val_xy: np.ndarray,
+    device: DeviceSpec,
+    checkpoint_dir: str | Path,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    crash_after_epoch: int | None = None,
+) -> TrainResult:
+    """Train an encoder; resume from ``checkpoint_dir/last.pt`` when it holds this config's run."""
+    rank, world = _rank_world()
+    if len(val_xy) < 2:
+        raise ConfigError("need validation anchors for early stopping; got fewer than 2")
+    spec = config.triplet_spec()
+    torch.manual_seed(config.seed)
+    model = build_encoder(config.encoder, config.embedding_dim, reader.channels, config.weights_path)
+    model = model.to(device.device)
+    if device.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: torch.nn.Module = model
+    if world > 1:
+        ids = [device.index] if device.kind == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.steps_per_epoch % world:
+        raise ConfigError(f"steps_per_epoch ({config.steps_per_epoch}) must be a multiple of the world size {world}")
+    local_steps = config.steps_per_epoch // world
+    total_steps = config.epochs * local_steps
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15
+    )
+    scaler = device.grad_scaler()
+    objective = TripletObjective(config.loss, config.margin, config.mining)
+    val_set = fixed_triplets(reader, val_xy, spec, config.val_triplets, config.seed)
+
+    ckpt_dir = Path(checkpoint_dir)
+    last_path = ckpt_dir / "last.pt"
+    history: list[EpochMetrics] = []
+    best_val, best_epoch, bad_epochs, start_epoch = float("inf"), -1, 0, 0
+    best_state = None
+    resumed_from = None
+    state = load_checkpoint(last_path)
+    if state is not None:
+        if state["config_digest"] != config.digest():
+            raise ConfigError(f"checkpoint {last_path} belongs to another training config; use a new directory")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = [EpochMetrics(**h) for h in state["history"]]
+        best_val, best_epoch, bad_epochs = state["best_val"], state["best_epoch"], state["bad_epochs"]
+        best_state = state["best_state"]
+        start_epoch = resumed_from = state["epoch"] + 1
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("stopped"):
+            start_epoch = config.epochs
+
+    labels_of = torch.arange(config.batch_size).repeat(2).to(device.device)
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        data = TripletBatches(
+            reader, train_xy, spec, config.seed, epoch, config.steps_per_epoch, rank=rank, world=world
+        )
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=None, num_workers=config.num_workers, pin_memory=device.pin_memory
+        )
+        wait, losses, samples = 0.0, [], 0
+        iterator = iter(loader)
+        for _ in range(local_steps):
+            t0 = time.perf_counter()
+            anchors, positives, locations = next(iterator)
+            wait += time.perf_counter() - t0
+            x = device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2))
+            loc = locations.to(device.device)
+            with device.autocast():
+                emb = net(x)
+            loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            samples += len(x)
+        val_loss, val_acc = evaluate_triplets(model, device, val_set, config.margin)
+        seconds = time.perf_counter() - started
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=float(np.mean(losses)) if losses else float("nan"),
+            val_loss=val_loss,
+            val_triplet_accuracy=val_acc,
+            seconds=seconds,
+            samples_per_s=samples / seconds,
+            data_wait_share=wait / seconds,
+            lr=float(scheduler.get_last_lr()[0]),
+        )
+        history.append(metrics)
+        if val_loss < best_val - 1e-4:
+            best_val, best_epoch, bad_epochs = val_loss, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        stopped = bad_epochs >= config.patience
+        if rank == 0:
+            save_checkpoint(
+                {
+                    "config_digest": config.digest(),
+                    "config": config.to_dict(),
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": [asdict(h) for h in history],
+                    "best_val": best_val,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "best_state": best_state,
+                    "torch_rng": torch.get_rng_state(),
+                    "stopped": stopped,
+                },
+                last_path,
+            )
+        if on_epoch is not None and rank == 0:
+            on_epoch(metrics)
+        if crash_after_epoch is not None and epoch == crash_after_epoch:
+            raise SimulatedCrash(f"simulated crash after epoch {epoch}")
+        if stopped:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    stopped_early = len(history) < config.epochs
+    return TrainResult(model.cpu(), history, best_epoch, stopped_early, resumed_from)

@@ -1,0 +1,104 @@
+"""Training through Dagster: lineage-tagged model versions, fail-fast tracking, blocking leakage check."""
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.definitions import build_definitions
+from pipelines.runner import PipelineFailed, run_pipeline
+from resources import MlflowTracking, OsmSource, ProjectStorage
+from tests.conftest import MONACO, TRAIN_REGION
+
+SAMPLES = {"spacing_m": 50.0, "block_m": 700.0, "crop_px": 64}
+TRAINING = {"epochs": 2, "steps_per_epoch": 4, "batch_size": 16, "r_neg_m": 300.0}
+
+
+def _config(**training):
+    ops = {"sample_locations": {"config": SAMPLES}, "trained_model": {"config": {**TRAINING, **training}}}
+    return {"main_job": {"ops": ops}}
+
+
+def _defs(tmp_path, tracking_uri=None):
+    return build_definitions(
+        OsmSource(pbf_path=str(MONACO), bbox=",".join(map(str, TRAIN_REGION))),
+        ProjectStorage(data_dir=str(tmp_path)),
+        mlflow_tracking=MlflowTracking(tracking_uri=tracking_uri),
+    )
+
+
+def _versions(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    return client, client.search_model_versions("name='loc2vec-encoder'")
+
+
+@pytest.mark.slow
+def test_each_training_materialization_registers_one_tagged_version(tmp_path):
+    defs = _defs(tmp_path)
+    with dg.instance_for_test() as instance:
+        first = run_pipeline(defs, instance, run_config=_config(), log=lambda _: None)
+        client, versions = _versions(tmp_path)
+        assert len(versions) == 1
+        tags = versions[0].tags
+        assert tags["dagster_run_id"] == first["main_job"].run_id
+        assert len(tags["osm_sha256"]) == 64 and tags["mosaic_version"] and tags["git_commit"]
+        record = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
+        meta = record.asset_materialization.metadata
+        assert meta["model_version"].value == "1"
+        assert "/runs/" in meta["mlflow_run"].value
+        run = client.get_run(versions[0].run_id)
+        assert run.data.params["encoder"] == "small_cnn"
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "channel_schema.json", "sample_triplets.png"} <= artifacts
+        checks = {e.check_name: e.passed for e in first["main_job"].get_asset_check_evaluations()}
+        assert checks["no_split_leakage"] and checks["trained_model_weights_finite"]
+
+        second = defs.resolve_job_def("main_job").execute_in_process(
+            instance=instance, run_config=_config(seed=1)["main_job"]
+        )
+        assert second.success
+        _, versions = _versions(tmp_path)
+        assert sorted(str(v.version) for v in versions) == ["1", "2"]
+        assert {v.tags["dagster_run_id"] for v in versions} == {first["main_job"].run_id, second.run_id}
+
+
+@pytest.mark.slow
+def test_unreachable_tracking_server_fails_before_training(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    defs = _defs(tmp_path, tracking_uri=f"http://127.0.0.1:{port}")
+    with dg.instance_for_test() as instance:
+        with pytest.raises(PipelineFailed, match=r"trained_model|unreachable") as info:
+            run_pipeline(defs, instance, run_config=_config(), log=lambda _: None)
+        assert "unreachable" in str(info.value)
+        assert not list(tmp_path.glob("models/*/checkpoints"))
+        assert instance.get_latest_materialization_event(dg.AssetKey("trained_model")) is None
+
+
+@pytest.mark.slow
+def test_bad_hyperparameters_fail_the_asset_and_register_nothing(tmp_path):
+    with dg.instance_for_test() as instance:
+        with pytest.raises(PipelineFailed, match="lr must be > 0"):
+            run_pipeline(_defs(tmp_path), instance, run_config=_config(lr=-0.1), log=lambda _: None)
+        assert instance.get_latest_materialization_event(dg.AssetKey("trained_model")) is None
+    db = tmp_path / "mlflow" / "mlflow.db"
+    assert not db.exists() or not _versions(tmp_path)[1]
+
+
+@pytest.mark.slow
+def test_leaky_split_blocks_training(tmp_path, monkeypatch):
+    import loc2vec.data.samples as samples
+
+    monkeypatch.setattr(samples, "apply_buffer", lambda frame, distance: frame["split"])
+    with dg.instance_for_test() as instance:
+        with pytest.raises(PipelineFailed):
+            run_pipeline(_defs(tmp_path), instance, run_config=_config(), log=lambda _: None)
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("sample_locations"), "no_split_leakage")]
+        )
+        evaluation = next(iter(check.values())).event.dagster_event.event_specific_data
+        assert evaluation.passed is False
+        assert instance.get_latest_materialization_event(dg.AssetKey("trained_model")) is None

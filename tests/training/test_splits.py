@@ -1,0 +1,53 @@
+"""Spatial splits: whole blocks per split, a leak buffer, and a leakage check that catches leaks."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from loc2vec.data.samples import SplitSpec, leakage_report, sample_locations
+from loc2vec.errors import ConfigError
+
+
+def test_splits_are_by_block_and_leak_free(monaco_samples):
+    _, manifest = monaco_samples
+    frame = manifest.read()
+    assert {"train", "val", "test"} <= set(frame["split"])
+    used = frame[frame["split"] != "buffer"]
+    assert (used.groupby("block")["split"].nunique() == 1).all()  # a block never straddles splits
+    report = leakage_report(frame, manifest.leak_distance_m)
+    assert report.passed and report.min_test_train_m > manifest.leak_distance_m
+    assert manifest.leak_distance_m == pytest.approx(100 + 64 * 3.0 * np.sqrt(2))
+
+
+def test_anchor_rule_keeps_busy_places_and_a_few_empty_ones(monaco_samples):
+    _, manifest = monaco_samples
+    frame = manifest.read()
+    assert 0.8 < frame["busy"].mean() < 1.0
+
+
+def test_leakage_check_fails_on_a_deliberately_leaky_split(monaco_samples):
+    _, manifest = monaco_samples
+    frame = manifest.read().copy()
+    test_row = frame[frame["split"] == "test"].iloc[0]
+    leak = pd.DataFrame([{**test_row.to_dict(), "x": test_row.x + 50.0, "split": "train"}])
+    leaky = pd.concat([frame, leak], ignore_index=True)
+    report = leakage_report(leaky, manifest.leak_distance_m)
+    assert not report.passed and report.violations >= 1
+    assert report.min_test_train_m <= 50.0 + 1e-6
+
+
+def test_same_seed_same_split_other_seed_other_split(monaco_samples):
+    reader, _ = monaco_samples
+    spec = SplitSpec(spacing_m=80.0, block_m=700.0, crop_px=64, seed=3)
+    a, b = sample_locations(reader, spec), sample_locations(reader, spec)
+    pd.testing.assert_frame_equal(a, b)
+    c = sample_locations(reader, SplitSpec(spacing_m=80.0, block_m=700.0, crop_px=64, seed=4))
+    assert not a["split"].equals(c["split"]) or len(a) != len(c)
+
+
+def test_region_too_small_for_the_buffer_fails_clearly(monaco_samples):
+    reader, _ = monaco_samples
+    with pytest.raises(ConfigError, match="empty"):
+        sample_locations(reader, SplitSpec(block_m=20_000.0))
+    with pytest.raises(ConfigError, match="test_fraction"):
+        SplitSpec(test_fraction=0.0)

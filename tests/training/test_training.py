@@ -1,0 +1,125 @@
+"""Training: loss goes down on real data, resume is exact, encoders, losses, bad config."""
+
+import numpy as np
+import pytest
+import torch
+
+from loc2vec.errors import ConfigError
+from loc2vec.models.encoders import ENCODERS, build_encoder
+from loc2vec.models.losses import TripletObjective, soft_pn
+from loc2vec.training.config import TrainConfig
+from loc2vec.training.device import select_device
+from loc2vec.training.loop import SimulatedCrash, train
+
+FAST = dict(crop_px=64, batch_size=32, steps_per_epoch=8, val_triplets=64, r_neg_m=300.0, seed=1)
+
+
+def _xy(manifest):
+    return manifest.xy("train"), manifest.xy("val")
+
+
+def test_loss_goes_down_on_real_data(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    config = TrainConfig(epochs=4, patience=10, **FAST)
+    result = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path)
+    history = result.history
+    assert len(history) == 4
+    assert history[-1].val_loss < history[0].val_loss
+    assert history[-1].train_loss < history[0].train_loss
+    assert all(np.isfinite(h.val_loss) for h in history)
+
+
+def test_resume_after_a_killed_run_is_identical_to_an_uninterrupted_run(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    config = TrainConfig(epochs=3, patience=10, **FAST)
+    device = select_device("cpu")
+    full = train(config, reader, train_xy, val_xy, device, tmp_path / "full")
+    with pytest.raises(SimulatedCrash):
+        train(config, reader, train_xy, val_xy, device, tmp_path / "resumed", crash_after_epoch=0)
+    resumed = train(config, reader, train_xy, val_xy, device, tmp_path / "resumed")
+    assert resumed.resumed_from_epoch == 1
+    assert [h.val_loss for h in resumed.history] == [h.val_loss for h in full.history]
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoint_of_another_config_is_refused(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    device = select_device("cpu")
+    train(TrainConfig(epochs=1, **FAST), reader, train_xy, val_xy, device, tmp_path)
+    with pytest.raises(ConfigError, match="another training config"):
+        train(TrainConfig(epochs=1, lr=1e-4, **FAST), reader, train_xy, val_xy, device, tmp_path)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_every_encoder_embeds_12_channels_to_unit_vectors(name):
+    model = build_encoder(name, embedding_dim=16).eval()
+    x = torch.randint(0, 255, (2, 12, 128, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 16)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_rgb_weights_from_a_local_file_are_inflated_to_12_channels(tmp_path):
+    import torchvision
+
+    rgb = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18_rgb.pth"
+    torch.save(rgb.state_dict(), path)
+    model = build_encoder("resnet18", 64, weights_path=str(path))
+    stem = model.backbone.conv1.weight
+    assert stem.shape[1] == 12
+    expected = rgb.conv1.weight.mean(dim=1, keepdim=True) * (3 / 12)
+    assert torch.allclose(stem[:, :1], expected)
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, rgb.layer1[0].conv1.weight)
+    with pytest.raises(ConfigError, match="not found"):
+        build_encoder("resnet18", 16, weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_soft_pn_matches_its_definition():
+    a = torch.tensor([[1.0, 0.0]])
+    p = torch.tensor([[0.0, 1.0]])
+    n = torch.tensor([[-1.0, 0.0]])
+    d_ap, d_star = 2**0.5, min(2.0, 2**0.5)
+    e = torch.softmax(torch.tensor([d_ap, d_star]), 0)
+    assert soft_pn(a, p, n).item() == pytest.approx(float(e[0] ** 2 + (e[1] - 1) ** 2))
+
+
+def test_objective_drops_negatives_closer_than_r_neg():
+    emb = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    labels = torch.arange(4).repeat(2)
+    locations = torch.tensor([[0.0, 0.0], [10.0, 0.0], [1000.0, 0.0], [2000.0, 0.0]])
+    objective = TripletObjective("triplet", 0.2, "all")
+    a, p, n = objective.all_triplets(emb, labels)
+    a, p, n = objective.far_negatives((a, p, n), labels, locations, r_neg=500.0)
+    pairs = {(int(labels[i]), int(labels[j])) for i, j in zip(a, n, strict=True)}
+    assert (0, 1) not in pairs and (1, 0) not in pairs and (0, 2) in pairs
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": -1.0}, "lr must be > 0"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"encoder": "vgg99"}, "encoder must be one of"),
+        ({"loss": "contrastive"}, "loss must be one of"),
+        ({"r_pos_m": 600.0, "r_neg_m": 500.0}, "r_pos_m < r_neg_m"),
+        ({"batch_size": 1}, "batch_size must be >= 2"),
+    ],
+)
+def test_bad_hyperparameters_fail_clearly(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_asking_for_an_absent_gpu_fails_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="cuda"):
+        select_device("cuda")
+    spec = select_device("auto")
+    assert spec.kind in {"cpu", "mps"} and spec.amp_dtype is None
