@@ -110,3 +110,39 @@ def register_torch_model(model, name: str, tags: dict[str, str], example) -> tup
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
     return version, f"models:/{name}/{version}"
+
+
+def log_evaluation(run_id: str, metrics: dict[str, dict[str, float]], document_json: str) -> None:
+    """Metrics of the model and baselines onto the model's training run (``eval/<embedder>/<metric>``)."""
+    import math
+
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        flat = {
+            f"eval/{embedder}/{name}": value
+            for embedder, values in metrics.items()
+            for name, value in values.items()
+            if value is not None and not math.isnan(value)
+        }
+        mlflow.log_metrics(flat)
+        mlflow.log_text(document_json, "evaluation.json")
+
+
+def promote_if_better(name: str, version: str, metric: str, value: float, alias: str = "champion") -> bool:
+    """Give ``version`` the alias when it beats the current holder on ``metric`` (stored as a version tag)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, metric, str(value))
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        current = None
+    if current is not None and current.version != version:
+        best = float(current.tags.get(metric, "-inf"))
+        if not value > best:
+            return False
+    client.set_registered_model_alias(name, alias, version)
+    return True

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import osm, raster, training
+from assets import evaluation, osm, raster, training
 from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job
 from resources import MapnikRenderer, MlflowTracking, OsmSource, ProjectStorage, TorchDevice
 
@@ -24,6 +24,9 @@ def build_definitions(
             raster.raster_mosaic,
             training.sample_locations,
             training.trained_model,
+            evaluation.embeddings,
+            evaluation.evaluation,
+            evaluation.similarity_index,
         ],
         asset_checks=[osm.osm_features_channels_covered, training.trained_model_weights_finite],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],

@@ -26,7 +26,14 @@ STAGED_MIN_SIZE = 64  # rotated crops at least this large are gathered through a
 class CropReader:
     """Crops of a ``(C, H, W)`` uint8 mosaic with georeferencing ``grid`` (window offset optional)."""
 
-    def __init__(self, mosaic: np.ndarray, grid: MosaicGrid, edge: str = "zero", offset=(0, 0)) -> None:
+    def __init__(
+        self,
+        mosaic: np.ndarray,
+        grid: MosaicGrid,
+        edge: str = "zero",
+        offset=(0, 0),
+        channel_names: list[str] | None = None,
+    ) -> None:
         if edge not in EDGE_MODES:
             raise ConfigError(f"edge must be one of {EDGE_MODES}, got {edge!r}")
         if mosaic.ndim != 3 or mosaic.dtype != np.uint8:
@@ -34,6 +41,7 @@ class CropReader:
         self.grid, self.edge = grid, edge
         self.channels, self.height, self.width = mosaic.shape
         self.row_offset, self.col_offset = offset
+        self.channel_names = list(channel_names or [f"c{i}" for i in range(self.channels)])
         hwc = np.empty((self.height * self.width + 1, self.channels), dtype=np.uint8)
         hwc[:-1] = mosaic.reshape(self.channels, -1).T
         hwc[-1] = 0  # the padding record
@@ -45,11 +53,11 @@ class CropReader:
     @classmethod
     def from_store(cls, path: str | Path, edge: str = "zero", window: Window | None = None) -> CropReader:
         store = open_mosaic(path)
-        grid = store.grid
+        grid, names = store.grid, list(store.attrs["channel_names"])
         if window is None:
-            return cls(store.read(), grid, edge)
+            return cls(store.read(), grid, edge, channel_names=names)
         data = store.mosaic[:, window.row0 : window.row1, window.col0 : window.col1]
-        return cls(data, grid, edge, offset=(window.row0, window.col0))
+        return cls(data, grid, edge, offset=(window.row0, window.col0), channel_names=names)
 
     def _grid_offsets(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         if size not in self._offsets:

@@ -1,0 +1,121 @@
+"""embeddings, evaluation (model vs baselines, champion alias) and similarity_index."""
+
+import json
+
+import dagster as dg
+import numpy as np
+
+from assets.metadata import markdown_table
+from loc2vec import tracking
+from loc2vec.data.locations import SamplesManifest
+from loc2vec.evaluation.metrics import METRICS
+from loc2vec.evaluation.run import MAIN_METRIC
+from loc2vec.evaluation.stage import (
+    EmbeddingsManifest,
+    IndexManifest,
+    build_embeddings,
+    build_similarity_index,
+    evaluate_stage,
+)
+from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.training.run import ModelManifest
+from resources import MlflowTracking, ProjectStorage
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"pytorch", "parquet"},
+    description="Embedding of every evaluation point (locations, POIs) and of a grid over the region.",
+    code_version="1",
+    check_specs=[dg.AssetCheckSpec("finite_and_shaped", asset="embeddings", blocking=True)],
+)
+def embeddings(
+    trained_model: ModelManifest,
+    sample_locations: SamplesManifest,
+    osm_features: FeaturesManifest,
+    storage: ProjectStorage,
+):
+    manifest = build_embeddings(trained_model, sample_locations, osm_features, storage.path("embeddings"))
+    vectors = manifest.vectors()
+    yield dg.Output(
+        manifest,
+        metadata={
+            "points": markdown_table(["kind", "count"], list(manifest.counts.items())),
+            "dim": manifest.dim,
+            "path": dg.MetadataValue.path(manifest.path),
+        },
+    )
+    norms = np.linalg.norm(vectors, axis=1)
+    ok = bool(np.isfinite(vectors).all() and vectors.shape[1] == trained_model.config["embedding_dim"])
+    yield dg.AssetCheckResult(
+        check_name="finite_and_shaped",
+        passed=ok and bool(np.allclose(norms, 1.0, atol=1e-3)),
+        metadata={"shape": str(vectors.shape), "min_norm": float(norms.min()), "max_norm": float(norms.max())},
+    )
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"sklearn", "mlflow"},
+    description="Metrics on held-out test blocks for the model and baselines computed in the same run.",
+    code_version="1",
+)
+def evaluation(
+    context: dg.AssetExecutionContext,
+    trained_model: ModelManifest,
+    embeddings: EmbeddingsManifest,
+    mlflow_tracking: MlflowTracking,
+    storage: ProjectStorage,
+) -> dg.Output[dict]:
+    path = storage.path("evaluation", f"evaluation-v{trained_model.model_version}.json")
+    result = evaluate_stage(trained_model, embeddings, path)
+    tracking.setup(trained_model.tracking_uri, mlflow_tracking.experiment)
+    tracking.log_evaluation(
+        trained_model.run_id, {"model": result["model"], **result["baselines"]}, json.dumps(result, indent=2)
+    )
+    promoted = tracking.promote_if_better(
+        trained_model.model_name, trained_model.model_version, MAIN_METRIC, result["model"][MAIN_METRIC]
+    )
+    context.log.info(f"model version {trained_model.model_version} champion: {promoted}")
+    names = ["model", *result["baselines"]]
+    rows = [[m] + [(result["model"] if n == "model" else result["baselines"][n])[m] for n in names] for m in METRICS]
+    return dg.Output(
+        result,
+        metadata={
+            "metrics": markdown_table(["metric", *names], rows),
+            "n_test_locations": result["n_test_locations"],
+            "n_test_pois": result["n_test_pois"],
+            "main_metric": f"{MAIN_METRIC} = {result['model'][MAIN_METRIC]:.4f}",
+            "champion": promoted,
+            "path": dg.MetadataValue.path(str(path)),
+            "mlflow_run": dg.MetadataValue.url(
+                mlflow_tracking.run_url(trained_model.experiment_id, trained_model.run_id)
+            ),
+        },
+    )
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"faiss"},
+    description="HNSW index over the embeddings, with recall@10 against exact search and query latency.",
+    code_version="1",
+)
+def similarity_index(
+    trained_model: ModelManifest, embeddings: EmbeddingsManifest, storage: ProjectStorage
+) -> dg.Output[IndexManifest]:
+    out_dir = storage.path("index", f"v{trained_model.model_version}-{trained_model.run_id[:8]}", "x").parent
+    manifest = build_similarity_index(trained_model, embeddings, out_dir)
+    current = storage.path("index", "CURRENT")
+    current.write_text(str(out_dir / "manifest.json"))
+    report = manifest.report
+    return dg.Output(
+        manifest,
+        metadata={
+            "vectors": report["n_vectors"],
+            "recall_at_10_vs_exact": round(report["recall_at_10"], 4),
+            "hnsw_ms_per_query": round(report["hnsw_ms_per_query"], 4),
+            "exact_ms_per_query": round(report["exact_ms_per_query"], 4),
+            "index": dg.MetadataValue.path(manifest.index_path),
+        },
+    )

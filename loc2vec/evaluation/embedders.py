@@ -1,0 +1,49 @@
+"""Embedders scored by the protocol: the trained encoder and the baselines computed in the same run.
+
+Baselines: ``channel_stats`` (per-channel mean coverage and share of drawn pixels of the same crop the
+model sees), ``untrained`` (the same architecture with its initial, seeded weights) and ``coordinates``
+(the point's metric x, y in km).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from loc2vec.data.crops import CropReader
+
+Embedder = Callable[[np.ndarray], np.ndarray]
+
+
+def crops_at(reader: CropReader, xy: np.ndarray, crop_px: int) -> np.ndarray:
+    """North-up crops (N, S, S, C) centred at CRS points."""
+    cols, rows = reader.grid.xy_to_pixel(xy[:, 0], xy[:, 1])
+    crops, _ = reader.crops_px(cols, rows, crop_px)
+    return crops
+
+
+@torch.no_grad()
+def encode(model: torch.nn.Module, reader: CropReader, xy: np.ndarray, crop_px: int, batch: int = 256) -> np.ndarray:
+    """Embeddings of the model for CRS points (north-up crops, CPU or the model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(xy), batch):
+        crops = crops_at(reader, xy[start : start + batch], crop_px)
+        x = torch.from_numpy(crops).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+        out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def channel_stats(reader: CropReader, xy: np.ndarray, crop_px: int, batch: int = 512) -> np.ndarray:
+    out = []
+    for start in range(0, len(xy), batch):
+        crops = crops_at(reader, xy[start : start + batch], crop_px).reshape(-1, crop_px * crop_px, reader.channels)
+        out.append(np.concatenate([crops.mean(axis=1) / 255.0, (crops > 0).mean(axis=1)], axis=1))
+    return np.concatenate(out).astype(np.float32)
+
+
+def coordinates(xy: np.ndarray) -> np.ndarray:
+    return (np.asarray(xy, dtype=np.float64) / 1000.0).astype(np.float32)

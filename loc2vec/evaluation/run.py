@@ -1,0 +1,75 @@
+"""The evaluation stage: score the trained encoder and the baselines on the protocol's points."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from loc2vec.data.crops import CropReader
+from loc2vec.evaluation.embedders import channel_stats, coordinates, encode
+from loc2vec.evaluation.metrics import METRICS, score
+from loc2vec.models.encoders import build_encoder
+from loc2vec.training.config import TrainConfig
+
+MAIN_METRIC = "landuse_recall_at_10"
+
+
+def protocol_radii(config: TrainConfig, resolution: float) -> dict[str, float]:
+    """r_pos / r_neg of the triplets and the exclusion radius of neighbour recall (the crop's edge)."""
+    return {"r_pos": config.r_pos_m, "r_neg": config.r_neg_m, "exclude_m": config.crop_px * resolution}
+
+
+def baseline_embeddings(points: pd.DataFrame, reader: CropReader, config: TrainConfig) -> dict[str, np.ndarray]:
+    xy = points[["x", "y"]].to_numpy()
+    torch.manual_seed(config.seed)
+    untrained = build_encoder(config.encoder, config.embedding_dim, reader.channels)
+    return {
+        "channel_stats": channel_stats(reader, xy, config.crop_px),
+        "untrained": encode(untrained, reader, xy, config.crop_px),
+        "coordinates": coordinates(xy),
+    }
+
+
+def evaluate_embeddings(
+    model_embeddings: np.ndarray,
+    points: pd.DataFrame,
+    reader: CropReader,
+    config: TrainConfig,
+    seed: int = 0,
+) -> dict:
+    """The evaluation.json document: model and baseline metrics on the same test points."""
+    radii = protocol_radii(config, reader.grid.resolution)
+    baselines = baseline_embeddings(points, reader, config)
+    test = points["split"] == "test"
+    return {
+        "model": score(model_embeddings, points, seed=seed, **radii),
+        "baselines": {name: score(emb, points, seed=seed, **radii) for name, emb in baselines.items()},
+        "n_test_locations": int((test & (points["kind"] == "location")).sum()),
+        "n_test_pois": int((test & (points["kind"] == "poi")).sum()),
+        "n_train_pois": int(((points["split"] == "train") & (points["kind"] == "poi")).sum()),
+        "poi_categories": sorted(points.loc[points["kind"] == "poi", "category"].unique().tolist()),
+        "protocol": {**radii, "seed": seed, "main_metric": MAIN_METRIC},
+    }
+
+
+def evaluate_model(model: torch.nn.Module, points: pd.DataFrame, reader: CropReader, config: TrainConfig) -> dict:
+    emb = encode(model, reader, points[["x", "y"]].to_numpy(), config.crop_px)
+    return evaluate_embeddings(emb, points, reader, config, seed=config.seed)
+
+
+def aggregate_seeds(results: Sequence[Mapping]) -> dict:
+    """Mean and standard deviation of every metric over runs with different training seeds."""
+
+    def stats(values: list[float]) -> dict[str, float]:
+        arr = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+        return {"mean": float(arr.mean()) if arr.size else math.nan, "std": float(arr.std()) if arr.size else math.nan}
+
+    out = {"model": {m: stats([r["model"][m] for r in results]) for m in METRICS}, "baselines": {}}
+    for name in results[0]["baselines"]:
+        out["baselines"][name] = {m: stats([r["baselines"][name][m] for r in results]) for m in METRICS}
+    out["n_seeds"] = len(results)
+    return out

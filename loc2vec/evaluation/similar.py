@@ -1,0 +1,42 @@
+"""Nearest places to a lat/lon: render its crop from the mosaic, embed it, search the index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from loc2vec.data.crops import CropReader
+from loc2vec.errors import ConfigError
+from loc2vec.evaluation.embedders import encode
+from loc2vec.evaluation.index import load_index
+from loc2vec.evaluation.stage import IndexManifest
+from loc2vec.models.encoders import build_encoder
+from loc2vec.training.config import TrainConfig
+
+
+def load_model(manifest: IndexManifest) -> torch.nn.Module:
+    config = TrainConfig(**manifest.model_config)
+    model = build_encoder(config.encoder, config.embedding_dim)
+    model.load_state_dict(torch.load(manifest.model_weights, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10) -> pd.DataFrame:
+    """The ``k`` indexed places whose embeddings are nearest to the embedding at (lat, lon)."""
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    reader = CropReader.from_store(manifest.mosaic_path)
+    col, row = reader.grid.lonlat_to_pixel(lon, lat)
+    if not (0 <= col < reader.width and 0 <= row < reader.height):
+        raise ConfigError(f"({lat}, {lon}) lies outside the mosaic's region")
+    x, y = reader.grid.pixel_to_xy(col, row)
+    config = TrainConfig(**manifest.model_config)
+    query = encode(load_model(manifest), reader, np.array([[x, y]]), config.crop_px)
+    distances, ids = load_index(manifest.index_path).search(query.astype(np.float32), k)
+    points = pd.read_parquet(manifest.ids_path)
+    found = points.iloc[ids[0]].reset_index(drop=True)
+    found.insert(0, "rank", np.arange(1, len(found) + 1))
+    found["embedding_distance"] = np.sqrt(np.maximum(distances[0], 0))
+    found["ground_km"] = np.hypot(found["x"] - x, found["y"] - y) / 1000.0
+    return found[["rank", "lat", "lon", "kind", "landuse_class", "embedding_distance", "ground_km"]]

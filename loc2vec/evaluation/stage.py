@@ -1,0 +1,105 @@
+"""Evaluation stages as plain functions: embeddings table, evaluation document, similarity index."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from loc2vec.data.crops import CropReader
+from loc2vec.data.locations import SamplesManifest
+from loc2vec.evaluation.embedders import encode
+from loc2vec.evaluation.index import build_hnsw, measure, save_index
+from loc2vec.evaluation.protocol import ProtocolSpec, build_points, grid_points
+from loc2vec.evaluation.run import evaluate_embeddings
+from loc2vec.io import write_atomic, write_geoparquet, write_json
+from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.training.run import ModelManifest
+
+
+@dataclass(frozen=True)
+class EmbeddingsManifest:
+    path: str
+    model_version: str
+    dim: int
+    counts: dict[str, int]
+
+    def read(self) -> gpd.GeoDataFrame:
+        return gpd.read_parquet(self.path)
+
+    def vectors(self, frame: pd.DataFrame | None = None) -> np.ndarray:
+        frame = self.read() if frame is None else frame
+        return np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+
+
+def protocol_points(samples: SamplesManifest, features: FeaturesManifest, reader: CropReader) -> pd.DataFrame:
+    spec = samples.split_spec()
+    return build_points(samples.read(), features.read(), reader, spec.block_m, samples.leak_distance_m, ProtocolSpec())
+
+
+def build_embeddings(
+    model: ModelManifest,
+    samples: SamplesManifest,
+    features: FeaturesManifest,
+    out_dir: str | Path,
+    grid_spacing_m: float = 100.0,
+) -> EmbeddingsManifest:
+    """Embed every protocol point and a regular grid over the region; write GeoParquet."""
+    reader = CropReader.from_store(model.mosaic_path)
+    points = protocol_points(samples, features, reader)
+    grid = grid_points(reader, grid_spacing_m).assign(kind="grid", split="", category="", landuse_class="")
+    grid["point_id"] = np.arange(len(grid)) + len(points)
+    frame = pd.concat([points, grid[points.columns]], ignore_index=True)
+    encoder = model.load()
+    crop_px = model.train_config().crop_px
+    vectors = encode(encoder, reader, frame[["x", "y"]].to_numpy(), crop_px)
+    frame["embedding"] = list(vectors)
+    geo = gpd.GeoDataFrame(frame, geometry=gpd.points_from_xy(frame["lon"], frame["lat"]), crs="EPSG:4326")
+    path = write_geoparquet(geo, Path(out_dir) / f"embeddings-v{model.model_version}-{model.run_id[:8]}.parquet")
+    counts = {k: int(v) for k, v in frame["kind"].value_counts().items()}
+    return EmbeddingsManifest(str(path), model.model_version, int(vectors.shape[1]), counts)
+
+
+def evaluate_stage(model: ModelManifest, embeddings: EmbeddingsManifest, out_path: str | Path) -> dict:
+    """Metrics of the model's embeddings and of the baselines on the protocol points; writes JSON."""
+    frame = embeddings.read()
+    points = frame[frame["kind"] != "grid"].reset_index(drop=True)
+    reader = CropReader.from_store(model.mosaic_path)
+    result = evaluate_embeddings(embeddings.vectors(points), points, reader, model.train_config(), seed=0)
+    result["model_version"] = model.model_version
+    write_json(result, out_path)
+    return result
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    index_path: str
+    ids_path: str
+    mosaic_path: str
+    model_weights: str
+    model_config: dict
+    report: dict
+
+
+def build_similarity_index(model: ModelManifest, embeddings: EmbeddingsManifest, out_dir: str | Path) -> IndexManifest:
+    frame = embeddings.read()
+    vectors = embeddings.vectors(frame)
+    index = build_hnsw(vectors)
+    report = measure(index, vectors)
+    out = Path(out_dir)
+    index_path = save_index(index, out / "index.faiss")
+    ids = pd.DataFrame(frame[["point_id", "kind", "split", "lon", "lat", "x", "y", "category", "landuse_class"]])
+    ids_path = write_atomic(out / "points.parquet", lambda tmp: ids.to_parquet(tmp, index=False))
+    manifest = IndexManifest(
+        str(index_path), str(ids_path), model.mosaic_path, model.weights_path, model.config, asdict(report)
+    )
+    write_json(asdict(manifest), out / "manifest.json")
+    return manifest
+
+
+def load_index_manifest(path: str | Path) -> IndexManifest:
+    return IndexManifest(**json.loads(Path(path).read_text()))
