@@ -1,0 +1,1 @@
+"""Evaluation of location embeddings: metrics against baselines, similarity search and HTML pages."""
