@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import zlib
 from pathlib import Path
 
 import osmium
@@ -87,3 +89,206 @@ def _merge(bounds: list[float], lons: list[float], lats: list[float]) -> list[fl
 def extract_bounds(path: str | Path) -> BBox:
     """The header's bounds, else the bounds of the data."""
     return header_bounds(path) or data_bounds(path)
+
+
+# --- PBF blocks -------------------------------------------------------------------------------------
+#
+# A PBF file is a sequence of blobs (a length-prefixed BlobHeader, then the zlib-compressed block). In a
+# file sorted by type then id every block holds one type, nodes first, then ways, then relations, so a
+# pass that needs only some types can read only their blocks: libosmium decompresses every block of a
+# file, even of types it then skips. Finding the boundaries takes a binary search over the blocks.
+
+_NODE, _WAY, _RELATION = 0, 1, 2
+_GROUP_KINDS = {1: _NODE, 2: _NODE, 3: _WAY, 4: _RELATION}  # PrimitiveGroup fields
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return value, i
+
+
+def _fields(buf: bytes):
+    """``(field number, wire type, value)`` of a protobuf message (values of wire type 2 as bytes)."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            value, i = buf[i : i + size], i + size
+        elif wire == 1:
+            value, i = buf[i : i + 8], i + 8
+        elif wire == 5:
+            value, i = buf[i : i + 4], i + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def pbf_blobs(path: str | Path) -> list[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of every blob (``OSMHeader`` or ``OSMData``), reading only their headers."""
+    blobs = []
+    with open(path, "rb") as f:
+        offset = 0
+        while head := f.read(4):
+            if len(head) < 4:
+                raise ValueError("truncated PBF blob header")
+            size = int.from_bytes(head, "big")
+            header = f.read(size)
+            kind, data_size = b"", None
+            for number, _, value in _fields(header):
+                if number == 1:
+                    kind = value
+                elif number == 3:
+                    data_size = value
+            if data_size is None:
+                raise ValueError("PBF blob header without a data size")
+            total = 4 + size + data_size
+            blobs.append((kind, offset, total))
+            offset += total
+            f.seek(offset)
+    return blobs
+
+
+def _blob_data(path: str | Path, offset: int, total: int) -> bytes:
+    """The uncompressed content of one blob."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read(total)
+    size = int.from_bytes(raw[:4], "big")
+    data = None
+    for number, _, value in _fields(raw[4 + size :]):
+        if number == 1:
+            data = value
+        elif number == 3:
+            data = zlib.decompress(value)
+        elif number > 3:
+            raise ValueError("PBF blob compression other than zlib")
+    if data is None:
+        raise ValueError("empty PBF blob")
+    return data
+
+
+def _block_kinds(path: str | Path, offset: int, total: int) -> tuple[int, int]:
+    """The lowest and highest object type (node 0, way 1, relation 2) in one data blob."""
+    data = _blob_data(path, offset, total)
+    kinds = set()
+    for number, _, group in _fields(data):
+        if number == 2:
+            kinds.update(_GROUP_KINDS[n] for n, _, _ in _fields(group) if n in _GROUP_KINDS)
+    if not kinds:
+        return (3, 3)
+    return min(kinds), max(kinds)
+
+
+def pbf_type_ranges(path: str | Path) -> dict[str, list[tuple[int, int]]] | None:
+    """Byte ranges ``(offset, size)`` of the header and of the blocks holding nodes, ways and relations.
+
+    None when the file is not a PBF declaring ``Sort.Type_then_ID`` (blocks may then mix types in any
+    order) or uses a compression other than zlib.
+    """
+    p = Path(path)
+    if not p.name.lower().endswith(".pbf"):
+        return None
+    try:
+        with osmium.io.Reader(str(p), osmium.osm.NOTHING) as reader:
+            sorting = reader.header().get("sorting")
+        if sorting != "Type_then_ID":
+            return None
+        blobs = pbf_blobs(p)
+        headers = [(o, s) for kind, o, s in blobs if kind == b"OSMHeader"]
+        data = [(o, s) for kind, o, s in blobs if kind == b"OSMData"]
+        if len(headers) != 1 or blobs[0][0] != b"OSMHeader":
+            return None
+        cache: dict[int, tuple[int, int]] = {}
+
+        def kinds(i: int) -> tuple[int, int]:
+            if i not in cache:
+                cache[i] = _block_kinds(p, *data[i])
+            return cache[i]
+
+        def first(pred) -> int:
+            lo, hi = 0, len(data)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if pred(kinds(mid)):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return lo
+
+        way_start = first(lambda k: k[1] >= _WAY)  # first block holding ways or relations
+        node_end = first(lambda k: k[0] >= _WAY)  # first block without nodes
+        rel_start = first(lambda k: k[1] >= _RELATION)
+        way_end = first(lambda k: k[0] >= _RELATION)
+    except (ValueError, IndexError, zlib.error, OSError, RuntimeError):
+        return None
+
+    def span(a: int, b: int) -> list[tuple[int, int]]:
+        return [data[i] for i in range(a, b)]
+
+    return {
+        "header": headers,
+        "node": span(0, node_end),
+        "way": span(way_start, way_end),
+        "relation": span(rel_start, len(data)),
+    }
+
+
+def write_pbf_part(path: str | Path, ranges: dict[str, list[tuple[int, int]]], types: str, out: str) -> str:
+    """Copy the header and the blocks of ``types`` (e.g. ``"way relation"``) into a new PBF ``out``."""
+    wanted = ranges["header"] + sorted({r for t in types.split() for r in ranges[t]})
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        for offset, size in wanted:
+            done = 0
+            while done < size:
+                n = os.copy_file_range(src.fileno(), dst.fileno(), size - done, offset + done)
+                if n == 0:
+                    raise OSError(f"short read copying PBF blocks from {path}")
+                done += n
+    return out
+
+
+def _first_way_id(path: str | Path, offset: int, total: int) -> int | None:
+    """The id of the first way in one data blob (ways are stored with their plain id first)."""
+    data = _blob_data(path, offset, total)
+    for number, _, group in _fields(data):
+        if number == 2:
+            for n, _, way in _fields(group):
+                if n == 3:
+                    for field, _, value in _fields(way):
+                        if field == 1:
+                            return value
+    return None
+
+
+def pbf_way_blocks_for(path: str | Path, blocks: list[tuple[int, int]], ids) -> list[tuple[int, int]]:
+    """The way blocks (of a file sorted by id) that can hold any of ``ids``: a binary search per id."""
+    firsts: dict[int, int | None] = {}
+
+    def first(i: int) -> int:
+        if i not in firsts:
+            firsts[i] = _first_way_id(path, *blocks[i])
+        value = firsts[i]
+        return -1 if value is None else value
+
+    found = set()
+    for wanted in sorted(ids):
+        lo, hi = 0, len(blocks)
+        while lo < hi:  # the last block whose first id is <= wanted
+            mid = (lo + hi) // 2
+            if first(mid) <= wanted:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo:
+            found.add(lo - 1)
+    return [blocks[i] for i in sorted(found)]
