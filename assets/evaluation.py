@@ -1,6 +1,7 @@
 """embeddings, evaluation (model vs baselines, champion alias) and similarity_index."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -13,7 +14,9 @@ from loc2vec.evaluation.run import MAIN_METRIC
 from loc2vec.evaluation.stage import (
     EmbeddingsManifest,
     IndexManifest,
+    MapsManifest,
     build_embeddings,
+    build_maps,
     build_similarity_index,
     evaluate_stage,
 )
@@ -23,6 +26,7 @@ from resources import MlflowTracking, ProjectStorage
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     group_name="evaluation",
     kinds={"pytorch", "parquet"},
     description="Embedding of every evaluation point (locations, POIs) and of a grid over the region.",
@@ -55,6 +59,7 @@ def embeddings(
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     group_name="evaluation",
     kinds={"sklearn", "mlflow"},
     description="Metrics on held-out test blocks for the model and baselines computed in the same run.",
@@ -96,6 +101,7 @@ def evaluation(
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     group_name="evaluation",
     kinds={"faiss"},
     description="HNSW index over the embeddings, with recall@10 against exact search and query latency.",
@@ -117,5 +123,31 @@ def similarity_index(
             "hnsw_ms_per_query": round(report["hnsw_ms_per_query"], 4),
             "exact_ms_per_query": round(report["exact_ms_per_query"], 4),
             "index": dg.MetadataValue.path(manifest.index_path),
+        },
+    )
+
+
+@dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
+    group_name="evaluation",
+    kinds={"html"},
+    description="A folium map of the region coloured by embedding cluster and a plotly projector page.",
+    code_version="1",
+)
+def maps(
+    trained_model: ModelManifest, embeddings: EmbeddingsManifest, storage: ProjectStorage
+) -> dg.Output[MapsManifest]:
+    out_dir = storage.path("maps", f"v{trained_model.model_version}-{trained_model.run_id[:8]}", "x").parent
+    manifest = build_maps(trained_model, embeddings, out_dir)
+    return dg.Output(
+        manifest,
+        metadata={
+            "embedding_map": dg.MetadataValue.url(Path(manifest.embedding_map).resolve().as_uri()),
+            "projector": dg.MetadataValue.url(Path(manifest.projector).resolve().as_uri()),
+            "embedding_map_path": dg.MetadataValue.path(manifest.embedding_map),
+            "projector_path": dg.MetadataValue.path(manifest.projector),
+            "map_points": manifest.n_map_points,
+            "projector_points": manifest.n_projector_points,
+            "clusters": manifest.clusters,
         },
     )

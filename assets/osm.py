@@ -26,6 +26,7 @@ class OsmFeaturesConfig(dg.Config):
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     deps=[osm_source],
     group_name="osm",
     kinds={"python", "parquet"},

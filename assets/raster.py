@@ -17,6 +17,7 @@ block_partitions = dg.StaticPartitionsDefinition(block_keys(blocks_per_side()))
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     partitions_def=block_partitions,
     group_name="raster",
     kinds={"mapnik", "zarr"},
@@ -58,6 +59,7 @@ def _sample_previews(store, n: int = 4, size: int = 128, seed: int = 0) -> np.nd
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     group_name="raster",
     kinds={"zarr"},
     description="The complete 12-channel mosaic of the region, validated, with previews.",

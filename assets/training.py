@@ -19,7 +19,9 @@ from resources.paths import PROJECT_ROOT
 class SamplesConfig(dg.Config):
     spacing_m: float = Field(60.0, description="Candidate grid spacing (metres).")
     empty_share: float = Field(0.05, description="Share of empty candidates kept (sea, blank land).")
-    block_m: float = Field(1500.0, description="Edge of the square spatial blocks that go whole to a split.")
+    block_m: float | None = Field(
+        None, description="Edge of the square spatial blocks that go whole to a split (None: ~20 blocks, 600-1500 m)."
+    )
     test_fraction: float = Field(0.2, description="Share of anchors (by whole blocks) for test.")
     val_fraction: float = Field(0.1, description="Share of anchors (by whole blocks) for validation.")
     r_pos_m: float = Field(100.0, description="Positive radius; part of the leak buffer.")
@@ -28,6 +30,7 @@ class SamplesConfig(dg.Config):
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     group_name="training",
     kinds={"parquet"},
     description="Anchor locations with train/val/test splits by spatial blocks and a leak buffer.",
@@ -87,6 +90,7 @@ class TrainingConfig(dg.Config):
 
 
 @dg.asset(
+    automation_condition=dg.AutomationCondition.eager(),
     group_name="training",
     kinds={"pytorch", "mlflow"},
     pool="gpu",

@@ -24,9 +24,7 @@ class BBox:
         if not all(math.isfinite(v) for v in values):
             raise ConfigError(f"bbox has non-finite values: {values}")
         if not (-180 <= self.min_lon < self.max_lon <= 180 and -90 <= self.min_lat < self.max_lat <= 90):
-            raise ConfigError(
-                f"invalid bbox {values}: need -180<=min_lon<max_lon<=180 and -90<=min_lat<max_lat<=90"
-            )
+            raise ConfigError(f"invalid bbox {values}: need -180<=min_lon<max_lon<=180 and -90<=min_lat<max_lat<=90")
 
     @classmethod
     def parse(cls, text: str) -> BBox:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,5 +39,17 @@ def write_geoparquet(frame: gpd.GeoDataFrame, path: str | Path) -> Path:
     return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False, write_covering_bbox=True))
 
 
+def _finite(obj: Any) -> Any:
+    """NaN/inf become null: strict JSON has no such numbers."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True)))
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False)
+    return write_atomic(path, lambda tmp: tmp.write_text(text))

@@ -108,9 +108,7 @@ class ChannelSchema:
 def _unknown(found: Iterable[str], allowed: set[str], where: str) -> None:
     extra = sorted(set(found) - allowed)
     if extra:
-        raise ConfigError(
-            f"unknown channel-schema entry {extra} in {where}; allowed fields: {sorted(allowed)}"
-        )
+        raise ConfigError(f"unknown channel-schema entry {extra} in {where}; allowed fields: {sorted(allowed)}")
 
 
 def _parse_rule(raw: Mapping[str, Any], where: str) -> TagRule:

@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets import evaluation, osm, raster, training
 from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job
+from pipelines.sensors import nightly_osm_refresh, osm_update_sensor
 from resources import MapnikRenderer, MlflowTracking, OsmSource, ProjectStorage, TorchDevice
 
 
@@ -27,9 +28,12 @@ def build_definitions(
             evaluation.embeddings,
             evaluation.evaluation,
             evaluation.similarity_index,
+            evaluation.maps,
         ],
         asset_checks=[osm.osm_features_channels_covered, training.trained_model_weights_finite],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
+        sensors=[osm_update_sensor],
+        schedules=[nightly_osm_refresh],
         resources={
             "osm": osm_source or OsmSource(),
             "storage": storage,

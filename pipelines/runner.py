@@ -13,12 +13,13 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from loc2vec.errors import Loc2VecError
 from pipelines.definitions import defs
 
 STAGES: list[tuple[str, bool]] = [("ingest_job", False), ("render_job", True), ("main_job", False)]
 
 
-class PipelineFailed(RuntimeError):
+class PipelineFailed(Loc2VecError):
     """A stage of the pipeline failed; the message names the job, partition and error."""
 
 

@@ -37,6 +37,7 @@ class SamplesManifest:
 def build_sample_locations(
     reader: CropReader, spec: SplitSpec, mosaic_version: str, out_dir: str | Path
 ) -> tuple[SamplesManifest, LeakageReport]:
+    spec = spec.resolved(reader.grid.width * reader.grid.resolution, reader.grid.height * reader.grid.resolution)
     frame = sample_locations(reader, spec)
     leak = spec.leak_distance_m(reader.grid.resolution)
     report = leakage_report(frame, leak)

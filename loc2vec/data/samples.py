@@ -14,7 +14,7 @@ from its centre, so no pixel of any training crop can appear in a test crop.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ class SplitSpec:
 
     spacing_m: float = 60.0
     empty_share: float = 0.05
-    block_m: float = 1500.0
+    block_m: float | None = None
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     r_pos_m: float = 100.0
@@ -40,7 +40,12 @@ class SplitSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.spacing_m <= 0 or self.block_m <= 0 or self.r_pos_m < 0 or self.crop_px <= 0:
+        if (
+            self.spacing_m <= 0
+            or (self.block_m is not None and self.block_m <= 0)
+            or self.r_pos_m < 0
+            or self.crop_px <= 0
+        ):
             raise ConfigError("spacing_m, block_m, crop_px must be > 0 and r_pos_m >= 0")
         if not (0 < self.test_fraction < 1 and 0 <= self.val_fraction < 1):
             raise ConfigError("test_fraction must be in (0, 1) and val_fraction in [0, 1)")
@@ -51,6 +56,12 @@ class SplitSpec:
 
     def leak_distance_m(self, resolution: float) -> float:
         return self.r_pos_m + self.crop_px * resolution * math.sqrt(2)
+
+    def resolved(self, width_m: float, height_m: float) -> SplitSpec:
+        """``block_m=None`` (auto): about 20 blocks over the region, between 600 m and 1,500 m."""
+        if self.block_m is not None:
+            return self
+        return replace(self, block_m=float(min(1500.0, max(600.0, math.sqrt(width_m * height_m / 20.0)))))
 
 
 def candidate_anchors(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
@@ -119,13 +130,24 @@ def apply_buffer(frame: pd.DataFrame, leak_distance: float) -> pd.Series:
 
 
 def sample_locations(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
-    """Anchors with block ids and splits; raises ConfigError when a split ends up empty."""
+    """Anchors with block ids and splits; raises ConfigError when train or test ends up empty.
+
+    When the region is too small for a spatially separate validation split (fewer than 16 val anchors
+    survive the buffer), a seeded tenth of the train anchors becomes ``val`` as well: it only steers
+    early stopping, while the test split stays spatially held out.
+    """
+    grid = reader.grid
+    spec = spec.resolved(grid.width * grid.resolution, grid.height * grid.resolution)
     frame = candidate_anchors(reader, spec)
     if frame.empty:
         raise ConfigError("no anchor locations: the mosaic is empty")
     frame["block"] = assign_blocks(frame, reader.grid.x0, reader.grid.y0, spec.block_m)
     frame["split"] = split_blocks(frame, spec)
     frame["split"] = apply_buffer(frame, spec.leak_distance_m(reader.grid.resolution))
+    if (frame["split"] == "val").sum() < 16 and spec.val_fraction > 0:
+        train = frame.index[frame["split"] == "train"]
+        pick = np.random.default_rng(spec.seed + 2).permutation(train)[: max(2, int(len(train) * 0.1))]
+        frame.loc[pick, "split"] = "val"
     sizes = frame["split"].value_counts()
     missing = [s for s in ("train", "test") if sizes.get(s, 0) == 0]
     if missing:

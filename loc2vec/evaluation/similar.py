@@ -40,3 +40,25 @@ def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10)
     found["embedding_distance"] = np.sqrt(np.maximum(distances[0], 0))
     found["ground_km"] = np.hypot(found["x"] - x, found["y"] - y) / 1000.0
     return found[["rank", "lat", "lon", "kind", "landuse_class", "embedding_distance", "ground_km"]]
+
+
+def write_similar_map(manifest: IndexManifest, found: pd.DataFrame, lat: float, lon: float, out_path) -> None:
+    """A map of the query (cluster 0) and its nearest places (cluster 1), each with its preview."""
+    from loc2vec.evaluation.maps import embedding_map
+    from loc2vec.evaluation.stage import previews
+
+    reader = CropReader.from_store(manifest.mosaic_path)
+    lons = np.concatenate([[lon], found["lon"].to_numpy()])
+    lats = np.concatenate([[lat], found["lat"].to_numpy()])
+    cols, rows = reader.grid.lonlat_to_pixel(lons, lats)
+    xy = np.column_stack(reader.grid.pixel_to_xy(cols, rows))
+    crop_px = TrainConfig(**manifest.model_config).crop_px
+    clusters = np.array([0] + [1] * len(found))
+    embedding_map(
+        lons,
+        lats,
+        clusters,
+        previews(reader, xy, crop_px, cell=28),
+        out_path,
+        title=f"Places most like ({lat:.5f}, {lon:.5f}): query = cluster 0",
+    )

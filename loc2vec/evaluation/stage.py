@@ -103,3 +103,80 @@ def build_similarity_index(model: ModelManifest, embeddings: EmbeddingsManifest,
 
 def load_index_manifest(path: str | Path) -> IndexManifest:
     return IndexManifest(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class MapsManifest:
+    embedding_map: str
+    projector: str
+    n_map_points: int
+    n_projector_points: int
+    clusters: int
+
+
+def previews(reader: CropReader, xy: np.ndarray, crop_px: int, cell: int) -> list[bytes]:
+    from loc2vec.evaluation.embedders import crops_at
+    from loc2vec.render.preview import channel_panel, png_bytes
+
+    out = []
+    for start in range(0, len(xy), 256):
+        crops = crops_at(reader, xy[start : start + 256], crop_px).transpose(0, 3, 1, 2)
+        out += [png_bytes(channel_panel(c[None], reader.channel_names, cell=cell)) for c in crops]
+    return out
+
+
+def _thumbnails(reader: CropReader, xy: np.ndarray, crop_px: int, size: int = 64) -> list[bytes]:
+    from PIL import Image
+
+    from loc2vec.evaluation.embedders import crops_at
+    from loc2vec.render.preview import composite, png_bytes
+
+    out = []
+    for crop in crops_at(reader, xy, crop_px):
+        picture = Image.fromarray(composite(crop.transpose(2, 0, 1))).resize((size, size), Image.NEAREST)
+        out.append(png_bytes(np.asarray(picture)))
+    return out
+
+
+def build_maps(
+    model: ModelManifest,
+    embeddings: EmbeddingsManifest,
+    out_dir: str | Path,
+    clusters: int = 8,
+    max_map_points: int = 1200,
+    max_projector_points: int = 800,
+    seed: int = 0,
+) -> MapsManifest:
+    """The cluster map of the grid (click: 12-channel preview) and the projector of test locations."""
+    from sklearn.cluster import KMeans
+
+    from loc2vec.evaluation.maps import embedding_map, projector
+
+    reader = CropReader.from_store(model.mosaic_path)
+    crop_px = model.train_config().crop_px
+    frame = embeddings.read()
+    rng = np.random.default_rng(seed)
+    grid = frame[frame["kind"] == "grid"]
+    grid = grid.iloc[np.sort(rng.permutation(len(grid))[:max_map_points])]
+    vectors = embeddings.vectors(grid)
+    labels = KMeans(n_clusters=min(clusters, len(grid)), n_init=4, random_state=seed).fit_predict(vectors)
+    out = Path(out_dir)
+    map_path = embedding_map(
+        grid["lon"].to_numpy(),
+        grid["lat"].to_numpy(),
+        labels,
+        previews(reader, grid[["x", "y"]].to_numpy(), crop_px, cell=28),
+        out / "embedding_map.html",
+        title=f"loc2vec v{model.model_version}: k-means clusters of the embedding",
+    )
+    test = frame[(frame["kind"] == "location") & (frame["split"] == "test")]
+    test = test.iloc[np.sort(rng.permutation(len(test))[:max_projector_points])]
+    proj_path = projector(
+        embeddings.vectors(test),
+        test["landuse_class"].astype(str).tolist(),
+        _thumbnails(reader, test[["x", "y"]].to_numpy(), crop_px),
+        out / "projector.html",
+        title=f"loc2vec v{model.model_version}: test locations by land-use class",
+        seed=seed,
+    )
+    return MapsManifest(str(map_path), str(proj_path), len(grid), len(test), int(labels.max() + 1))

@@ -68,9 +68,7 @@ class MosaicGrid:
         height = math.ceil((y0 - ys.min()) / resolution)
         if width * height > 4_000_000_000:
             raise ConfigError(f"mosaic of {width}x{height} px is too large: raise the resolution")
-        return cls(
-            int(crs.to_epsg()), float(x0), float(y0), float(resolution), width, height, chunk, unit_chunks
-        )
+        return cls(int(crs.to_epsg()), float(x0), float(y0), float(resolution), width, height, chunk, unit_chunks)
 
     @cached_property
     def crs(self) -> CRS:

@@ -61,9 +61,7 @@ def test_counts_match_independent_pyosmium_filters(path):
     buildings = _independent_count(path, lambda t: t.get("building", "no") != "no", "area")
     assert per_channel.get("buildings", 0) == buildings
     rail = {"rail", "tram", "light_rail", "subway", "narrow_gauge", "funicular", "monorail", "preserved"}
-    assert per_channel.get("railways", 0) == _independent_count(
-        path, lambda t: t.get("railway") in rail, "line"
-    )
+    assert per_channel.get("railways", 0) == _independent_count(path, lambda t: t.get("railway") in rail, "line")
     not_poi = {"parking", "parking_space", "bicycle_parking", "motorcycle_parking", "bench", "waste_basket"}
 
     def is_poi(tags):

@@ -1,0 +1,220 @@
+"""``loc2vec`` command line: run the pipeline on any extract, score external embeddings, query places.
+
+It lives beside the Dagster definitions (not in ``loc2vec/``) because ``run`` and ``evaluate`` execute
+the same assets in process (no daemon needed); ``similar`` only uses the domain library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from loc2vec.errors import Loc2VecError
+
+MAIN_TRAINING_OPS = "trained_model"
+
+
+def _log(message: str) -> None:
+    print(f"[loc2vec {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _definitions(pbf: str, bbox: str | None, data_dir: Path):
+    from pipelines.definitions import build_definitions
+    from resources import OsmSource, ProjectStorage
+
+    return build_definitions(OsmSource(pbf_path=pbf, bbox=bbox), ProjectStorage(data_dir=str(data_dir)))
+
+
+def _instance(data_dir: Path):
+    import dagster as dg
+
+    home = data_dir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.local_temp(str(home))
+
+
+def _training_config(epochs: int | None, seed: int) -> dict:
+    config: dict = {"seed": seed}
+    if epochs is not None:
+        config["epochs"] = epochs
+    return {"main_job": {"ops": {MAIN_TRAINING_OPS: {"config": config}}}}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole pipeline on ``--pbf``; writes ``OUT/evaluation.json`` (mean ± std with ``--seeds``)."""
+    from loc2vec.evaluation.run import aggregate_seeds
+    from loc2vec.io import write_json
+    from loc2vec.osm.files import check_osm_file
+    from pipelines.runner import run_pipeline
+
+    check_osm_file(args.pbf)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out)
+    seeds = [args.seed + i for i in range(args.seeds)]
+    results = []
+    with _instance(out) as instance:
+        runs = run_pipeline(defs, instance, run_config=_training_config(args.epochs, seeds[0]), log=_log)
+        results.append(runs["main_job"].output_for_node("evaluation"))
+        for seed in seeds[1:]:
+            _log(f"training seed {seed}")
+            job = defs.resolve_job_def("main_job")
+            run = job.execute_in_process(
+                instance=instance, run_config=_training_config(args.epochs, seed)["main_job"], raise_on_error=False
+            )
+            if not run.success:
+                raise Loc2VecError(f"main_job failed for seed {seed} (run {run.run_id})")
+            results.append(run.output_for_node("evaluation"))
+            _log(f"seed {seed}: ok")
+    document = dict(results[0])
+    if len(results) > 1:
+        summary = aggregate_seeds(results)
+        document["model"] = {m: v["mean"] for m, v in summary["model"].items()}
+        document["baselines"] = {n: {m: v["mean"] for m, v in b.items()} for n, b in summary["baselines"].items()}
+        document["seeds"] = {**summary, "seeds": seeds}
+    write_json(document, out / "evaluation.json")
+    _log(f"wrote {out / 'evaluation.json'}")
+    print(json.dumps({"model": document["model"], "baselines": document["baselines"]}, indent=2))
+    return 0
+
+
+def _protocol_for(args: argparse.Namespace):
+    """Import, render and split ``--pbf`` (in process), then build the protocol's points."""
+    from loc2vec.data.crops import CropReader
+    from loc2vec.evaluation.stage import protocol_points
+    from pipelines.runner import run_pipeline
+
+    work = Path(args.work or Path(args.points_out or args.out or ".").resolve().parent / ".loc2vec-evaluate")
+    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, work)
+    with _instance(work) as instance:
+        runs = run_pipeline(defs, instance, log=_log, main_assets=["sample_locations"])
+        samples = runs["main_job"].output_for_node("sample_locations")
+        features = runs["ingest_job"].output_for_node("osm_features")
+        mosaic = runs["main_job"].output_for_node("raster_mosaic")
+    reader = CropReader.from_store(mosaic.path)
+    return protocol_points(samples, features, reader), reader, samples
+
+
+def _read_external(path: str, points) -> np.ndarray:  # noqa: F821
+    import geopandas as gpd
+    import numpy as np
+
+    frame = gpd.read_parquet(path)
+    vector_cols = [c for c in frame.columns if c != "geometry" and frame[c].map(np.ndim).eq(1).all()]
+    if len(vector_cols) != 1:
+        raise Loc2VecError(f"{path}: need exactly one vector column beside the geometry, found {vector_cols}")
+    if len(frame) != len(points):
+        raise Loc2VecError(f"{path}: {len(frame)} rows, but the protocol has {len(points)} points")
+    lon, lat = frame.geometry.x.to_numpy(), frame.geometry.y.to_numpy()
+    if not (np.allclose(lon, points["lon"], atol=1e-6) and np.allclose(lat, points["lat"], atol=1e-6)):
+        raise Loc2VecError(
+            f"{path}: rows are not the protocol's points in the same order (write them with --points-out)"
+        )
+    vectors = np.stack(frame[vector_cols[0]].to_numpy()).astype(np.float32)
+    if not np.isfinite(vectors).all():
+        raise Loc2VecError(f"{path}: embeddings hold non-finite values")
+    return vectors
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from loc2vec.evaluation.protocol import to_geoparquet_frame
+    from loc2vec.evaluation.run import evaluate_embeddings
+    from loc2vec.io import write_geoparquet, write_json
+    from loc2vec.training.config import TrainConfig
+
+    if bool(args.points_out) == bool(args.embeddings):
+        raise Loc2VecError("give either --points-out FILE or --embeddings FILE --out DIR")
+    if args.embeddings and not args.out:
+        raise Loc2VecError("--embeddings needs --out DIR")
+    points, reader, samples = _protocol_for(args)
+    if args.points_out:
+        write_geoparquet(to_geoparquet_frame(points), args.points_out)
+        _log(f"wrote {len(points)} points to {args.points_out}")
+        return 0
+    vectors = _read_external(args.embeddings, points)
+    config = TrainConfig(crop_px=samples.spec["crop_px"])
+    document = evaluate_embeddings(vectors, points, reader, config, seed=0)
+    out = Path(args.out)
+    write_json(document, out / "evaluation.json")
+    _log(f"wrote {out / 'evaluation.json'}")
+    print(json.dumps(document["model"], indent=2))
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from loc2vec.evaluation.similar import similar_places
+    from loc2vec.evaluation.stage import load_index_manifest
+    from resources.paths import default_data_dir
+
+    manifest_path = args.index or (Path(args.data_dir or default_data_dir()) / "index" / "CURRENT").read_text().strip()
+    manifest = load_index_manifest(manifest_path)
+    found = similar_places(manifest, args.lat, args.lon, args.k)
+    print(found.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    if args.map:
+        from loc2vec.evaluation.similar import write_similar_map
+
+        write_similar_map(manifest, found, args.lat, args.lon, args.map)
+        _log(f"wrote {args.map}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from pipelines.runner import run_pipeline
+
+    run_pipeline(log=_log)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loc2vec", description="Location embeddings from OpenStreetMap.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the whole pipeline on an extract, in process")
+    run.add_argument("--pbf", required=True, help=".osm.pbf, .osm or .osm.bz2 extract")
+    run.add_argument("--bbox", help="min_lon,min_lat,max_lon,max_lat (default: the extract's bounds)")
+    run.add_argument("--out", required=True, help="output directory (data, MLflow store, evaluation.json)")
+    run.add_argument("--epochs", type=int, help="training epochs (default: the asset's default)")
+    run.add_argument("--seed", type=int, default=0, help="first training seed")
+    run.add_argument("--seeds", type=int, default=1, help="train and evaluate N seeds; report mean and std")
+    run.set_defaults(func=cmd_run)
+
+    ev = sub.add_parser("evaluate", help="write the protocol's points, or score embeddings made elsewhere")
+    ev.add_argument("--pbf", required=True)
+    ev.add_argument("--bbox")
+    ev.add_argument("--points-out", help="GeoParquet of every point that needs an embedding")
+    ev.add_argument("--embeddings", help="GeoParquet: point geometry + one vector column, same rows as the points")
+    ev.add_argument("--out", help="directory for evaluation.json")
+    ev.add_argument("--work", help="working directory for the import/render/split (default: beside the output)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    sim = sub.add_parser("similar", help="nearest places to a location in embedding space")
+    sim.add_argument("--lat", type=float, required=True)
+    sim.add_argument("--lon", type=float, required=True)
+    sim.add_argument("-k", type=int, default=10)
+    sim.add_argument("--index", help="index manifest.json (default: the data dir's current index)")
+    sim.add_argument("--data-dir", help="data directory (default: $LOC2VEC_DATA_DIR or var/)")
+    sim.add_argument("--map", help="write an HTML map of the results")
+    sim.set_defaults(func=cmd_similar)
+
+    pipe = sub.add_parser("pipeline", help="the main pipeline on the configured extract (what `make run` does)")
+    pipe.set_defaults(func=cmd_pipeline)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "run" and args.seeds < 1:
+        print("loc2vec: error: --seeds must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except Loc2VecError as exc:
+        print(f"loc2vec: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
