@@ -19,8 +19,14 @@ MAIN_METRIC = "landuse_recall_at_10"
 
 
 def protocol_radii(config: TrainConfig, resolution: float) -> dict[str, float]:
-    """r_pos / r_neg of the triplets and the exclusion radius of neighbour recall (the crop's edge)."""
-    return {"r_pos": config.r_pos_m, "r_neg": config.r_neg_m, "exclude_m": config.crop_px * resolution}
+    """r_pos / r_neg of the triplets, and the exclusion radius of neighbour recall: neighbours must be
+    negatives by the training definition (beyond r_neg) and share no pixels with the query (beyond the
+    crop's edge), so recall measures similar places elsewhere, not spatial autocorrelation."""
+    return {
+        "r_pos": config.r_pos_m,
+        "r_neg": config.r_neg_m,
+        "exclude_m": max(config.r_neg_m, config.crop_px * resolution),
+    }
 
 
 def baseline_embeddings(points: pd.DataFrame, reader: CropReader, config: TrainConfig) -> dict[str, np.ndarray]:
