@@ -10,6 +10,8 @@ k)``, so a resumed run sees exactly the same data.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,16 +43,55 @@ class TripletSpec:
             raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
 
 
-def augment(batch: np.ndarray, rng: np.random.Generator, spec: TripletSpec) -> np.ndarray:
-    """Flips and channel dropout in place on a (B, S, S, C) batch."""
-    if spec.flip:
-        flip = rng.random(len(batch)) < 0.5
-        batch[flip] = batch[flip, :, ::-1]
+def _augment_draws(rng: np.random.Generator, n: int, channels: int, spec: TripletSpec):
+    """The random draws of ``augment`` for a batch of ``n`` crops, in its order: flip mask, dropped (b, c)."""
+    flip = rng.random(n) < 0.5 if spec.flip else None
+    drop = None
     if spec.channel_dropout > 0:
-        drop = rng.random((len(batch), batch.shape[-1])) < spec.channel_dropout
-        b, c = np.nonzero(drop)
+        drop = np.nonzero(rng.random((n, channels)) < spec.channel_dropout)
+    return flip, drop
+
+
+def _apply_augment(batch: np.ndarray, flip, drop) -> np.ndarray:
+    if flip is not None:
+        # mirror whole pixel records (one C-byte item each) rather than single bytes: ~2x faster
+        c = batch.shape[-1]
+        if batch.flags.c_contiguous and c > 0:
+            pixels = batch.view(np.dtype((np.void, c * batch.itemsize))).reshape(batch.shape[:-1])
+            pixels[flip] = pixels[flip, :, ::-1]
+        else:
+            batch[flip] = batch[flip, :, ::-1]
+    if drop is not None:
+        b, c = drop
         batch[b, :, :, c] = 0
     return batch
+
+
+def augment(batch: np.ndarray, rng: np.random.Generator, spec: TripletSpec) -> np.ndarray:
+    """Flips and channel dropout in place on a (B, S, S, C) batch."""
+    return _apply_augment(batch, *_augment_draws(rng, len(batch), batch.shape[-1], spec))
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _helper_thread() -> ThreadPoolExecutor | None:
+    """One helper thread for the main process on a multi-core machine (None in loader workers).
+
+    With ``num_workers=0`` the model's threads sit idle while a batch is cut, so anchors and positives
+    are cut in parallel (numpy's gather releases the GIL). Loader workers already overlap with training
+    and keep to one thread. The pool is re-created after a fork (threads do not survive it).
+    """
+    global _POOL
+    if torch.utils.data.get_worker_info() is not None or _usable_cpus() < 2:
+        return None
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="triplet-crops"))
+    return _POOL[1]
 
 
 class TripletBatches(torch.utils.data.IterableDataset):
@@ -84,11 +125,26 @@ class TripletBatches(torch.utils.data.IterableDataset):
         radius = spec.r_pos_m / grid.resolution * np.sqrt(rng.random(n))
         theta = rng.uniform(0, 2 * np.pi, n)
         angles = rng.uniform(0, 2 * np.pi, (2, n))
-        anchors, _ = self.reader.crops_px(cols + shift[0], rows + shift[1], spec.crop_px, angles[0])
-        positives, _ = self.reader.crops_px(
-            cols + radius * np.cos(theta), rows + radius * np.sin(theta), spec.crop_px, angles[1]
-        )
-        return augment(anchors, rng, spec), augment(positives, rng, spec), self.xy[idx].astype(np.float32)
+        # every draw happens here, in a fixed order, so the batch does not depend on how it is computed
+        channels = self.reader.channels
+        aug_a, aug_p = _augment_draws(rng, n, channels, spec), _augment_draws(rng, n, channels, spec)
+
+        def anchors() -> np.ndarray:
+            crops, _ = self.reader.crops_px(cols + shift[0], rows + shift[1], spec.crop_px, angles[0])
+            return _apply_augment(crops, *aug_a)
+
+        def positives() -> np.ndarray:
+            pc, pr = cols + radius * np.cos(theta), rows + radius * np.sin(theta)
+            crops, _ = self.reader.crops_px(pc, pr, spec.crop_px, angles[1])
+            return _apply_augment(crops, *aug_p)
+
+        pool = _helper_thread()
+        if pool is None:
+            a, p = anchors(), positives()
+        else:
+            future = pool.submit(positives)
+            a, p = anchors(), future.result()
+        return a, p, self.xy[idx].astype(np.float32)
 
     def __iter__(self):
         """Batches rank, rank + world, ... of the epoch, split again across loader workers in order."""
