@@ -100,6 +100,13 @@ def evaluation(
     )
 
 
+def _model_dir(storage: ProjectStorage, kind: str, model: ModelManifest) -> Path:
+    """``<data_dir>/<kind>/v<version>-<run>``: one directory per registered model version."""
+    out = storage.path(kind, f"v{model.model_version}-{model.run_id[:8]}")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 @dg.asset(
     automation_condition=dg.AutomationCondition.eager(),
     group_name="evaluation",
@@ -110,7 +117,7 @@ def evaluation(
 def similarity_index(
     trained_model: ModelManifest, embeddings: EmbeddingsManifest, storage: ProjectStorage
 ) -> dg.Output[IndexManifest]:
-    out_dir = storage.path("index", f"v{trained_model.model_version}-{trained_model.run_id[:8]}", "x").parent
+    out_dir = _model_dir(storage, "index", trained_model)
     manifest = build_similarity_index(trained_model, embeddings, out_dir)
     current = storage.path("index", "CURRENT")
     current.write_text(str(out_dir / "manifest.json"))
@@ -137,7 +144,7 @@ def similarity_index(
 def maps(
     trained_model: ModelManifest, embeddings: EmbeddingsManifest, storage: ProjectStorage
 ) -> dg.Output[MapsManifest]:
-    out_dir = storage.path("maps", f"v{trained_model.model_version}-{trained_model.run_id[:8]}", "x").parent
+    out_dir = _model_dir(storage, "maps", trained_model)
     manifest = build_maps(trained_model, embeddings, out_dir)
     return dg.Output(
         manifest,

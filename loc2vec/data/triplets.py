@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from loc2vec.data.crops import CropReader
 from loc2vec.errors import ConfigError
@@ -158,27 +157,29 @@ class TripletBatches(torch.utils.data.IterableDataset):
 
 
 def fixed_triplets(
-    reader: CropReader, xy: np.ndarray, spec: TripletSpec, n: int, seed: int
+    reader: CropReader, xy: np.ndarray, spec: TripletSpec, n: int, seed: int, pool_xy: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fixed, seeded set of explicit (anchor, positive, negative) crops for validation/evaluation.
 
-    Negatives are other anchors at least ``r_neg_m`` away. Returns uint8 arrays (n, S, S, C).
+    Negatives are locations of ``pool_xy`` (default: ``xy``) at least ``r_neg_m`` away. Returns uint8
+    arrays (n, S, S, C).
     """
     rng = np.random.default_rng([seed, 7919])
     xy = np.asarray(xy, dtype=np.float64)
+    pool = xy if pool_xy is None else np.asarray(pool_xy, dtype=np.float64)
     grid = reader.grid
-    a_idx = rng.integers(0, len(xy), n)
-    tree = cKDTree(xy)
-    neg_idx = np.empty(n, dtype=np.int64)
-    for i, a in enumerate(a_idx):
-        near = set(tree.query_ball_point(xy[a], spec.r_neg_m))
-        for _ in range(100):
-            cand = int(rng.integers(0, len(xy)))
-            if cand not in near:
-                break
-        else:
-            raise ConfigError(f"no location {spec.r_neg_m} m away from anchor {a}: region too small")
-        neg_idx[i] = cand
+    anchors_idx, negatives_idx = [], []
+    for a in rng.integers(0, len(xy), 4 * n):
+        far = np.flatnonzero(np.hypot(*(pool - xy[a]).T) >= spec.r_neg_m)
+        if len(far):
+            anchors_idx.append(int(a))
+            negatives_idx.append(int(far[rng.integers(len(far))]))
+        if len(anchors_idx) == n:
+            break
+    if len(anchors_idx) < min(n, 8):
+        raise ConfigError(f"too few locations {spec.r_neg_m} m apart for validation triplets: region too small")
+    a_idx, neg_idx = np.asarray(anchors_idx), np.asarray(negatives_idx)
+    n = len(a_idx)
     cols, rows = grid.xy_to_pixel(xy[a_idx, 0], xy[a_idx, 1])
     radius = spec.r_pos_m / grid.resolution * np.sqrt(rng.random(n))
     theta = rng.uniform(0, 2 * np.pi, n)
@@ -187,6 +188,6 @@ def fixed_triplets(
     positives, _ = reader.crops_px(
         cols + radius * np.cos(theta), rows + radius * np.sin(theta), spec.crop_px, angles[1]
     )
-    ncols, nrows = grid.xy_to_pixel(xy[neg_idx, 0], xy[neg_idx, 1])
+    ncols, nrows = grid.xy_to_pixel(pool[neg_idx, 0], pool[neg_idx, 1])
     negatives, _ = reader.crops_px(ncols, nrows, spec.crop_px, angles[2])
     return anchors, positives, negatives

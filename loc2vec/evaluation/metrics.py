@@ -28,7 +28,7 @@ METRICS = (
 )
 
 
-def test_triplets(xy: np.ndarray, r_pos: float, r_neg: float, n: int, seed: int) -> np.ndarray:
+def held_out_triplets(xy: np.ndarray, r_pos: float, r_neg: float, n: int, seed: int) -> np.ndarray:
     """(anchor, positive, negative) index triples among test locations: p within r_pos, n beyond r_neg."""
     rng = np.random.default_rng([seed, 31])
     tree = cKDTree(xy)
@@ -115,7 +115,7 @@ def score(
     emb = np.asarray(emb, dtype=np.float64)
     loc = ((points["kind"] == "location") & (points["split"] == "test")).to_numpy()
     xy, e, labels = points.loc[loc, ["x", "y"]].to_numpy(), emb[loc], points.loc[loc, "landuse_class"].to_numpy()
-    triplets = test_triplets(xy, r_pos, r_neg, 1000, seed)
+    triplets = held_out_triplets(xy, r_pos, r_neg, 1000, seed)
     k = min(clusters, len(e) - 1)
     assign = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(e)
     sub = np.random.default_rng(seed).permutation(len(e))[:1500]

@@ -111,7 +111,9 @@ def train(
     )
     scaler = device.grad_scaler()
     objective = TripletObjective(config.loss, config.margin, config.mining)
-    val_set = fixed_triplets(reader, val_xy, spec, config.val_triplets, config.seed)
+    val_set = fixed_triplets(
+        reader, val_xy, spec, config.val_triplets, config.seed, pool_xy=np.concatenate([val_xy, train_xy])
+    )
 
     ckpt_dir = Path(checkpoint_dir)
     last_path = ckpt_dir / "last.pt"

@@ -1,0 +1,75 @@
+"""The protocol's metrics on small seeded data where the right answer is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from loc2vec.evaluation.index import build_hnsw, measure
+from loc2vec.evaluation.metrics import (
+    METRICS,
+    geo_spearman,
+    held_out_triplets,
+    poi_scores,
+    recall_at_k,
+    triplet_accuracy,
+)
+from loc2vec.evaluation.run import aggregate_seeds
+
+
+def _grid(n=20, step=50.0):
+    xx, yy = np.meshgrid(np.arange(n) * step, np.arange(n) * step)
+    return np.column_stack([xx.ravel(), yy.ravel()])
+
+
+def test_test_triplets_respect_the_radii():
+    xy = _grid()
+    triplets = held_out_triplets(xy, r_pos=60.0, r_neg=400.0, n=200, seed=0)
+    assert len(triplets) == 200
+    d_ap = np.linalg.norm(xy[triplets[:, 0]] - xy[triplets[:, 1]], axis=1)
+    d_an = np.linalg.norm(xy[triplets[:, 0]] - xy[triplets[:, 2]], axis=1)
+    assert (d_ap <= 60.0).all() and (d_an >= 400.0).all()
+    assert triplet_accuracy(xy, triplets) == 1.0  # coordinates solve distance-defined triplets
+    assert triplet_accuracy(np.zeros_like(xy), triplets) == 0.0  # a constant embedding never does
+
+
+def test_recall_ignores_neighbours_closer_than_the_exclusion_radius():
+    xy = _grid(10)
+    labels = np.where(xy[:, 0] < 250, "west", "east")
+    perfect = np.column_stack([(labels == "west").astype(float), np.zeros(len(xy))])
+    assert recall_at_k(perfect + 1e-6 * xy, labels, xy, k=5, exclude_m=0.0) == 1.0
+    # with coordinates as the embedding, excluding everything within 200 m forces far neighbours
+    near = recall_at_k(xy, labels, xy, k=5, exclude_m=0.0)
+    far = recall_at_k(xy, labels, xy, k=5, exclude_m=200.0)
+    assert near > far
+    assert np.isnan(recall_at_k(xy, np.array(["none"] * len(xy)), xy, 5, 0.0, skip_label="none"))
+
+
+def test_geo_spearman_is_one_for_coordinates_and_near_zero_for_noise():
+    xy = _grid()
+    assert geo_spearman(xy, xy, 300.0, 5000, 0) == pytest.approx(1.0)
+    noise = np.random.default_rng(0).normal(size=(len(xy), 8))
+    assert abs(geo_spearman(noise, xy, 300.0, 5000, 0)) < 0.1
+
+
+def test_poi_classifiers_learn_a_separable_category():
+    rng = np.random.default_rng(0)
+    cats = np.repeat(["amenity=cafe", "shop=bakery"], 40)
+    emb = rng.normal(size=(80, 4)) + np.where(cats == "amenity=cafe", 3.0, -3.0)[:, None]
+    points = pd.DataFrame({"kind": "poi", "split": np.tile(["train", "test"], 40), "category": cats})
+    scores = poi_scores(emb, points)
+    assert scores["poi_knn_accuracy"] == 1.0 and scores["poi_logreg_macro_f1"] == 1.0
+
+
+def test_hnsw_recall_against_exact_search():
+    vectors = np.random.default_rng(0).normal(size=(2000, 16)).astype(np.float32)
+    report = measure(build_hnsw(vectors), vectors, n_queries=200)
+    assert report.recall_at_10 > 0.9 and report.n_vectors == 2000
+    assert report.hnsw_ms_per_query > 0 and report.exact_ms_per_query > 0
+
+
+def test_aggregate_seeds_mean_and_std():
+    metrics = list(METRICS)
+    runs = [{"model": dict.fromkeys(metrics, v), "baselines": {"b": dict.fromkeys(metrics, 0.5)}} for v in (0.2, 0.4)]
+    summary = aggregate_seeds(runs)
+    assert summary["model"]["triplet_accuracy"] == {"mean": pytest.approx(0.3), "std": pytest.approx(0.1)}
+    assert summary["baselines"]["b"]["silhouette"]["std"] == 0.0 and summary["n_seeds"] == 2
