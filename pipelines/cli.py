@@ -90,7 +90,7 @@ def _protocol_for(args: argparse.Namespace):
     work = Path(args.work or Path(args.points_out or args.out or ".").resolve().parent / ".loc2vec-evaluate")
     defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, work)
     with _instance(work) as instance:
-        runs = run_pipeline(defs, instance, log=_log, main_assets=["sample_locations"])
+        runs = run_pipeline(defs, instance, log=_log, main_assets=["raster_mosaic", "sample_locations"])
         samples = runs["main_job"].output_for_node("sample_locations")
         features = runs["ingest_job"].output_for_node("osm_features")
         mosaic = runs["main_job"].output_for_node("raster_mosaic")

@@ -7,6 +7,7 @@ rank r trains on batches r, r+W, ... of each epoch and rank 0 writes checkpoints
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,10 +148,15 @@ def train(
         )
         wait, losses, samples = 0.0, [], 0
         iterator = iter(loader)
-        for _ in range(local_steps):
+        # the next batch is cut on a helper thread while this step computes (numpy/torch release the GIL)
+        prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-prefetch")
+        pending = prefetch.submit(next, iterator)
+        for i in range(local_steps):
             t0 = time.perf_counter()
-            anchors, positives, locations = next(iterator)
+            anchors, positives, locations = pending.result()
             wait += time.perf_counter() - t0
+            if i + 1 < local_steps:
+                pending = prefetch.submit(next, iterator)
             x = device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2))
             loc = locations.to(device.device)
             with device.autocast():
@@ -163,6 +169,7 @@ def train(
             scheduler.step()
             losses.append(float(loss.detach()))
             samples += len(x)
+        prefetch.shutdown(wait=True)
         val_loss, val_acc = evaluate_triplets(model, device, val_set, config.margin)
         seconds = time.perf_counter() - started
         metrics = EpochMetrics(
