@@ -7,8 +7,8 @@ rank r trains on batches r, r+W, ... of each epoch and rank 0 writes checkpoints
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
