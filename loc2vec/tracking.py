@@ -140,7 +140,7 @@ def promote_if_better(name: str, version: str, metric: str, value: float, alias:
         current = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         current = None
-    if current is not None and current.version != version:
+    if current is not None and str(current.version) != str(version):
         best = float(current.tags.get(metric, "-inf"))
         if not value > best:
             return False

@@ -1,0 +1,23 @@
+"""The champion alias moves only to a model version that beats the current champion."""
+
+import mlflow
+from mlflow import MlflowClient
+
+from loc2vec import tracking
+
+
+def test_champion_alias_moves_only_on_improvement(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.setup(uri, "champion-test", artifact_root=str(tmp_path / "artifacts"))
+    client = MlflowClient()
+    client.create_registered_model("enc")
+    with mlflow.start_run() as run:
+        mlflow.log_text("weights", "model/weights.txt")
+    source = f"runs:/{run.info.run_id}/model"
+    v1, v2, v3 = (client.create_model_version("enc", source, run.info.run_id).version for _ in range(3))
+    assert tracking.promote_if_better("enc", str(v1), "landuse_recall_at_10", 0.50)
+    assert not tracking.promote_if_better("enc", str(v2), "landuse_recall_at_10", 0.45)
+    assert str(client.get_model_version_by_alias("enc", "champion").version) == str(v1)
+    assert tracking.promote_if_better("enc", str(v3), "landuse_recall_at_10", 0.55)
+    champion = client.get_model_version_by_alias("enc", "champion")
+    assert str(champion.version) == str(v3) and champion.tags["landuse_recall_at_10"] == "0.55"
