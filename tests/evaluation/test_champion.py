@@ -8,10 +8,10 @@ from loc2vec import tracking
 
 def test_champion_alias_moves_only_on_improvement(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracking.setup(uri, "champion-test", artifact_root=str(tmp_path / "artifacts"))
+    experiment = tracking.setup(uri, "champion-test", artifact_root=str(tmp_path / "artifacts"))
     client = MlflowClient()
     client.create_registered_model("enc")
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_text("weights", "model/weights.txt")
     source = f"runs:/{run.info.run_id}/model"
     v1, v2, v3 = (client.create_model_version("enc", source, run.info.run_id).version for _ in range(3))
