@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import Clock
+
 ROOT = Path(__file__).resolve().parents[1]
 PBF = ROOT / "data" / "osm" / "monaco_region_2016.osm.pbf"
 CROP = 128
@@ -49,18 +51,6 @@ def pin_to_one_core() -> int:
     except ImportError:
         pass
     return cpu
-
-
-class Clock:
-    """Wall and process CPU time of a block."""
-
-    def __enter__(self) -> Clock:
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.wall0
-        self.cpu = time.process_time() - self.cpu0
 
 
 def _dir_bytes(path: Path) -> int:

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.common import Clock
+
 ROOT = Path(__file__).resolve().parents[1]
 PBF = ROOT / "data" / "osm" / "monaco_region_2016.osm.pbf"
 REGION = (7.405, 43.722, 7.445, 43.752)  # central Monaco, ~3.2 x 3.3 km
@@ -46,18 +48,6 @@ BATCH = 64
 GOAL_SAMPLES_PER_S = 300.0
 GOAL_DATA_WAIT = 0.10
 ISSUE_PLAIN_CNN = 31.0  # samples/s the issue reports for the plain 4-block CNN
-
-
-class Clock:
-    """Wall and process CPU time of a block."""
-
-    def __enter__(self) -> Clock:
-        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.wall0
-        self.cpu = time.process_time() - self.cpu0
 
 
 class PlainCNN(nn.Module):

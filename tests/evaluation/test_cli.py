@@ -46,14 +46,15 @@ def test_similar_prints_neighbours_and_writes_a_map(run_dir, capsys):
     assert main(["similar", "--lat", "48.85", "--lon", "2.35", "--data-dir", str(run_dir)]) == 1  # outside
 
 
+def _evaluate(work, *args) -> int:
+    return main(["evaluate", "--pbf", str(MONACO), "--bbox", BBOX, "--work", str(work), *args])
+
+
 @pytest.mark.slow
 def test_external_embeddings_are_scored_on_the_same_protocol(run_dir, tmp_path):
     points_file = tmp_path / "points.parquet"
     work = tmp_path / "work"
-    assert (
-        main(["evaluate", "--pbf", str(MONACO), "--bbox", BBOX, "--points-out", str(points_file), "--work", str(work)])
-        == 0
-    )
+    assert _evaluate(work, "--points-out", str(points_file)) == 0
     points = gpd.read_parquet(points_file)
     assert {"train", "test"} <= set(points["split"]) and {"location", "poi"} >= set(points["kind"])
     # "another embedder": metric coordinates in km, i.e. exactly the coordinates baseline
@@ -63,24 +64,7 @@ def test_external_embeddings_are_scored_on_the_same_protocol(run_dir, tmp_path):
     theirs_file = tmp_path / "theirs.parquet"
     theirs.to_parquet(theirs_file)
     out = tmp_path / "scored"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--pbf",
-                str(MONACO),
-                "--bbox",
-                BBOX,
-                "--embeddings",
-                str(theirs_file),
-                "--out",
-                str(out),
-                "--work",
-                str(work),
-            ]
-        )
-        == 0
-    )
+    assert _evaluate(work, "--embeddings", str(theirs_file), "--out", str(out)) == 0
     doc = json.loads((out / "evaluation.json").read_text())
     for metric in KEYS:
         ours, baseline = doc["model"][metric], doc["baselines"]["coordinates"][metric]
@@ -89,22 +73,5 @@ def test_external_embeddings_are_scored_on_the_same_protocol(run_dir, tmp_path):
     shuffled = theirs.iloc[np.random.default_rng(0).permutation(len(theirs))]
     bad_file = tmp_path / "bad.parquet"
     shuffled.to_parquet(bad_file)
-    assert (
-        main(
-            [
-                "evaluate",
-                "--pbf",
-                str(MONACO),
-                "--bbox",
-                BBOX,
-                "--embeddings",
-                str(bad_file),
-                "--out",
-                str(tmp_path / "bad"),
-                "--work",
-                str(work),
-            ]
-        )
-        == 1
-    )
+    assert _evaluate(work, "--embeddings", str(bad_file), "--out", str(tmp_path / "bad")) == 1
     assert not (tmp_path / "bad" / "evaluation.json").exists()
