@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from loc2vec.errors import Loc2VecError
 
 MAIN_TRAINING_OPS = "trained_model"
@@ -98,9 +101,9 @@ def _protocol_for(args: argparse.Namespace):
     return protocol_points(samples, features, reader), reader, samples
 
 
-def _read_external(path: str, points) -> np.ndarray:  # noqa: F821
+def _read_external(path: str, points: pd.DataFrame) -> np.ndarray:
+    """The vector column of an external embeddings GeoParquet, checked row by row against ``points``."""
     import geopandas as gpd
-    import numpy as np
 
     frame = gpd.read_parquet(path)
     vector_cols = [c for c in frame.columns if c != "geometry" and frame[c].map(np.ndim).eq(1).all()]

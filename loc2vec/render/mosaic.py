@@ -125,7 +125,8 @@ def render_mosaic(
     units = grid.units() if block is None else grid.units_of_block(block, spec.blocks_per_side)
     stats_rendered = stats_skipped = 0
     seconds = 0.0
-    todo = [u for u in units if not store.done_mask()[u]]
+    done = store.done_mask()
+    todo = [u for u in units if not done[u]]
     if todo:
         widest = max(max(c.width_m.values()) for c in schema.channels)
         margin = BUFFER_PX * grid.resolution + widest
