@@ -15,18 +15,22 @@ from loc2vec.training.run import ModelManifest, train_and_register
 from resources import MlflowTracking, ProjectStorage, TorchDevice
 from resources.paths import PROJECT_ROOT
 
+_SPLIT = SplitSpec()  # defaults live in the domain dataclasses; the Launchpad shows them
+_TRAIN = TrainConfig()
+
 
 class SamplesConfig(dg.Config):
-    spacing_m: float = Field(60.0, description="Candidate grid spacing (metres).")
-    empty_share: float = Field(0.05, description="Share of empty candidates kept (sea, blank land).")
+    spacing_m: float = Field(_SPLIT.spacing_m, description="Candidate grid spacing (metres).")
+    empty_share: float = Field(_SPLIT.empty_share, description="Share of empty candidates kept (sea, blank land).")
     block_m: float | None = Field(
-        None, description="Edge of the square spatial blocks that go whole to a split (None: ~20 blocks, 600-1500 m)."
+        _SPLIT.block_m,
+        description="Edge of the square spatial blocks that go whole to a split (None: ~20 blocks, 600-1500 m).",
     )
-    test_fraction: float = Field(0.2, description="Share of anchors (by whole blocks) for test.")
-    val_fraction: float = Field(0.1, description="Share of anchors (by whole blocks) for validation.")
-    r_pos_m: float = Field(100.0, description="Positive radius; part of the leak buffer.")
-    crop_px: int = Field(128, description="Crop edge in pixels; its diagonal is part of the leak buffer.")
-    seed: int = Field(0, description="Seed of the candidate jitter and the block assignment.")
+    test_fraction: float = Field(_SPLIT.test_fraction, description="Share of anchors (by whole blocks) for test.")
+    val_fraction: float = Field(_SPLIT.val_fraction, description="Share of anchors (by whole blocks) for validation.")
+    r_pos_m: float = Field(_SPLIT.r_pos_m, description="Positive radius; part of the leak buffer.")
+    crop_px: int = Field(_SPLIT.crop_px, description="Crop edge in pixels; its diagonal is part of the leak buffer.")
+    seed: int = Field(_SPLIT.seed, description="Seed of the candidate jitter and the block assignment.")
 
 
 @dg.asset(
@@ -72,21 +76,23 @@ def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, stora
 
 
 class TrainingConfig(dg.Config):
-    encoder: str = Field("small_cnn", description="small_cnn | resnet18 | efficientnet_b0 | mobilenet_v3_small")
-    embedding_dim: int = Field(16, description="Embedding size (16 as in Loc2Vec; 64/128 allowed).")
-    weights_path: str | None = Field(None, description="Local torchvision RGB weights (inflated to 12 ch).")
-    loss: str = Field("triplet", description="triplet (margin) | soft_pn (Sentiance).")
-    margin: float = Field(0.2, description="Triplet margin.")
-    mining: str = Field("semihard", description="In-batch mining: semihard | hard | all.")
-    epochs: int = Field(12, description="Maximum epochs (early stopping on validation loss).")
-    steps_per_epoch: int = Field(40, description="Batches per epoch.")
-    batch_size: int = Field(64, description="Anchors per batch (plus as many positives).")
-    lr: float = Field(2e-3, description="Peak learning rate (one-cycle).")
-    r_pos_m: float = Field(100.0, description="Positives within this distance of the anchor.")
-    r_neg_m: float = Field(500.0, description="Negatives at least this far from the anchor.")
-    patience: int = Field(4, description="Early-stopping patience in epochs.")
-    seed: int = Field(0, description="Seed of weights and data order.")
-    num_workers: int = Field(0, description="DataLoader worker processes.")
+    encoder: str = Field(_TRAIN.encoder, description="small_cnn | resnet18 | efficientnet_b0 | mobilenet_v3_small")
+    embedding_dim: int = Field(_TRAIN.embedding_dim, description="Embedding size (16 as in Loc2Vec; 64/128 allowed).")
+    weights_path: str | None = Field(
+        _TRAIN.weights_path, description="Local torchvision RGB weights (inflated to 12 ch)."
+    )
+    loss: str = Field(_TRAIN.loss, description="triplet (margin) | soft_pn (Sentiance).")
+    margin: float = Field(_TRAIN.margin, description="Triplet margin.")
+    mining: str = Field(_TRAIN.mining, description="In-batch mining: semihard | hard | all.")
+    epochs: int = Field(_TRAIN.epochs, description="Maximum epochs (early stopping on validation loss).")
+    steps_per_epoch: int = Field(_TRAIN.steps_per_epoch, description="Batches per epoch.")
+    batch_size: int = Field(_TRAIN.batch_size, description="Anchors per batch (plus as many positives).")
+    lr: float = Field(_TRAIN.lr, description="Peak learning rate (one-cycle).")
+    r_pos_m: float = Field(_TRAIN.r_pos_m, description="Positives within this distance of the anchor.")
+    r_neg_m: float = Field(_TRAIN.r_neg_m, description="Negatives at least this far from the anchor.")
+    patience: int = Field(_TRAIN.patience, description="Early-stopping patience in epochs.")
+    seed: int = Field(_TRAIN.seed, description="Seed of weights and data order.")
+    num_workers: int = Field(_TRAIN.num_workers, description="DataLoader worker processes.")
 
 
 @dg.asset(

@@ -64,6 +64,15 @@ class SplitSpec:
         return replace(self, block_m=float(min(1500.0, max(600.0, math.sqrt(width_m * height_m / 20.0)))))
 
 
+def busy_mask(reader: CropReader, cols: np.ndarray, rows: np.ndarray, window_px: int = 32) -> np.ndarray:
+    """True where the ``window_px`` window around a mosaic pixel position has any drawn pixel."""
+    busy = np.zeros(len(cols), dtype=bool)
+    for start in range(0, len(cols), 512):
+        window, _ = reader.crops_px(cols[start : start + 512], rows[start : start + 512], window_px)
+        busy[start : start + 512] = window.reshape(window.shape[0], -1).any(axis=1)
+    return busy
+
+
 def candidate_anchors(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
     """Jittered grid of candidates with their busy flag (pixel and CRS coordinates)."""
     grid = reader.grid
@@ -74,10 +83,7 @@ def candidate_anchors(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
     cc, rr = np.meshgrid(cols, rows)
     cc = (cc + rng.uniform(-step / 2, step / 2, cc.shape)).clip(0, reader.width - 1).ravel()
     rr = (rr + rng.uniform(-step / 2, step / 2, rr.shape)).clip(0, reader.height - 1).ravel()
-    busy = np.zeros(cc.size, dtype=bool)
-    for start in range(0, cc.size, 512):
-        window, _ = reader.crops_px(cc[start : start + 512], rr[start : start + 512], 32)
-        busy[start : start + 512] = window.reshape(window.shape[0], -1).any(axis=1)
+    busy = busy_mask(reader, cc, rr)
     keep = busy | (rng.random(cc.size) < spec.empty_share)
     x, y = grid.pixel_to_xy(cc[keep], rr[keep])
     lon, lat = grid.pixel_to_lonlat(cc[keep], rr[keep])

@@ -22,7 +22,7 @@ import shapely
 from scipy.spatial import cKDTree
 
 from loc2vec.data.crops import CropReader
-from loc2vec.data.samples import assign_blocks
+from loc2vec.data.samples import assign_blocks, busy_mask
 from loc2vec.errors import ConfigError
 
 POI_KEYS = ("amenity", "shop", "tourism", "leisure")
@@ -143,10 +143,7 @@ def grid_points(reader: CropReader, spacing_m: float, window_px: int = 32) -> pd
     step = spacing_m / grid.resolution
     cc, rr = np.meshgrid(np.arange(step / 2, reader.width, step), np.arange(step / 2, reader.height, step))
     cols, rows = cc.ravel(), rr.ravel()
-    busy = np.zeros(cols.size, dtype=bool)
-    for start in range(0, cols.size, 512):
-        crops, _ = reader.crops_px(cols[start : start + 512], rows[start : start + 512], window_px)
-        busy[start : start + 512] = crops.reshape(len(crops), -1).any(axis=1)
+    busy = busy_mask(reader, cols, rows, window_px)
     x, y = grid.pixel_to_xy(cols[busy], rows[busy])
     lon, lat = grid.pixel_to_lonlat(cols[busy], rows[busy])
     return pd.DataFrame({"x": x, "y": y, "lon": lon, "lat": lat})
