@@ -31,6 +31,10 @@ class SamplesConfig(dg.Config):
     r_pos_m: float = Field(_SPLIT.r_pos_m, description="Positive radius; part of the leak buffer.")
     crop_px: int = Field(_SPLIT.crop_px, description="Crop edge in pixels; its diagonal is part of the leak buffer.")
     seed: int = Field(_SPLIT.seed, description="Seed of the candidate jitter and the block assignment.")
+    split_candidates: int = Field(
+        _SPLIT.split_candidates,
+        description="Seeded block orders tried; the one whose splits best match their share of each channel wins.",
+    )
 
 
 @dg.asset(
@@ -38,7 +42,7 @@ class SamplesConfig(dg.Config):
     group_name="training",
     kinds={"parquet"},
     description="Anchor locations with train/val/test splits by spatial blocks and a leak buffer.",
-    code_version="1",
+    code_version="2",
     check_specs=[
         dg.AssetCheckSpec(
             "no_split_leakage",
@@ -90,6 +94,11 @@ class TrainingConfig(dg.Config):
     lr: float = Field(_TRAIN.lr, description="Peak learning rate (one-cycle).")
     r_pos_m: float = Field(_TRAIN.r_pos_m, description="Positives within this distance of the anchor.")
     r_neg_m: float = Field(_TRAIN.r_neg_m, description="Negatives at least this far from the anchor.")
+    r_context_m: float | None = Field(
+        _TRAIN.r_context_m,
+        description="Wider positive radius for a share of anchors (None: off); sample_locations.r_pos_m must cover it.",
+    )
+    context_share: float = Field(_TRAIN.context_share, description="Share of anchors with a wide (context) positive.")
     patience: int = Field(_TRAIN.patience, description="Early-stopping patience in epochs.")
     seed: int = Field(_TRAIN.seed, description="Seed of weights and data order.")
     num_workers: int = Field(_TRAIN.num_workers, description="DataLoader worker processes.")

@@ -4,7 +4,7 @@ Rule for anchors: a seeded, jittered grid over the mosaic; a candidate is *busy*
 window around it has any drawn pixel. Every busy candidate is kept; empty ones (open sea, blank land)
 are kept with probability ``empty_share`` so the model still sees them, without letting them dominate.
 
-Splits are by square spatial blocks: whole blocks go to test, val or train (seeded), then every
+Splits are by square spatial blocks: whole blocks go to test, val or train, then every
 train/val anchor closer than ``leak_distance_m`` to a test anchor (and every train anchor that close to
 a val anchor) is moved to split ``buffer`` and never used. ``leak_distance_m = r_pos + crop diagonal``:
 a positive of a train anchor lies within ``r_pos`` of it and any rotated crop reaches half a diagonal
@@ -38,6 +38,7 @@ class SplitSpec:
     r_pos_m: float = 100.0
     crop_px: int = 128
     seed: int = 0
+    split_candidates: int = 256
 
     def __post_init__(self) -> None:
         if (
@@ -53,6 +54,8 @@ class SplitSpec:
             raise ConfigError("test_fraction + val_fraction must leave room for training")
         if not 0 <= self.empty_share <= 1:
             raise ConfigError("empty_share must be in [0, 1]")
+        if self.split_candidates < 1:
+            raise ConfigError("split_candidates must be >= 1")
 
     def leak_distance_m(self, resolution: float) -> float:
         return self.r_pos_m + self.crop_px * resolution * math.sqrt(2)
@@ -64,13 +67,22 @@ class SplitSpec:
         return replace(self, block_m=float(min(1500.0, max(600.0, math.sqrt(width_m * height_m / 20.0)))))
 
 
-def busy_mask(reader: CropReader, cols: np.ndarray, rows: np.ndarray, window_px: int = 32) -> np.ndarray:
-    """True where the ``window_px`` window around a mosaic pixel position has any drawn pixel."""
-    busy = np.zeros(len(cols), dtype=bool)
+def channel_presence(reader: CropReader, cols: np.ndarray, rows: np.ndarray, window_px: int = 32) -> np.ndarray:
+    """(N, C) bool: which channels have a drawn pixel in the ``window_px`` window around each position."""
+    out = np.zeros((len(cols), reader.channels), dtype=bool)
     for start in range(0, len(cols), 512):
         window, _ = reader.crops_px(cols[start : start + 512], rows[start : start + 512], window_px)
-        busy[start : start + 512] = window.reshape(window.shape[0], -1).any(axis=1)
-    return busy
+        out[start : start + 512] = window.any(axis=(1, 2))
+    return out
+
+
+def busy_mask(reader: CropReader, cols: np.ndarray, rows: np.ndarray, window_px: int = 32) -> np.ndarray:
+    """True where the ``window_px`` window around a mosaic pixel position has any drawn pixel."""
+    return channel_presence(reader, cols, rows, window_px).any(axis=1)
+
+
+def _bits(presence: np.ndarray) -> np.ndarray:
+    return (presence.astype(np.int64) << np.arange(presence.shape[1])).sum(axis=1)
 
 
 def candidate_anchors(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
@@ -83,11 +95,13 @@ def candidate_anchors(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
     cc, rr = np.meshgrid(cols, rows)
     cc = (cc + rng.uniform(-step / 2, step / 2, cc.shape)).clip(0, reader.width - 1).ravel()
     rr = (rr + rng.uniform(-step / 2, step / 2, rr.shape)).clip(0, reader.height - 1).ravel()
-    busy = busy_mask(reader, cc, rr)
+    presence = channel_presence(reader, cc, rr)
+    busy = presence.any(axis=1)
     keep = busy | (rng.random(cc.size) < spec.empty_share)
     x, y = grid.pixel_to_xy(cc[keep], rr[keep])
     lon, lat = grid.pixel_to_lonlat(cc[keep], rr[keep])
-    return pd.DataFrame({"x": x, "y": y, "lon": lon, "lat": lat, "busy": busy[keep]})
+    drawn = _bits(presence[keep])
+    return pd.DataFrame({"x": x, "y": y, "lon": lon, "lat": lat, "busy": busy[keep], "drawn": drawn})
 
 
 def assign_blocks(frame: pd.DataFrame, x0: float, y0: float, block_m: float) -> pd.Series:
@@ -96,22 +110,48 @@ def assign_blocks(frame: pd.DataFrame, x0: float, y0: float, block_m: float) -> 
     return pd.Series([f"r{a}c{b}" for a, b in zip(i, j, strict=True)], index=frame.index)
 
 
+def _strata(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per block: anchor count and, per channel bit of ``drawn``, anchors near that channel."""
+    columns = {"anchors": np.ones(len(frame), dtype=np.int64)}
+    if "drawn" in frame:
+        drawn = frame["drawn"].to_numpy(dtype=np.int64)
+        for bit in range(int(drawn.max()).bit_length() if len(drawn) else 0):
+            columns[f"c{bit}"] = (drawn >> bit) & 1
+    table = pd.DataFrame(columns, index=frame.index).groupby(frame["block"]).sum()
+    return table.loc[:, table.sum() > 0]
+
+
+def _fill(order: np.ndarray, anchors: np.ndarray, spec: SplitSpec) -> np.ndarray:
+    """Labels (0 test, 1 val, 2 train) of blocks taken in ``order`` until each split has its anchor share."""
+    before = np.concatenate([[0], np.cumsum(anchors[order])[:-1]]) / anchors.sum()
+    label = np.full(len(order), 2)
+    label[before < spec.test_fraction + spec.val_fraction] = 1
+    label[before < spec.test_fraction] = 0
+    out = np.empty(len(order), dtype=int)
+    out[order] = label
+    return out
+
+
 def split_blocks(frame: pd.DataFrame, spec: SplitSpec) -> pd.Series:
-    """Seeded assignment of whole blocks: test first, then val, the rest train (by anchor share)."""
-    counts = frame.groupby("block").size()
-    order = np.random.default_rng(spec.seed + 1).permutation(counts.index.to_numpy())
-    total, acc = counts.sum(), 0
-    label: dict[str, str] = {}
-    for block in order:
-        share = acc / total
-        if share < spec.test_fraction:
-            label[block] = "test"
-        elif share < spec.test_fraction + spec.val_fraction:
-            label[block] = "val"
-        else:
-            label[block] = "train"
-        acc += counts[block]
-    return frame["block"].map(label)
+    """Seeded, content-stratified assignment of whole blocks to test, val and train.
+
+    Each candidate is a random block order filled test first, then val, the rest train (by anchor
+    share). The winner minimises the squared gap between each split's share of every stratum (anchors,
+    anchors near each channel) and its target fraction.
+    """
+    strata = _strata(frame)
+    counts = strata.to_numpy(dtype=float)
+    rng = np.random.default_rng(spec.seed + 1)
+    targets = np.array([spec.test_fraction, spec.val_fraction])
+    best, best_cost = None, np.inf
+    for _ in range(spec.split_candidates):
+        labels = _fill(rng.permutation(len(strata)), counts[:, 0], spec)
+        shares = np.stack([counts[labels == k].sum(axis=0) for k in (0, 1)]) / counts.sum(axis=0)
+        cost = float(((shares - targets[:, None]) ** 2).sum())
+        if cost < best_cost:
+            best, best_cost = labels, cost
+    names = np.array(["test", "val", "train"])[best]
+    return frame["block"].map(dict(zip(strata.index, names, strict=True)))
 
 
 def _near(points: np.ndarray, others: np.ndarray, distance: float) -> np.ndarray:

@@ -3,9 +3,10 @@
 A batch is ``(anchors, positives, locations)``: uint8 crops of shape (B, S, S, C) and the anchors' CRS
 coordinates (B, 2). Any other anchor's pair in the batch is a negative for in-batch mining, except those
 within ``r_neg_m`` (the loss drops such triplets using ``locations``). A positive is a crop centred
-within ``r_pos_m`` of its anchor. Augmentations: any-angle rotation (independent for anchor and
-positive), small shifts, flips, channel dropout. Batch ``k`` of epoch ``e`` depends only on ``(seed, e,
-k)``, so a resumed run sees exactly the same data.
+within ``r_pos_m`` of its anchor, or, for a ``context_share`` of the anchors when ``r_context_m`` is
+set, within that wider radius (places further apart that should still look alike). Augmentations:
+any-angle rotation (independent for anchor and positive), small shifts, flips, channel dropout. Batch
+``k`` of epoch ``e`` depends only on ``(seed, e, k)``, so a resumed run sees exactly the same data.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class TripletSpec:
     max_shift_px: int = 4
     flip: bool = True
     channel_dropout: float = 0.1
+    r_context_m: float | None = None
+    context_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
@@ -40,6 +43,15 @@ class TripletSpec:
             raise ConfigError(f"need 0 <= r_pos_m < r_neg_m, got {self.r_pos_m} and {self.r_neg_m}")
         if not 0 <= self.channel_dropout < 1:
             raise ConfigError(f"channel_dropout must be in [0, 1), got {self.channel_dropout}")
+        if self.r_context_m is not None and not self.r_pos_m < self.r_context_m < self.r_neg_m:
+            raise ConfigError(f"need r_pos_m < r_context_m < r_neg_m, got {self.r_context_m}")
+        if not 0 <= self.context_share <= 1:
+            raise ConfigError(f"context_share must be in [0, 1], got {self.context_share}")
+
+    @property
+    def max_positive_m(self) -> float:
+        """How far from its anchor a positive can be centred."""
+        return self.r_pos_m if self.r_context_m is None else self.r_context_m
 
 
 def _augment_draws(rng: np.random.Generator, n: int, channels: int, spec: TripletSpec):
@@ -121,12 +133,16 @@ class TripletBatches(torch.utils.data.IterableDataset):
         n = len(idx)
         cols, rows = grid.xy_to_pixel(self.xy[idx, 0], self.xy[idx, 1])
         shift = rng.uniform(-spec.max_shift_px, spec.max_shift_px, (2, n))
-        radius = spec.r_pos_m / grid.resolution * np.sqrt(rng.random(n))
+        unit_radius = np.sqrt(rng.random(n))
+        radius = spec.r_pos_m / grid.resolution * unit_radius
         theta = rng.uniform(0, 2 * np.pi, n)
         angles = rng.uniform(0, 2 * np.pi, (2, n))
         # every draw happens here, in a fixed order, so the batch does not depend on how it is computed
         channels = self.reader.channels
         aug_a, aug_p = _augment_draws(rng, n, channels, spec), _augment_draws(rng, n, channels, spec)
+        if spec.r_context_m is not None:
+            wide = rng.random(n) < spec.context_share
+            radius[wide] = spec.r_context_m / grid.resolution * unit_radius[wide]
 
         def anchors() -> np.ndarray:
             crops, _ = self.reader.crops_px(cols + shift[0], rows + shift[1], spec.crop_px, angles[0])

@@ -28,6 +28,8 @@ class TrainConfig:
     crop_px: int = 128
     r_pos_m: float = 100.0
     r_neg_m: float = 500.0
+    r_context_m: float | None = None
+    context_share: float = 0.5
     max_shift_px: int = 4
     channel_dropout: float = 0.1
     val_triplets: int = 256
@@ -67,7 +69,13 @@ class TrainConfig:
             batch_size=self.batch_size,
             max_shift_px=self.max_shift_px,
             channel_dropout=self.channel_dropout,
+            r_context_m=self.r_context_m,
+            context_share=self.context_share,
         )
+
+    @property
+    def max_positive_m(self) -> float:
+        return self.triplet_spec().max_positive_m
 
     def to_dict(self) -> dict:
         return asdict(self)

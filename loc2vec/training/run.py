@@ -13,6 +13,7 @@ from loc2vec import __version__, tracking
 from loc2vec.data.crops import CropReader
 from loc2vec.data.locations import SamplesManifest
 from loc2vec.data.triplets import fixed_triplets
+from loc2vec.errors import ConfigError
 from loc2vec.render.preview import composite, png_bytes
 from loc2vec.training.checkpoint import save_checkpoint
 from loc2vec.training.config import TrainConfig
@@ -58,6 +59,17 @@ def triplet_picture(reader: CropReader, xy: np.ndarray, config: TrainConfig, n: 
     return png_bytes(np.concatenate(rows, axis=0))
 
 
+def check_split_fits(config: TrainConfig, samples: SamplesManifest) -> None:
+    """Refuse training whose positives reach further than the split's leak buffer allows."""
+    split = samples.split_spec()
+    if config.max_positive_m > split.r_pos_m or config.crop_px > split.crop_px:
+        raise ConfigError(
+            f"training positives reach {config.max_positive_m:g} m with {config.crop_px}-px crops, but the split's "
+            f"leak buffer was built for r_pos_m={split.r_pos_m:g} m and {split.crop_px}-px crops: training crops "
+            "could overlap test crops. Re-run sample_locations with r_pos_m (and crop_px) at least as large."
+        )
+
+
 def train_and_register(
     config: TrainConfig,
     samples: SamplesManifest,
@@ -76,6 +88,7 @@ def train_and_register(
     """Train (resuming from ``out_dir/checkpoints`` if a run was interrupted) and register the model."""
     import mlflow
 
+    check_split_fits(config, samples)
     experiment_id = tracking.setup(tracking_uri, experiment, artifact_root=str(Path(out_dir).parent / "mlruns"))
     reader = CropReader.from_store(mosaic_path)
     train_xy, val_xy = samples.xy("train"), samples.xy("val")

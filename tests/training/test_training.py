@@ -123,3 +123,60 @@ def test_asking_for_an_absent_gpu_fails_clearly():
         select_device("cuda")
     spec = select_device("auto")
     assert spec.kind in {"cpu", "mps"} and spec.amp_dtype is None
+
+
+class _RecordingReader:
+    """A CropReader proxy that records the pixel centres it is asked to cut."""
+
+    def __init__(self, reader):
+        self.reader, self.calls = reader, []
+
+    def __getattr__(self, name):
+        return getattr(self.reader, name)
+
+    def crops_px(self, cols, rows, size, angles=None):
+        self.calls.append((np.asarray(cols).copy(), np.asarray(rows).copy()))
+        return self.reader.crops_px(cols, rows, size, angles)
+
+
+def _positive_offsets_m(reader, xy, spec, steps=6):
+    from loc2vec.data.triplets import TripletBatches
+
+    rec = _RecordingReader(reader)
+    batches = TripletBatches(rec, xy, spec, seed=3, epoch=0, steps=steps)
+    for k in range(steps):
+        batches.batch(k)
+    offsets = []
+    for (ac, ar), (pc, pr) in zip(rec.calls[0::2], rec.calls[1::2], strict=True):
+        offsets.append(np.hypot(pc - ac, pr - ar))  # anchor shift (<= 4 px each way) included
+    return np.concatenate(offsets) * reader.grid.resolution
+
+
+def test_context_positives_reach_the_wider_radius_for_their_share(monaco_samples):
+    from dataclasses import replace
+
+    from loc2vec.data.triplets import TripletSpec
+
+    reader, manifest = monaco_samples
+    xy = manifest.xy("train")
+    spec = TripletSpec(crop_px=32, batch_size=32, r_pos_m=60.0, r_neg_m=400.0)
+    shift_m = 4 * np.sqrt(2) * reader.grid.resolution
+    near = _positive_offsets_m(reader, xy, spec)
+    assert near.max() <= 60.0 + shift_m
+    wide = _positive_offsets_m(reader, xy, replace(spec, r_context_m=200.0, context_share=0.5))
+    assert wide.max() <= 200.0 + shift_m
+    beyond = (wide > 60.0 + shift_m).mean()
+    assert 0.25 < beyond < 0.5  # half are context positives; of those, (1 - (77/200)^2) land beyond 77 m
+    with pytest.raises(ConfigError, match="r_context_m"):
+        TripletSpec(r_pos_m=100.0, r_neg_m=500.0, r_context_m=600.0)
+
+
+def test_training_refuses_positives_wider_than_the_split_buffer(monaco_samples):
+    from loc2vec.training.run import check_split_fits
+
+    _, manifest = monaco_samples  # split built for r_pos_m = 100 m, 64-px crops
+    check_split_fits(TrainConfig(**FAST), manifest)
+    with pytest.raises(ConfigError, match="leak buffer"):
+        check_split_fits(TrainConfig(**{**FAST, "r_context_m": 250.0}), manifest)
+    with pytest.raises(ConfigError, match="leak buffer"):
+        check_split_fits(TrainConfig(**{**FAST, "crop_px": 128}), manifest)
