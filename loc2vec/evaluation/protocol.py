@@ -1,7 +1,7 @@
 """The evaluation protocol's points: held-out locations and POIs, with split, class and category.
 
 Everything an embedder is scored on is a *point*: train/test anchor locations (a seeded subsample of
-the spatial split) and OSM POIs of the most frequent categories, assigned to train or test by the same
+the spatial split) and OSM POIs (nodes and areas) of the most frequent categories, assigned to train or test by the same
 spatial blocks. POIs in train blocks closer than the leak distance to a test anchor are dropped. Each
 location gets its *dominant land-use class*: the tag value (``landuse=residential``, ``natural=scrub``,
 ``leisure=park``, ...) of the OSM land-use/land-cover areas covering most of a disc around it, or
@@ -82,13 +82,17 @@ def _subsample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def poi_points(features: gpd.GeoDataFrame, reader: CropReader) -> pd.DataFrame:
-    """POI nodes with their first POI key as category, deduplicated by OSM id, inside the mosaic."""
-    pois = features[(features["kind"] == "point") & features["key"].isin(POI_KEYS)]
-    pois = pois.drop_duplicates("osm_id").to_crs(reader.grid.crs)
+    """POIs inside the mosaic with their first POI key as category: nodes, and areas (at a point inside
+    them) except land-cover keys (``leisure=park`` areas are scored by land-use recall). One row per
+    OSM object."""
+    kind, key = features["kind"], features["key"]
+    selected = key.isin(POI_KEYS) & ((kind == "point") | ((kind == "area") & ~key.isin(LANDUSE_KEYS)))
+    pois = features[selected].drop_duplicates(["osm_type", "osm_id"]).to_crs(reader.grid.crs)
+    at = pois.geometry.representative_point()
     frame = pd.DataFrame(
         {
-            "x": pois.geometry.x.to_numpy(),
-            "y": pois.geometry.y.to_numpy(),
+            "x": at.x.to_numpy(),
+            "y": at.y.to_numpy(),
             "category": (pois["key"] + "=" + pois["value"]).to_numpy(),
         }
     )

@@ -73,3 +73,29 @@ def test_aggregate_seeds_mean_and_std():
     summary = aggregate_seeds(runs)
     assert summary["model"]["triplet_accuracy"] == {"mean": pytest.approx(0.3), "std": pytest.approx(0.1)}
     assert summary["baselines"]["b"]["silhouette"]["std"] == 0.0 and summary["n_seeds"] == 2
+
+
+def test_pois_are_nodes_and_areas_once_each_and_never_land_cover(monaco_mosaic):
+    from loc2vec.data.crops import CropReader
+    from loc2vec.evaluation.protocol import LANDUSE_KEYS, POI_KEYS, poi_points
+
+    features_manifest, mosaic = monaco_mosaic
+    features = features_manifest.read()
+    reader = CropReader.from_store(mosaic.path)
+    pois = poi_points(features, reader)
+    candidates = features[features["key"].isin(POI_KEYS)]
+    nodes = candidates[candidates["kind"] == "point"]
+    areas = candidates[(candidates["kind"] == "area") & ~candidates["key"].isin(LANDUSE_KEYS)]
+    objects = pd.concat([nodes, areas]).drop_duplicates(["osm_type", "osm_id"])
+    assert 0 < len(pois) <= len(objects) and len(areas) > 0
+    # an area POI sits inside its polygon: a point of every area is among the POIs
+    area_points = areas.to_crs(reader.grid.crs).geometry.representative_point()
+    xy = set(zip(np.round(pois["x"], 3), np.round(pois["y"], 3), strict=True))
+    inside = [(round(p.x, 3), round(p.y, 3)) in xy for p in area_points]
+    assert np.mean(inside) > 0.9  # all but the few outside the mosaic
+    land_cover = candidates[(candidates["kind"] == "area") & candidates["key"].isin(LANDUSE_KEYS)]
+    also_poi = set(zip(areas["osm_type"], areas["osm_id"], strict=True))  # e.g. amenity= and leisure=swimming_pool
+    land_cover = land_cover[[k not in also_poi for k in zip(land_cover["osm_type"], land_cover["osm_id"], strict=True)]]
+    assert len(land_cover) > 0
+    cover_points = land_cover.to_crs(reader.grid.crs).geometry.representative_point()
+    assert not any((round(p.x, 3), round(p.y, 3)) in xy for p in cover_points)
