@@ -83,7 +83,7 @@ def evaluation(
     )
     context.log.info(f"model version {trained_model.model_version} champion: {promoted}")
     names = ["model", *result["baselines"]]
-    rows = [[m] + [(result["model"] if n == "model" else result["baselines"][n])[m] for n in names] for m in METRICS]
+    rows = [[m] + [_cell(result, n, m) for n in names] for m in METRICS]
     return dg.Output(
         result,
         metadata={
@@ -98,6 +98,13 @@ def evaluation(
             ),
         },
     )
+
+
+def _cell(result: dict, embedder: str, metric: str) -> float | str:
+    value = (result["model"] if embedder == "model" else result["baselines"][embedder])[metric]
+    if metric in result.get("by_construction", {}).get(embedder, ()):
+        return f"{value:.4f} (by construction)"
+    return value
 
 
 def _model_dir(storage: ProjectStorage, kind: str, model: ModelManifest) -> Path:
