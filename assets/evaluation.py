@@ -30,7 +30,7 @@ from resources import MlflowTracking, ProjectStorage
     group_name="evaluation",
     kinds={"pytorch", "parquet"},
     description="Embedding of every evaluation point (locations, POIs) and of a grid over the region.",
-    code_version="1",
+    code_version="2",
     check_specs=[dg.AssetCheckSpec("finite_and_shaped", asset="embeddings", blocking=True)],
 )
 def embeddings(
@@ -50,7 +50,7 @@ def embeddings(
         },
     )
     norms = np.linalg.norm(vectors, axis=1)
-    ok = bool(np.isfinite(vectors).all() and vectors.shape[1] == trained_model.config["embedding_dim"])
+    ok = bool(np.isfinite(vectors).all() and vectors.shape[1] == trained_model.load().representation_dim)
     yield dg.AssetCheckResult(
         check_name="finite_and_shaped",
         passed=ok and bool(np.allclose(norms, 1.0, atol=1e-3)),

@@ -28,7 +28,9 @@ class SamplesConfig(dg.Config):
     )
     test_fraction: float = Field(_SPLIT.test_fraction, description="Share of anchors (by whole blocks) for test.")
     val_fraction: float = Field(_SPLIT.val_fraction, description="Share of anchors (by whole blocks) for validation.")
-    r_pos_m: float = Field(_SPLIT.r_pos_m, description="Positive radius; part of the leak buffer.")
+    r_pos_m: float = Field(
+        _SPLIT.r_pos_m, description="Furthest training positive (r_context_m, else r_pos_m); part of the leak buffer."
+    )
     crop_px: int = Field(_SPLIT.crop_px, description="Crop edge in pixels; its diagonal is part of the leak buffer.")
     seed: int = Field(_SPLIT.seed, description="Seed of the candidate jitter and the block assignment.")
     split_candidates: int = Field(
@@ -81,7 +83,10 @@ def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, stora
 
 class TrainingConfig(dg.Config):
     encoder: str = Field(_TRAIN.encoder, description="small_cnn | resnet18 | efficientnet_b0 | mobilenet_v3_small")
-    embedding_dim: int = Field(_TRAIN.embedding_dim, description="Embedding size (16 as in Loc2Vec; 64/128 allowed).")
+    embedding_dim: int = Field(
+        _TRAIN.embedding_dim,
+        description="Projection size the triplet loss trains (16 as in Loc2Vec); embeddings are the layer before.",
+    )
     weights_path: str | None = Field(
         _TRAIN.weights_path, description="Local torchvision RGB weights (inflated to 12 ch)."
     )

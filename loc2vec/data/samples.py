@@ -35,7 +35,7 @@ class SplitSpec:
     block_m: float | None = None
     test_fraction: float = 0.2
     val_fraction: float = 0.1
-    r_pos_m: float = 100.0
+    r_pos_m: float = 250.0  # the furthest a training positive may be: TrainConfig.r_context_m (or r_pos_m)
     crop_px: int = 128
     seed: int = 0
     split_candidates: int = 256

@@ -26,14 +26,16 @@ def crops_at(reader: CropReader, xy: np.ndarray, crop_px: int) -> np.ndarray:
 
 @torch.no_grad()
 def encode(model: torch.nn.Module, reader: CropReader, xy: np.ndarray, crop_px: int, batch: int = 256) -> np.ndarray:
-    """Embeddings of the model for CRS points (north-up crops, CPU or the model's device)."""
+    """Embeddings of the model for CRS points (north-up crops, CPU or the model's device): the encoder's
+    ``embed`` representation when it has one, else its output."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(xy), batch):
         crops = crops_at(reader, xy[start : start + batch], crop_px)
         x = torch.from_numpy(crops).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu().numpy())
+        vectors = model.embed(x) if hasattr(model, "embed") else model(x)
+        out.append(vectors.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

@@ -79,7 +79,14 @@ def _torchvision_backbone(name: str, in_channels: int, weights_path: str | None)
 
 
 class Encoder(nn.Module):
-    """Backbone + linear head; input uint8 (or float in [0, 1]); output unit-length embeddings."""
+    """Backbone + linear projection head; input uint8 (or float in [0, 1]).
+
+    ``forward`` gives the unit-length *projection* the triplet loss is trained on; ``embed`` gives the
+    unit-length *representation* before the head (the backbone's pooled features), which is what the
+    embeddings, the evaluation and the similarity index use. The head only has to separate places for
+    the loss and drops what the loss does not need; the layer before it keeps more of what a place
+    is (as in SimCLR, Chen et al. 2020, section 4.2). Measured in docs/evaluation.md.
+    """
 
     def __init__(self, backbone: nn.Module, features: int, embedding_dim: int) -> None:
         super().__init__()
@@ -90,6 +97,15 @@ class Encoder(nn.Module):
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        return F.normalize(self.backbone(x).float(), dim=1)
+
+    @property
+    def representation_dim(self) -> int:
+        return self.head.in_features
 
 
 def build_encoder(

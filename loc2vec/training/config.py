@@ -28,7 +28,7 @@ class TrainConfig:
     crop_px: int = 128
     r_pos_m: float = 100.0
     r_neg_m: float = 500.0
-    r_context_m: float | None = None
+    r_context_m: float | None = 250.0
     context_share: float = 0.5
     max_shift_px: int = 4
     channel_dropout: float = 0.1

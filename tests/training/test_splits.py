@@ -18,7 +18,7 @@ def test_splits_are_by_block_and_leak_free(monaco_samples):
     assert (used.groupby("block")["split"].nunique() == 1).all()  # a block never straddles splits
     report = leakage_report(frame, manifest.leak_distance_m)
     assert report.passed and report.min_test_train_m > manifest.leak_distance_m
-    assert manifest.leak_distance_m == pytest.approx(100 + 64 * 3.0 * np.sqrt(2))
+    assert manifest.leak_distance_m == pytest.approx(250 + 64 * 3.0 * np.sqrt(2))
 
 
 def test_anchor_rule_keeps_busy_places_and_a_few_empty_ones(monaco_samples):

@@ -174,9 +174,27 @@ def test_context_positives_reach_the_wider_radius_for_their_share(monaco_samples
 def test_training_refuses_positives_wider_than_the_split_buffer(monaco_samples):
     from loc2vec.training.run import check_split_fits
 
-    _, manifest = monaco_samples  # split built for r_pos_m = 100 m, 64-px crops
+    _, manifest = monaco_samples  # split built for positives up to 250 m, 64-px crops
     check_split_fits(TrainConfig(**FAST), manifest)
     with pytest.raises(ConfigError, match="leak buffer"):
-        check_split_fits(TrainConfig(**{**FAST, "r_context_m": 250.0}), manifest)
+        check_split_fits(TrainConfig(**{**FAST, "r_context_m": 280.0}), manifest)
     with pytest.raises(ConfigError, match="leak buffer"):
         check_split_fits(TrainConfig(**{**FAST, "crop_px": 128}), manifest)
+
+
+def test_embed_is_the_unit_length_representation_before_the_head(monaco_samples):
+    from loc2vec.evaluation.embedders import encode
+
+    reader, manifest = monaco_samples
+    torch.manual_seed(0)
+    model = build_encoder("small_cnn", embedding_dim=16).eval()
+    xy = manifest.xy("test")[:8]
+    vectors = encode(model, reader, xy, crop_px=64)
+    assert vectors.shape == (8, model.representation_dim) and model.representation_dim == 128
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    crops = torch.from_numpy(reader.crops_px(*reader.grid.xy_to_pixel(xy[:, 0], xy[:, 1]), 64)[0])
+    with torch.no_grad():
+        features = model.backbone(crops.permute(0, 3, 1, 2).float() / 255.0)
+        projected = model(crops.permute(0, 3, 1, 2))
+    assert np.allclose(vectors, torch.nn.functional.normalize(features, dim=1).numpy(), atol=1e-5)
+    assert projected.shape == (8, 16)  # the loss still sees the 16-d projection
