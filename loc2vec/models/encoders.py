@@ -9,6 +9,7 @@ RGB weights come only from a local file and are inflated to 12 channels (mean ov
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import torch
@@ -28,7 +29,11 @@ def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequen
 
 
 class SmallCNN(nn.Module):
-    """Patch stem (k4 s4) -> 3 stages (s2 conv + 3x3 conv) -> global average pool."""
+    """Patch stem (k4 s4) -> 3 stages (s2 conv + 3x3 conv) -> global average pool.
+
+    ``place_features`` adds what is *at* the place to that context: the stem's features (4x4-px
+    patches) averaged over the central half of the crop.
+    """
 
     def __init__(self, in_channels: int = 12, widths: tuple[int, ...] = (32, 64, 128, 128)) -> None:
         super().__init__()
@@ -40,6 +45,15 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+    def place_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context, centre): globally pooled last stage, stem pooled over the central half."""
+        stem = self.features[0](x)
+        context = F.adaptive_avg_pool2d(self.features[1:](stem), 1).flatten(1)
+        h, w = stem.shape[-2:]
+        top, left = h // 4, w // 4
+        centre = stem[..., top : h - top, left : w - left].mean(dim=(2, 3))
+        return context, centre
 
 
 def _inflate_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -82,10 +96,10 @@ class Encoder(nn.Module):
     """Backbone + linear projection head; input uint8 (or float in [0, 1]).
 
     ``forward`` gives the unit-length *projection* the triplet loss is trained on; ``embed`` gives the
-    unit-length *representation* before the head (the backbone's pooled features), which is what the
-    embeddings, the evaluation and the similarity index use. The head only has to separate places for
-    the loss and drops what the loss does not need; the layer before it keeps more of what a place
-    is (as in SimCLR, Chen et al. 2020, section 4.2). Measured in docs/evaluation.md.
+    unit-length *representation* the embeddings, the evaluation and the similarity index use: the
+    features before the head (the head only has to separate places for the loss and drops what the
+    loss does not need, as in SimCLR, Chen et al. 2020, section 4.2) and, for ``small_cnn``, the stem's
+    features over the centre of the crop, each half normalised. Measured in docs/evaluation.md.
     """
 
     def __init__(self, backbone: nn.Module, features: int, embedding_dim: int) -> None:
@@ -101,10 +115,16 @@ class Encoder(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
-        return F.normalize(self.backbone(x).float(), dim=1)
+        if not isinstance(self.backbone, SmallCNN):
+            return F.normalize(self.backbone(x).float(), dim=1)
+        context, centre = self.backbone.place_features(x)
+        parts = [F.normalize(context.float(), dim=1), F.normalize(centre.float(), dim=1)]
+        return torch.cat(parts, dim=1) / math.sqrt(2.0)
 
     @property
     def representation_dim(self) -> int:
+        if isinstance(self.backbone, SmallCNN):
+            return self.head.in_features + self.backbone.features[0][0].out_channels
         return self.head.in_features
 
 

@@ -182,7 +182,7 @@ def test_training_refuses_positives_wider_than_the_split_buffer(monaco_samples):
         check_split_fits(TrainConfig(**{**FAST, "crop_px": 128}), manifest)
 
 
-def test_embed_is_the_unit_length_representation_before_the_head(monaco_samples):
+def test_embed_is_context_before_the_head_plus_the_stem_at_the_centre(monaco_samples):
     from loc2vec.evaluation.embedders import encode
 
     reader, manifest = monaco_samples
@@ -190,11 +190,25 @@ def test_embed_is_the_unit_length_representation_before_the_head(monaco_samples)
     model = build_encoder("small_cnn", embedding_dim=16).eval()
     xy = manifest.xy("test")[:8]
     vectors = encode(model, reader, xy, crop_px=64)
-    assert vectors.shape == (8, model.representation_dim) and model.representation_dim == 128
+    assert vectors.shape == (8, model.representation_dim) and model.representation_dim == 128 + 32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     crops = torch.from_numpy(reader.crops_px(*reader.grid.xy_to_pixel(xy[:, 0], xy[:, 1]), 64)[0])
+    x = crops.permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
-        features = model.backbone(crops.permute(0, 3, 1, 2).float() / 255.0)
+        context = torch.nn.functional.normalize(model.backbone(x), dim=1)
+        stem = model.backbone.features[0](x)  # (8, 32, 16, 16): the central half is rows/cols 4..11
+        centre = torch.nn.functional.normalize(stem[..., 4:12, 4:12].mean(dim=(2, 3)), dim=1)
         projected = model(crops.permute(0, 3, 1, 2))
-    assert np.allclose(vectors, torch.nn.functional.normalize(features, dim=1).numpy(), atol=1e-5)
+    assert np.allclose(vectors[:, :128], context.numpy() / np.sqrt(2), atol=1e-5)
+    assert np.allclose(vectors[:, 128:], centre.numpy() / np.sqrt(2), atol=1e-5)
     assert projected.shape == (8, 16)  # the loss still sees the 16-d projection
+    # the centre half moves with what is at the place: blank out the centre and only it changes much
+    blank = crops.clone()
+    blank[:, 16:48, 16:48] = 0
+    changed = _embed_crops(model, blank) - _embed_crops(model, crops)
+    assert np.abs(changed[:, 128:]).sum() > np.abs(changed[:, :128]).sum()
+
+
+def _embed_crops(model, crops):
+    with torch.no_grad():
+        return model.embed(crops.permute(0, 3, 1, 2)).numpy()
