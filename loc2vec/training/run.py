@@ -111,6 +111,7 @@ def train_and_register(
 
         result = train(config, reader, train_xy, val_xy, device, out / "checkpoints", on_epoch=on_epoch)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": time.perf_counter() - started})
+        mlflow.log_param("representation_dim", result.model.representation_dim)
         weights = out / "model.pt"
         save_checkpoint(result.model.state_dict(), weights)
         example = np.zeros((1, reader.channels, config.crop_px, config.crop_px), dtype=np.uint8)
