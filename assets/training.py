@@ -1,5 +1,7 @@
 """sample_locations (spatial splits, blocking leakage check) and trained_model (MLflow-registered)."""
 
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
@@ -131,7 +133,8 @@ def trained_model(
     uri = mlflow_tracking.uri(storage.data_dir)
     spec = device.spec()
     context.log.info(f"training on {spec.describe()}, tracking at {uri}")
-    run_dir = storage.path("models", f"{raster_mosaic.version}-{train_config.digest()}")
+    # one directory per (split, config): a new split never resumes a checkpoint trained on other anchors
+    run_dir = storage.path("models", f"{Path(sample_locations.path).stem}-{train_config.digest()}")
     manifest = train_and_register(
         train_config,
         sample_locations,

@@ -6,6 +6,7 @@ rank r trains on batches r, r+W, ... of each epoch and rank 0 writes checkpoints
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +79,15 @@ def evaluate_triplets(
     return float(torch.cat(losses).mean()), float(torch.cat(hits).mean())
 
 
+def anchors_digest(train_xy: np.ndarray, val_xy: np.ndarray) -> str:
+    """Identity of the training data: a checkpoint resumes only on the anchors it was trained on."""
+    digest = hashlib.sha256()
+    for xy in (train_xy, val_xy):
+        digest.update(np.ascontiguousarray(xy, dtype=np.float64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
 def train(
     config: TrainConfig,
     reader: CropReader,
@@ -122,10 +132,16 @@ def train(
     best_val, best_epoch, bad_epochs, start_epoch = float("inf"), -1, 0, 0
     best_state = None
     resumed_from = None
+    data_digest = anchors_digest(train_xy, val_xy)
     state = load_checkpoint(last_path)
     if state is not None:
         if state["config_digest"] != config.digest():
             raise ConfigError(f"checkpoint {last_path} belongs to another training config; use a new directory")
+        if state.get("data_digest") != data_digest:
+            raise ConfigError(
+                f"checkpoint {last_path} was trained on other train/val anchors (another split); resuming it "
+                "could leak test ground into training: use a new directory"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -193,6 +209,7 @@ def train(
             save_checkpoint(
                 {
                     "config_digest": config.digest(),
+                    "data_digest": data_digest,
                     "config": config.to_dict(),
                     "epoch": epoch,
                     "model": model.state_dict(),

@@ -54,6 +54,19 @@ def test_checkpoint_of_another_config_is_refused(monaco_samples, tmp_path):
         train(TrainConfig(epochs=1, lr=1e-4, **FAST), reader, train_xy, val_xy, device, tmp_path)
 
 
+def test_checkpoint_trained_on_another_split_is_refused(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    device = select_device("cpu")
+    config = TrainConfig(epochs=1, **FAST)
+    train(config, reader, train_xy, val_xy, device, tmp_path)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="other train/val anchors"):
+        train(config, reader, train_xy[1:], val_xy, device, tmp_path)  # same config, another split
+    assert (tmp_path / "last.pt").read_bytes() == before  # the old run is left as it was
+    assert train(config, reader, train_xy, val_xy, device, tmp_path).resumed_from_epoch == 1
+
+
 @pytest.mark.parametrize("name", ENCODERS)
 def test_every_encoder_embeds_12_channels_to_unit_vectors(name):
     model = build_encoder(name, embedding_dim=16).eval()
