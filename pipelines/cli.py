@@ -39,15 +39,20 @@ def _instance(data_dir: Path):
     return dg.DagsterInstance.local_temp(str(home))
 
 
-def _training_config(epochs: int | None, seed: int) -> dict:
+def _run_config(epochs: int | None, seed: int, split_seed: int | None = None) -> dict:
+    """main_job run config: the training seed (and epochs), and the split's seed when one is given."""
     config: dict = {"seed": seed}
     if epochs is not None:
         config["epochs"] = epochs
-    return {"main_job": {"ops": {MAIN_TRAINING_OPS: {"config": config}}}}
+    ops: dict = {MAIN_TRAINING_OPS: {"config": config}}
+    if split_seed is not None:
+        ops["sample_locations"] = {"config": {"seed": split_seed}}
+    return {"main_job": {"ops": ops}}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The whole pipeline on ``--pbf``; writes ``OUT/evaluation.json`` (mean ± std with ``--seeds``)."""
+    """The whole pipeline on ``--pbf``; writes ``OUT/evaluation.json`` (mean ± std with ``--seeds`` or
+    ``--split-seeds``: every training seed on every draw of the held-out blocks)."""
     from loc2vec.evaluation.run import aggregate_seeds
     from loc2vec.io import write_json
     from loc2vec.osm.files import check_osm_file
@@ -58,26 +63,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out)
     seeds = [args.seed + i for i in range(args.seeds)]
-    results = []
+    split_seeds: list[int | None] = [None] if args.split_seeds == 1 else list(range(args.split_seeds))
+    plan = [(split, seed) for split in split_seeds for seed in seeds]
+    results, runs_info = [], []
     with _instance(out) as instance:
-        runs = run_pipeline(defs, instance, run_config=_training_config(args.epochs, seeds[0]), log=_log)
-        results.append(runs["main_job"].output_for_node("evaluation"))
-        for seed in seeds[1:]:
-            _log(f"training seed {seed}")
-            job = defs.resolve_job_def("main_job")
-            run = job.execute_in_process(
-                instance=instance, run_config=_training_config(args.epochs, seed)["main_job"], raise_on_error=False
+        for k, (split, seed) in enumerate(plan):
+            config = _run_config(args.epochs, seed, split)
+            if k == 0:
+                runs = run_pipeline(defs, instance, run_config=config, log=_log)
+                result = runs["main_job"].output_for_node("evaluation")
+            else:
+                _log(f"training seed {seed}" + ("" if split is None else f" on split {split}"))
+                job = defs.resolve_job_def("main_job")
+                run = job.execute_in_process(instance=instance, run_config=config["main_job"], raise_on_error=False)
+                if not run.success:
+                    raise Loc2VecError(f"main_job failed for seed {seed}, split {split} (run {run.run_id})")
+                result = run.output_for_node("evaluation")
+                _log(f"seed {seed}: ok")
+            results.append(result)
+            runs_info.append(
+                {
+                    "split_seed": 0 if split is None else split,
+                    "seed": seed,
+                    "n_test_locations": result["n_test_locations"],
+                    "n_test_pois": result["n_test_pois"],
+                    "model": result["model"],
+                    "baselines": result["baselines"],
+                }
             )
-            if not run.success:
-                raise Loc2VecError(f"main_job failed for seed {seed} (run {run.run_id})")
-            results.append(run.output_for_node("evaluation"))
-            _log(f"seed {seed}: ok")
     document = dict(results[0])
     if len(results) > 1:
         summary = aggregate_seeds(results)
         document["model"] = {m: v["mean"] for m, v in summary["model"].items()}
         document["baselines"] = {n: {m: v["mean"] for m, v in b.items()} for n, b in summary["baselines"].items()}
-        document["seeds"] = {**summary, "seeds": seeds}
+        document["seeds"] = {**summary, "seeds": seeds, "split_seeds": [r["split_seed"] for r in runs_info]}
+        document["runs"] = runs_info
     write_json(document, out / "evaluation.json")
     _log(f"wrote {out / 'evaluation.json'}")
     print(json.dumps({"model": document["model"], "baselines": document["baselines"]}, indent=2))
@@ -182,6 +202,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="training epochs (default: the asset's default)")
     run.add_argument("--seed", type=int, default=0, help="first training seed")
     run.add_argument("--seeds", type=int, default=1, help="train and evaluate N seeds; report mean and std")
+    run.add_argument(
+        "--split-seeds",
+        type=int,
+        default=1,
+        help="repeat on K draws of the held-out blocks (split seeds 0..K-1); report mean and std over all runs",
+    )
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("evaluate", help="write the protocol's points, or score embeddings made elsewhere")
@@ -209,8 +235,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "run" and args.seeds < 1:
-        print("loc2vec: error: --seeds must be >= 1", file=sys.stderr)
+    if args.command == "run" and (args.seeds < 1 or args.split_seeds < 1):
+        print("loc2vec: error: --seeds and --split-seeds must be >= 1", file=sys.stderr)
         return 2
     try:
         return args.func(args)

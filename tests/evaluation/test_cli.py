@@ -75,3 +75,32 @@ def test_external_embeddings_are_scored_on_the_same_protocol(run_dir, tmp_path):
     shuffled.to_parquet(bad_file)
     assert _evaluate(work, "--embeddings", str(bad_file), "--out", str(tmp_path / "bad")) == 1
     assert not (tmp_path / "bad" / "evaluation.json").exists()
+
+
+def test_run_config_sets_the_split_seed_only_when_asked():
+    from pipelines.cli import _run_config
+
+    plain = _run_config(None, 3)["main_job"]["ops"]
+    assert plain == {"trained_model": {"config": {"seed": 3}}}
+    drawn = _run_config(2, 0, split_seed=1)["main_job"]["ops"]
+    assert drawn["sample_locations"] == {"config": {"seed": 1}}
+    assert drawn["trained_model"] == {"config": {"seed": 0, "epochs": 2}}
+    assert main(["run", "--pbf", str(MONACO), "--out", "/nonexistent", "--split-seeds", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_run_over_two_draws_of_the_test_blocks(tmp_path):
+    out = tmp_path / "draws"
+    # the whole extract: the small test region leaves too few train anchors for some draws
+    args = ["run", "--pbf", str(MONACO), "--out", str(out), "--epochs", "1", "--split-seeds", "2"]
+    assert main(args) == 0
+    doc = json.loads((out / "evaluation.json").read_text())
+    runs = doc["runs"]
+    assert [r["split_seed"] for r in runs] == [0, 1] and doc["seeds"]["n_seeds"] == 2
+    # another draw is other test ground: the protocol-fixed baselines change with it
+    stats = [r["baselines"]["channel_stats"]["landuse_recall_at_10"] for r in runs]
+    assert doc["baselines"]["channel_stats"]["landuse_recall_at_10"] == pytest.approx(np.mean(stats))
+    assert runs[0]["baselines"]["channel_stats"] != runs[1]["baselines"]["channel_stats"]
+    samples = sorted((out / "samples").glob("*.parquet"))
+    model_dirs = [d for d in (out / "models").iterdir() if d.name != "mlruns"]
+    assert len(samples) == 2 and {d.name.rsplit("-", 1)[0] for d in model_dirs} == {s.stem for s in samples}
