@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,8 +42,7 @@ def build_sample_locations(
     leak = spec.leak_distance_m(reader.grid.resolution)
     report = leakage_report(frame, leak)
     geo = gpd.GeoDataFrame(frame, geometry=gpd.points_from_xy(frame["lon"], frame["lat"]), crs="EPSG:4326")
-    spec_digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:8]
-    path = write_geoparquet(geo, Path(out_dir) / f"{mosaic_version}-s{spec.seed}-{spec_digest}.parquet")
+    path = write_geoparquet(geo, Path(out_dir) / f"{mosaic_version}-s{spec.seed}-{spec.digest()}.parquet")
     counts = {k: int(v) for k, v in frame["split"].value_counts().items()}
     return (
         SamplesManifest(str(path), mosaic_version, asdict(spec), counts, leak, report.min_test_train_m),

@@ -13,8 +13,10 @@ from its centre, so no pixel of any training crop can appear in a test crop.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -56,6 +58,10 @@ class SplitSpec:
             raise ConfigError("empty_share must be in [0, 1]")
         if self.split_candidates < 1:
             raise ConfigError("split_candidates must be >= 1")
+
+    def digest(self) -> str:
+        """Identity of the split's parameters (part of the samples file name)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
     def leak_distance_m(self, resolution: float) -> float:
         return self.r_pos_m + self.crop_px * resolution * math.sqrt(2)

@@ -1,14 +1,14 @@
 """The evaluation protocol's points: held-out locations and POIs, with split, class and category.
 
 Everything an embedder is scored on is a *point*: train/test anchor locations (a seeded subsample of
-the spatial split) and OSM POIs (nodes and areas) of the most frequent categories, assigned to train or test by the same
-spatial blocks. POIs in train blocks closer than the leak distance to a test anchor are dropped. Each
-location gets its *dominant land-use class*: the tag value (``landuse=residential``, ``natural=scrub``,
-``leisure=park``, ...) of the OSM land-use/land-cover areas covering most of a disc around it, or
-``none`` where no such area is mapped (those points are not scored for land-use recall). The input
-draws these areas without their value (residential and commercial land are the same fill), and a POI's
-category (``amenity=cafe``, ...) is never drawn as such (all POIs are the same disc), so predicting
-either from the embedding is a real test.
+the spatial split) and OSM POIs (nodes and areas) of the most frequent categories, assigned to train or
+test by the same spatial blocks. POIs in train blocks closer than the leak distance to a test anchor are
+dropped. Each location gets its *dominant land-use class*: the tag value (``landuse=residential``,
+``natural=scrub``, ``leisure=park``, ...) of the OSM land-use/land-cover areas covering most of a disc
+around it, or ``none`` where no such area is mapped (those points are not scored for land-use
+recall). The input draws these areas without their value (residential and commercial land are the same
+fill), and a POI's category (``amenity=cafe``, ...) is never drawn as such (all POIs are the same disc),
+so predicting either from the embedding is a real test.
 """
 
 from __future__ import annotations

@@ -107,14 +107,15 @@ class Encoder(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(features, embedding_dim)
 
+    @staticmethod
+    def _scaled(x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+        return F.normalize(self.head(self.backbone(self._scaled(x))).float(), dim=1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
+        x = self._scaled(x)
         if not isinstance(self.backbone, SmallCNN):
             return F.normalize(self.backbone(x).float(), dim=1)
         context, centre = self.backbone.place_features(x)
