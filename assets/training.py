@@ -92,8 +92,9 @@ class TrainingConfig(dg.Config):
     weights_path: str | None = Field(
         _TRAIN.weights_path, description="Local torchvision RGB weights (inflated to 12 ch)."
     )
-    loss: str = Field(_TRAIN.loss, description="triplet (margin) | soft_pn (Sentiance).")
-    margin: float = Field(_TRAIN.margin, description="Triplet margin.")
+    loss: str = Field(_TRAIN.loss, description="triplet (margin) | soft_pn (Sentiance) | infonce (NT-Xent).")
+    margin: float = Field(_TRAIN.margin, description="Triplet margin (also of the validation loss).")
+    temperature: float = Field(_TRAIN.temperature, description="InfoNCE temperature (loss=infonce).")
     mining: str = Field(_TRAIN.mining, description="In-batch mining: semihard | hard | all.")
     epochs: int = Field(_TRAIN.epochs, description="Maximum epochs (early stopping on validation loss).")
     steps_per_epoch: int = Field(_TRAIN.steps_per_epoch, description="Batches per epoch.")

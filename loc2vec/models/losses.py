@@ -1,18 +1,20 @@
-"""Triplet losses over in-batch mined triplets (pytorch-metric-learning miners).
+"""Losses over a batch of anchors and their positives (pytorch-metric-learning).
 
 A batch holds anchors and their positives; label i marks anchor i and its positive, so every other
-sample is a candidate negative. Triplets whose negative's anchor lies within ``r_neg`` of the anchor
-on the ground are dropped (they are near places, not negatives).
+sample is a candidate negative. Negatives whose anchor lies within ``r_neg`` of the anchor on the
+ground are dropped (they are near places, not negatives). ``triplet`` and ``soft_pn`` use mined
+triplets; ``infonce`` (NT-Xent, as in SimCLR) contrasts each positive pair with all its far negatives.
 """
 
 from __future__ import annotations
 
 import torch
 from pytorch_metric_learning import losses, miners
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from loc2vec.errors import ConfigError
 
-LOSSES = ("triplet", "soft_pn")
+LOSSES = ("triplet", "soft_pn", "infonce")
 MINING = ("semihard", "hard", "all")
 
 
@@ -25,16 +27,21 @@ def soft_pn(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor
 
 
 class TripletObjective:
-    """Mine triplets in the batch, then apply the margin triplet loss or soft-PN."""
+    """Mine triplets in the batch and apply the margin triplet loss or soft-PN, or apply InfoNCE."""
 
-    def __init__(self, loss: str = "triplet", margin: float = 0.2, mining: str = "semihard") -> None:
+    def __init__(
+        self, loss: str = "triplet", margin: float = 0.2, mining: str = "semihard", temperature: float = 0.1
+    ) -> None:
         if loss not in LOSSES:
             raise ConfigError(f"unknown loss {loss!r}; choose one of {LOSSES}")
         if mining not in MINING:
             raise ConfigError(f"unknown mining {mining!r}; choose one of {MINING}")
         if not margin > 0:
             raise ConfigError(f"margin must be > 0, got {margin}")
+        if not temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.kind = loss
+        self.ntxent = losses.NTXentLoss(temperature=temperature)
         self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=mining)
         self.triplet = losses.TripletMarginLoss(margin=margin)
         self.all_triplets = miners.TripletMarginMiner(margin=1e9, type_of_triplets="all")
@@ -50,6 +57,8 @@ class TripletObjective:
         self, embeddings: torch.Tensor, labels: torch.Tensor, locations: torch.Tensor, r_neg: float
     ) -> torch.Tensor:
         """``locations[label]`` are the anchors' ground coordinates (metres)."""
+        if self.kind == "infonce":
+            return self.infonce(embeddings, labels, locations, r_neg)
         triplets = self.miner(embeddings, labels)
         if triplets[0].numel() == 0:  # nothing violates the margin: fall back to all triplets
             triplets = self.all_triplets(embeddings, labels)
@@ -60,3 +69,12 @@ class TripletObjective:
             return self.triplet(embeddings, labels, triplets)
         a, p, n = triplets
         return soft_pn(embeddings[a], embeddings[p], embeddings[n])
+
+    def infonce(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, locations: torch.Tensor, r_neg: float
+    ) -> torch.Tensor:
+        """NT-Xent over every positive pair, each against all samples of anchors ``r_neg`` or more away."""
+        a1, p, a2, n = lmu.get_all_pairs_indices(labels)
+        gap = (locations[labels[a2]] - locations[labels[n]]).norm(dim=1)
+        keep = gap >= r_neg
+        return self.ntxent(embeddings, labels, indices_tuple=(a1, p, a2[keep], n[keep]))

@@ -19,6 +19,7 @@ class TrainConfig:
     weights_path: str | None = None
     loss: str = "triplet"
     margin: float = 0.2
+    temperature: float = 0.1
     mining: str = "semihard"
     epochs: int = 12
     steps_per_epoch: int = 40
@@ -49,6 +50,7 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.margin > 0, "margin must be > 0"),
+            (self.temperature > 0, "temperature must be > 0"),
             (self.val_triplets >= 8, "val_triplets must be >= 8"),
             (self.patience >= 1, "patience must be >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),

@@ -121,7 +121,7 @@ def train(
         optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15
     )
     scaler = device.grad_scaler()
-    objective = TripletObjective(config.loss, config.margin, config.mining)
+    objective = TripletObjective(config.loss, config.margin, config.mining, config.temperature)
     val_set = fixed_triplets(
         reader, val_xy, spec, config.val_triplets, config.seed, pool_xy=np.concatenate([val_xy, train_xy])
     )

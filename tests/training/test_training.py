@@ -113,6 +113,24 @@ def test_objective_drops_negatives_closer_than_r_neg():
     assert (0, 1) not in pairs and (1, 0) not in pairs and (0, 2) in pairs
 
 
+def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
+    labels = torch.arange(3).repeat(2)
+    locations = torch.tensor([[0.0, 0.0], [100.0, 0.0], [3000.0, 0.0]])  # anchors 0 and 1 are near
+    loss = TripletObjective("infonce", temperature=0.5)(emb, labels, locations, r_neg=500.0)
+    sim = emb @ emb.T / 0.5
+    expected = []
+    for i in range(6):
+        j = (i + 3) % 6  # its pair
+        far = [k for k in range(6) if k not in (i, j) and abs(locations[i % 3, 0] - locations[k % 3, 0]) >= 500]
+        logits = torch.cat([sim[i, j : j + 1], sim[i, far]])
+        expected.append(-torch.log_softmax(logits, 0)[0])
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    all_near = TripletObjective("infonce")(emb.requires_grad_(), labels, torch.zeros(3, 2), r_neg=500.0)
+    assert all_near.item() == 0.0 and all_near.requires_grad
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -122,6 +140,7 @@ def test_objective_drops_negatives_closer_than_r_neg():
         ({"loss": "contrastive"}, "loss must be one of"),
         ({"r_pos_m": 600.0, "r_neg_m": 500.0}, "r_pos_m < r_neg_m"),
         ({"batch_size": 1}, "batch_size must be >= 2"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
