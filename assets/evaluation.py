@@ -50,7 +50,8 @@ def embeddings(
         },
     )
     norms = np.linalg.norm(vectors, axis=1)
-    ok = bool(np.isfinite(vectors).all() and vectors.shape[1] == trained_model.load().representation_dim)
+    dim = trained_model.representation_dim or trained_model.load().representation_dim
+    ok = bool(np.isfinite(vectors).all() and vectors.shape[1] == dim)
     yield dg.AssetCheckResult(
         check_name="finite_and_shaped",
         passed=ok and bool(np.allclose(norms, 1.0, atol=1e-3)),

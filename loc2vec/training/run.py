@@ -39,6 +39,7 @@ class ModelManifest:
     osm_sha256: str
     best_epoch: int
     history: list[dict]
+    representation_dim: int | None = None  # None in manifests stored before it was recorded
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.config)
@@ -131,6 +132,7 @@ def train_and_register(
             osm_sha256=osm_sha256,
             best_epoch=result.best_epoch,
             history=[asdict(h) for h in result.history],
+            representation_dim=result.model.representation_dim,
         )
 
 
