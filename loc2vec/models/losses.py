@@ -47,10 +47,14 @@ class TripletObjective:
         self.all_triplets = miners.TripletMarginMiner(margin=1e9, type_of_triplets="all")
 
     @staticmethod
-    def far_negatives(triplets, labels: torch.Tensor, locations: torch.Tensor, r_neg: float):
+    def _far_apart(labels: torch.Tensor, locations: torch.Tensor, i: torch.Tensor, j: torch.Tensor, r_neg: float):
+        """Mask of sample pairs (i, j) whose anchors lie at least ``r_neg`` apart on the ground."""
+        return (locations[labels[i]] - locations[labels[j]]).norm(dim=1) >= r_neg
+
+    @classmethod
+    def far_negatives(cls, triplets, labels: torch.Tensor, locations: torch.Tensor, r_neg: float):
         a, p, n = triplets
-        gap = (locations[labels[a]] - locations[labels[n]]).norm(dim=1)
-        keep = gap >= r_neg
+        keep = cls._far_apart(labels, locations, a, n, r_neg)
         return a[keep], p[keep], n[keep]
 
     def __call__(
@@ -75,6 +79,5 @@ class TripletObjective:
     ) -> torch.Tensor:
         """NT-Xent over every positive pair, each against all samples of anchors ``r_neg`` or more away."""
         a1, p, a2, n = lmu.get_all_pairs_indices(labels)
-        gap = (locations[labels[a2]] - locations[labels[n]]).norm(dim=1)
-        keep = gap >= r_neg
+        keep = self._far_apart(labels, locations, a2, n, r_neg)
         return self.ntxent(embeddings, labels, indices_tuple=(a1, p, a2[keep], n[keep]))
