@@ -7,6 +7,7 @@ tagged with its lineage (Dagster run id, OSM data version, mosaic version, git c
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import urllib.error
 import urllib.request
@@ -114,8 +115,6 @@ def register_torch_model(model, name: str, tags: dict[str, str], example) -> tup
 
 def log_evaluation(run_id: str, metrics: dict[str, dict[str, float]], document_json: str) -> None:
     """Metrics of the model and baselines onto the model's training run (``eval/<embedder>/<metric>``)."""
-    import math
-
     import mlflow
 
     with mlflow.start_run(run_id=run_id):
@@ -136,6 +135,8 @@ def promote_if_better(name: str, version: str, metric: str, value: float, alias:
 
     client = MlflowClient()
     client.set_model_version_tag(name, version, metric, str(value))
+    if math.isnan(value):  # a version that could not be scored never becomes champion
+        return False
     try:
         current = client.get_model_version_by_alias(name, alias)
     except MlflowException:

@@ -12,9 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from loc2vec.errors import Loc2VecError
 
 MAIN_TRAINING_OPS = "trained_model"
@@ -55,10 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     ``--split-seeds``: every training seed on every draw of the held-out blocks)."""
     from loc2vec.evaluation.run import aggregate_seeds
     from loc2vec.io import write_json
-    from loc2vec.osm.files import check_osm_file
+    from loc2vec.osm.files import check_region
     from pipelines.runner import run_pipeline
 
-    check_osm_file(args.pbf)
+    check_region(args.pbf, args.bbox)  # a bad file or region fails here, before DIR is created
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out)
@@ -121,43 +118,27 @@ def _protocol_for(args: argparse.Namespace):
     return protocol_points(samples, features, reader), reader, samples
 
 
-def _read_external(path: str, points: pd.DataFrame) -> np.ndarray:
-    """The vector column of an external embeddings GeoParquet, checked row by row against ``points``."""
-    import geopandas as gpd
-
-    frame = gpd.read_parquet(path)
-    vector_cols = [c for c in frame.columns if c != "geometry" and frame[c].map(np.ndim).eq(1).all()]
-    if len(vector_cols) != 1:
-        raise Loc2VecError(f"{path}: need exactly one vector column beside the geometry, found {vector_cols}")
-    if len(frame) != len(points):
-        raise Loc2VecError(f"{path}: {len(frame)} rows, but the protocol has {len(points)} points")
-    lon, lat = frame.geometry.x.to_numpy(), frame.geometry.y.to_numpy()
-    if not (np.allclose(lon, points["lon"], atol=1e-6) and np.allclose(lat, points["lat"], atol=1e-6)):
-        raise Loc2VecError(
-            f"{path}: rows are not the protocol's points in the same order (write them with --points-out)"
-        )
-    vectors = np.stack(frame[vector_cols[0]].to_numpy()).astype(np.float32)
-    if not np.isfinite(vectors).all():
-        raise Loc2VecError(f"{path}: embeddings hold non-finite values")
-    return vectors
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from loc2vec.evaluation.external import match_points, read_external_embeddings
     from loc2vec.evaluation.protocol import to_geoparquet_frame
     from loc2vec.evaluation.run import evaluate_embeddings
     from loc2vec.io import write_geoparquet, write_json
+    from loc2vec.osm.files import check_region
     from loc2vec.training.config import TrainConfig
 
     if bool(args.points_out) == bool(args.embeddings):
         raise Loc2VecError("give either --points-out FILE or --embeddings FILE --out DIR")
     if args.embeddings and not args.out:
         raise Loc2VecError("--embeddings needs --out DIR")
+    # the inputs are checked before any work, so a bad one leaves nothing behind
+    check_region(args.pbf, args.bbox)
+    external = read_external_embeddings(args.embeddings) if args.embeddings else None
     points, reader, samples = _protocol_for(args)
     if args.points_out:
         write_geoparquet(to_geoparquet_frame(points), args.points_out)
         _log(f"wrote {len(points)} points to {args.points_out}")
         return 0
-    vectors = _read_external(args.embeddings, points)
+    vectors = match_points(external, points)
     config = TrainConfig(crop_px=samples.spec["crop_px"])
     document = evaluate_embeddings(vectors, points, reader, config, seed=0)
     out = Path(args.out)

@@ -20,12 +20,15 @@ from sklearn.preprocessing import StandardScaler
 METRICS = (
     "triplet_accuracy",
     "poi_knn_accuracy",
+    "poi_knn_macro_f1",
+    "poi_logreg_accuracy",
     "poi_logreg_macro_f1",
     "landuse_recall_at_10",
     "silhouette",
     "geo_spearman",
     "trustworthiness",
 )
+POI_METRICS = tuple(m for m in METRICS if m.startswith("poi_"))
 
 
 def held_out_triplets(xy: np.ndarray, r_pos: float, r_neg: float, n: int, seed: int) -> np.ndarray:
@@ -91,15 +94,17 @@ def poi_scores(emb: np.ndarray, points: pd.DataFrame) -> dict[str, float]:
     test = pois & (points["split"].to_numpy() == "test")
     y = points["category"].to_numpy()
     if train.sum() < 2 or test.sum() < 1 or len(set(y[train])) < 2:
-        return {"poi_knn_accuracy": float("nan"), "poi_logreg_macro_f1": float("nan")}
+        return dict.fromkeys(POI_METRICS, float("nan"))
     knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(5, int(train.sum()))))
     knn.fit(emb[train], y[train])
     logreg = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
     logreg.fit(emb[train], y[train])
-    return {
-        "poi_knn_accuracy": float(accuracy_score(y[test], knn.predict(emb[test]))),
-        "poi_logreg_macro_f1": float(f1_score(y[test], logreg.predict(emb[test]), average="macro")),
-    }
+    scores = {}
+    for name, model in (("knn", knn), ("logreg", logreg)):
+        predicted = model.predict(emb[test])
+        scores[f"poi_{name}_accuracy"] = float(accuracy_score(y[test], predicted))
+        scores[f"poi_{name}_macro_f1"] = float(f1_score(y[test], predicted, average="macro"))
+    return scores
 
 
 def score(

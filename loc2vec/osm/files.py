@@ -91,6 +91,16 @@ def extract_bounds(path: str | Path) -> BBox:
     return header_bounds(path) or data_bounds(path)
 
 
+def check_region(path: str | Path, bbox: str | None) -> BBox | None:
+    """Refuse, before any work, a region that is malformed or that the file's header puts outside the
+    extract (files without header bounds are checked by the importer, which reads their data)."""
+    region = BBox.parse(bbox) if bbox else None
+    extent = header_bounds(path)
+    if region is not None and extent is not None and not region.intersects(extent):
+        raise InputDataError(f"region {region} lies outside the extract {Path(path).name} (bounds {extent})")
+    return region
+
+
 # --- PBF blocks -------------------------------------------------------------------------------------
 #
 # A PBF file is a sequence of blobs (a length-prefixed BlobHeader, then the zlib-compressed block). In a

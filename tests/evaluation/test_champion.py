@@ -14,7 +14,9 @@ def test_champion_alias_moves_only_on_improvement(tmp_path):
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_text("weights", "model/weights.txt")
     source = f"runs:/{run.info.run_id}/model"
-    v1, v2, v3 = (client.create_model_version("enc", source, run.info.run_id).version for _ in range(3))
+    v0, v1, v2, v3 = (client.create_model_version("enc", source, run.info.run_id).version for _ in range(4))
+    # a version that could not be scored does not become champion, even when there is none
+    assert not tracking.promote_if_better("enc", str(v0), "landuse_recall_at_10", float("nan"))
     assert tracking.promote_if_better("enc", str(v1), "landuse_recall_at_10", 0.50)
     assert not tracking.promote_if_better("enc", str(v2), "landuse_recall_at_10", 0.45)
     assert str(client.get_model_version_by_alias("enc", "champion").version) == str(v1)

@@ -104,3 +104,23 @@ def test_run_over_two_draws_of_the_test_blocks(tmp_path):
     samples = sorted((out / "samples").glob("*.parquet"))
     model_dirs = [d for d in (out / "models").iterdir() if d.name != "mlruns"]
     assert len(samples) == 2 and {d.name.rsplit("-", 1)[0] for d in model_dirs} == {s.stem for s in samples}
+
+
+@pytest.mark.parametrize(
+    ("pbf", "bbox", "message"),
+    [
+        (MONACO, "2.2,48.8,2.4,48.9", "outside the extract"),
+        (MONACO, "7.4,43.7,7.5", "bbox must be"),
+        (MONACO, "7.5,43.7,7.4,43.8", "invalid bbox"),
+        (None, None, "unsupported OSM file type"),
+    ],
+)
+def test_run_refuses_bad_input_before_creating_anything(tmp_path, capsys, pbf, bbox, message):
+    if pbf is None:
+        pbf = tmp_path / "extract.csv"
+        pbf.write_text("not osm")
+    out = tmp_path / "out"
+    args = ["run", "--pbf", str(pbf), "--out", str(out)] + (["--bbox", bbox] if bbox else [])
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -7,6 +7,7 @@ import pytest
 from loc2vec.evaluation.index import build_hnsw, measure
 from loc2vec.evaluation.metrics import (
     METRICS,
+    POI_METRICS,
     geo_spearman,
     held_out_triplets,
     poi_scores,
@@ -57,7 +58,13 @@ def test_poi_classifiers_learn_a_separable_category():
     emb = rng.normal(size=(80, 4)) + np.where(cats == "amenity=cafe", 3.0, -3.0)[:, None]
     points = pd.DataFrame({"kind": "poi", "split": np.tile(["train", "test"], 40), "category": cats})
     scores = poi_scores(emb, points)
-    assert scores["poi_knn_accuracy"] == 1.0 and scores["poi_logreg_macro_f1"] == 1.0
+    assert scores == dict.fromkeys(POI_METRICS, 1.0)
+
+
+def test_poi_scores_are_nan_without_enough_train_pois():
+    points = pd.DataFrame({"kind": "poi", "split": ["train", "test"], "category": ["a=b", "a=b"]})
+    scores = poi_scores(np.zeros((2, 3)), points)
+    assert set(scores) == set(POI_METRICS) and all(np.isnan(v) for v in scores.values())
 
 
 def test_hnsw_recall_against_exact_search():
