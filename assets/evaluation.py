@@ -20,6 +20,7 @@ from loc2vec.evaluation.stage import (
     build_similarity_index,
     evaluate_stage,
 )
+from loc2vec.io import write_atomic
 from loc2vec.osm.layers import FeaturesManifest
 from loc2vec.training.run import ModelManifest
 from resources import MlflowTracking, ProjectStorage
@@ -128,7 +129,7 @@ def similarity_index(
     out_dir = _model_dir(storage, "index", trained_model)
     manifest = build_similarity_index(trained_model, embeddings, out_dir)
     current = storage.path("index", "CURRENT")
-    current.write_text(str(out_dir / "manifest.json"))
+    write_atomic(current, lambda tmp: tmp.write_text(str(out_dir / "manifest.json")))  # the newest model's index
     report = manifest.report
     return dg.Output(
         manifest,

@@ -153,7 +153,14 @@ def cmd_similar(args: argparse.Namespace) -> int:
     from loc2vec.evaluation.stage import load_index_manifest
     from resources.paths import default_data_dir
 
-    manifest_path = args.index or (Path(args.data_dir or default_data_dir()) / "index" / "CURRENT").read_text().strip()
+    manifest_path = args.index
+    if manifest_path is None:
+        current = Path(args.data_dir or default_data_dir()) / "index" / "CURRENT"
+        if not current.is_file():
+            raise Loc2VecError(
+                f"no similarity index in {current.parent.parent}: run the pipeline first or pass --index"
+            )
+        manifest_path = current.read_text().strip()
     manifest = load_index_manifest(manifest_path)
     found = similar_places(manifest, args.lat, args.lon, args.k)
     print(found.to_string(index=False, float_format=lambda v: f"{v:.5f}"))

@@ -12,6 +12,7 @@ import pandas as pd
 
 from loc2vec.data.crops import CropReader
 from loc2vec.data.locations import SamplesManifest
+from loc2vec.errors import InputDataError
 from loc2vec.evaluation.embedders import encode
 from loc2vec.evaluation.index import build_hnsw, measure, save_index
 from loc2vec.evaluation.protocol import ProtocolSpec, build_points, grid_points
@@ -102,7 +103,10 @@ def build_similarity_index(model: ModelManifest, embeddings: EmbeddingsManifest,
 
 
 def load_index_manifest(path: str | Path) -> IndexManifest:
-    return IndexManifest(**json.loads(Path(path).read_text()))
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"similarity index manifest not found: {path}")
+    return IndexManifest(**json.loads(path.read_text()))
 
 
 @dataclass(frozen=True)

@@ -124,3 +124,10 @@ def test_run_refuses_bad_input_before_creating_anything(tmp_path, capsys, pbf, b
     assert main(args) == 1
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_similar_without_an_index_says_so(tmp_path, capsys):
+    assert main(["similar", "--lat", "43.74", "--lon", "7.42", "--data-dir", str(tmp_path)]) == 1
+    assert "no similarity index" in capsys.readouterr().err
+    assert main(["similar", "--lat", "43.74", "--lon", "7.42", "--index", str(tmp_path / "manifest.json")]) == 1
+    assert "manifest not found" in capsys.readouterr().err
