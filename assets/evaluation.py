@@ -1,6 +1,5 @@
 """embeddings, evaluation (model vs baselines, champion alias) and similarity_index."""
 
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +19,7 @@ from loc2vec.evaluation.stage import (
     build_similarity_index,
     evaluate_stage,
 )
-from loc2vec.io import write_atomic
+from loc2vec.io import json_text, write_atomic
 from loc2vec.osm.layers import FeaturesManifest
 from loc2vec.training.run import ModelManifest
 from resources import MlflowTracking, ProjectStorage
@@ -77,9 +76,7 @@ def evaluation(
     path = storage.path("evaluation", f"evaluation-v{trained_model.model_version}.json")
     result = evaluate_stage(trained_model, embeddings, path)
     tracking.setup(trained_model.tracking_uri, mlflow_tracking.experiment)
-    tracking.log_evaluation(
-        trained_model.run_id, {"model": result["model"], **result["baselines"]}, json.dumps(result, indent=2)
-    )
+    tracking.log_evaluation(trained_model.run_id, {"model": result["model"], **result["baselines"]}, json_text(result))
     promoted = tracking.promote_if_better(
         trained_model.model_name, trained_model.model_version, MAIN_METRIC, result["model"][MAIN_METRIC]
     )

@@ -50,6 +50,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """Strict JSON (NaN/inf as null), indented, keys sorted."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False, default=str)
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
-    text = json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False)
+    text = json_text(obj)
     return write_atomic(path, lambda tmp: tmp.write_text(text))

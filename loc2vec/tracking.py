@@ -128,6 +128,36 @@ def log_evaluation(run_id: str, metrics: dict[str, dict[str, float]], document_j
         mlflow.log_text(document_json, "evaluation.json")
 
 
+def log_seed_summary(tracking_uri: str, experiment_id: str, summary: dict, document_json: str, runs: list[dict]) -> str:
+    """One run holding mean and std over several training runs (``eval_mean/...``, ``eval_std/...``), tagged
+    with the runs it summarises; returns its run id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    flat: dict[str, float] = {}
+    for embedder, values in {"model": summary["model"], **summary["baselines"]}.items():
+        for metric, stats in values.items():
+            for stat in ("mean", "std"):
+                if not math.isnan(stats[stat]):
+                    flat[f"eval_{stat}/{embedder}/{metric}"] = stats[stat]
+    tags = {
+        "loc2vec.kind": "seed_summary",
+        "loc2vec.runs": ",".join(r["mlflow_run_id"] for r in runs),
+        "loc2vec.model_versions": ",".join(str(r["model_version"]) for r in runs),
+    }
+    name = f"summary of {len(runs)} runs"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
+        mlflow.log_params(
+            {
+                "seeds": ",".join(str(r["seed"]) for r in runs),
+                "split_seeds": ",".join(str(r["split_seed"]) for r in runs),
+            }
+        )
+        mlflow.log_metrics(flat)
+        mlflow.log_text(document_json, "evaluation.json")
+    return run.info.run_id
+
+
 def promote_if_better(name: str, version: str, metric: str, value: float, alias: str = "champion") -> bool:
     """Give ``version`` the alias when it beats the current holder on ``metric`` (stored as a version tag)."""
     from mlflow import MlflowClient

@@ -50,8 +50,9 @@ def _run_config(epochs: int | None, seed: int, split_seed: int | None = None) ->
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on ``--pbf``; writes ``OUT/evaluation.json`` (mean ± std with ``--seeds`` or
     ``--split-seeds``: every training seed on every draw of the held-out blocks)."""
+    from loc2vec import tracking
     from loc2vec.evaluation.run import aggregate_seeds
-    from loc2vec.io import write_json
+    from loc2vec.io import json_text, write_json
     from loc2vec.osm.files import check_region
     from pipelines.runner import run_pipeline
 
@@ -68,7 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             config = _run_config(args.epochs, seed, split)
             if k == 0:
                 runs = run_pipeline(defs, instance, run_config=config, log=_log)
-                result = runs["main_job"].output_for_node("evaluation")
+                run = runs["main_job"]
+                result = run.output_for_node("evaluation")
             else:
                 _log(f"training seed {seed}" + ("" if split is None else f" on split {split}"))
                 job = defs.resolve_job_def("main_job")
@@ -77,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     raise Loc2VecError(f"main_job failed for seed {seed}, split {split} (run {run.run_id})")
                 result = run.output_for_node("evaluation")
                 _log(f"seed {seed}: ok")
+            model = run.output_for_node("trained_model")
             results.append(result)
             runs_info.append(
                 {
@@ -84,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     "seed": seed,
                     "n_test_locations": result["n_test_locations"],
                     "n_test_pois": result["n_test_pois"],
+                    "model_version": model.model_version,
+                    "mlflow_run_id": model.run_id,
                     "model": result["model"],
                     "baselines": result["baselines"],
                 }
@@ -95,6 +100,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         document["baselines"] = {n: {m: v["mean"] for m, v in b.items()} for n, b in summary["baselines"].items()}
         document["seeds"] = {**summary, "seeds": seeds, "split_seeds": [r["split_seed"] for r in runs_info]}
         document["runs"] = runs_info
+        document["mlflow_summary_run_id"] = tracking.log_seed_summary(
+            model.tracking_uri, model.experiment_id, summary, json_text(document), runs_info
+        )
+        _log(f"mean and std over {len(results)} runs logged to MLflow run {document['mlflow_summary_run_id']}")
     write_json(document, out / "evaluation.json")
     _log(f"wrote {out / 'evaluation.json'}")
     print(json.dumps({"model": document["model"], "baselines": document["baselines"]}, indent=2))

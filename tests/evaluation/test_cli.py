@@ -17,7 +17,8 @@ KEYS = set(METRICS)
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["run", "--pbf", str(MONACO), "--bbox", BBOX, "--out", str(out), "--epochs", "1"]) == 0
+    args = ["run", "--pbf", str(MONACO), "--bbox", BBOX, "--out", str(out), "--epochs", "1", "--seeds", "2"]
+    assert main(args) == 0
     return out
 
 
@@ -30,6 +31,28 @@ def test_run_writes_evaluation_json_in_the_documented_shape(run_dir):
     assert doc["n_test_locations"] > 50 and doc["n_test_pois"] >= 0
     assert doc["baselines"]["coordinates"]["triplet_accuracy"] == 1.0
     assert list((run_dir / "maps").rglob("embedding_map.html")) and list((run_dir / "maps").rglob("projector.html"))
+
+
+@pytest.mark.slow
+def test_seeds_give_mean_and_std_in_the_json_and_in_mlflow(run_dir):
+    doc = json.loads((run_dir / "evaluation.json").read_text())
+    runs = doc["runs"]
+    assert [r["seed"] for r in runs] == [0, 1] and doc["seeds"]["n_seeds"] == 2
+    values = [r["model"]["triplet_accuracy"] for r in runs]
+    stats = doc["seeds"]["model"]["triplet_accuracy"]
+    assert stats == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values))}
+    assert doc["model"]["triplet_accuracy"] == pytest.approx(np.mean(values))
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}")
+    summary = client.get_run(doc["mlflow_summary_run_id"])
+    assert summary.data.tags["loc2vec.runs"].split(",") == [r["mlflow_run_id"] for r in runs]
+    assert summary.data.metrics["eval_mean/model/triplet_accuracy"] == pytest.approx(stats["mean"])
+    assert summary.data.metrics["eval_std/model/triplet_accuracy"] == pytest.approx(stats["std"])
+    for r in runs:  # each training run holds its own evaluation
+        metrics = client.get_run(r["mlflow_run_id"]).data.metrics
+        assert metrics["eval/model/triplet_accuracy"] == pytest.approx(r["model"]["triplet_accuracy"])
 
 
 @pytest.mark.slow
