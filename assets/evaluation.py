@@ -135,6 +135,7 @@ def similarity_index(
             "recall_at_10_vs_exact": round(report["recall_at_10"], 4),
             "hnsw_ms_per_query": round(report["hnsw_ms_per_query"], 4),
             "exact_ms_per_query": round(report["exact_ms_per_query"], 4),
+            "build_seconds": round(report["build_seconds"], 3),
             "index": dg.MetadataValue.path(manifest.index_path),
         },
     )

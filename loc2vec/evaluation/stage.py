@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,8 +90,9 @@ class IndexManifest:
 def build_similarity_index(model: ModelManifest, embeddings: EmbeddingsManifest, out_dir: str | Path) -> IndexManifest:
     frame = embeddings.read()
     vectors = embeddings.vectors(frame)
+    started = time.perf_counter()
     index = build_hnsw(vectors)
-    report = measure(index, vectors)
+    report = measure(index, vectors, build_seconds=time.perf_counter() - started)
     out = Path(out_dir)
     index_path = save_index(index, out / "index.faiss")
     ids = pd.DataFrame(frame[["point_id", "kind", "split", "lon", "lat", "x", "y", "category", "landuse_class"]])
