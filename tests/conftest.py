@@ -55,3 +55,15 @@ def monaco_samples(monaco_mosaic, tmp_path_factory):
     spec = SplitSpec(spacing_m=40.0, block_m=700.0, crop_px=64, seed=0)
     manifest, _ = build_sample_locations(reader, spec, mosaic.version, tmp_path_factory.mktemp("samples"))
     return reader, manifest
+
+
+@pytest.fixture(scope="session")
+def monaco_run(tmp_path_factory):
+    """``loc2vec run`` on Monaco proper, 1 epoch, 2 training seeds: a real output directory (slow)."""
+    from pipelines.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    bbox = ",".join(map(str, TRAIN_REGION))
+    args = ["run", "--pbf", str(MONACO), "--bbox", bbox, "--out", str(out), "--epochs", "1", "--seeds", "2"]
+    assert main(args) == 0
+    return out

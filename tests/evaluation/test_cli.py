@@ -14,12 +14,9 @@ BBOX = ",".join(map(str, TRAIN_REGION))
 KEYS = set(METRICS)
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    args = ["run", "--pbf", str(MONACO), "--bbox", BBOX, "--out", str(out), "--epochs", "1", "--seeds", "2"]
-    assert main(args) == 0
-    return out
+@pytest.fixture
+def run_dir(monaco_run):
+    return monaco_run
 
 
 @pytest.mark.slow

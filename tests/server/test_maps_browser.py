@@ -227,3 +227,27 @@ def test_projector_renders_offline(sample, tmp_path):
 
     for color in qualitative.Plotly[: len(set(sample.labels))]:
         assert _has_colour(shot, _hex_rgb(color), tolerance=8), f"no point of colour {color} in the screenshot"
+
+
+def test_the_pipelines_own_pages_render_at_full_size(monaco_run, tmp_path):
+    """The ``maps`` asset's pages of a real run (hundreds of points, 12-channel previews, UMAP in the menu)."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium chromium-driver)")
+    map_page = sorted((monaco_run / "maps").rglob("embedding_map.html"))[0]
+    dom, shot, log = _chromium(_instrument(map_page, MAP_PROBE), tmp_path)
+    _assert_no_js_errors(dom, log)
+    assert _attribute(dom, "data-l2v-probe")["popup"] is True
+    assert len(re.findall(r'<path\b[^>]*class="[^"]*leaflet-interactive', dom)) > 100
+    popup = re.search(r'class="leaflet-popup-content"[^>]*>(.*?)</div>\s*</div>', dom, re.S)
+    assert popup and '<img src="data:image/png;base64,' in popup.group(1)
+    _assert_not_blank(shot)
+
+    projector_page = sorted((monaco_run / "maps").rglob("projector.html"))[0]
+    dom, shot, log = _chromium(_instrument(projector_page, PROJECTOR_PROBE), tmp_path)
+    _assert_no_js_errors(dom, log)
+    probe = _attribute(dom, "data-l2v-probe")
+    assert probe["buttons"] == ["PCA", "UMAP", "t-SNE"], probe
+    assert probe["xtitle"] == "UMAP 1" and probe["after"] != probe["before"], probe
+    assert probe["thumb"].startswith("data:image/png;base64,"), probe
+    assert len(re.findall(r'<path\b[^>]*class="point\b', dom)) > 100
+    _assert_not_blank(shot)
