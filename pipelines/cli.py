@@ -171,7 +171,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
             )
         manifest_path = current.read_text().strip()
     manifest = load_index_manifest(manifest_path)
-    found = similar_places(manifest, args.lat, args.lon, args.k)
+    found = similar_places(manifest, args.lat, args.lon, args.k, args.min_km)
     print(found.to_string(index=False, float_format=lambda v: f"{v:.5f}"))
     if args.map:
         from loc2vec.evaluation.similar import write_similar_map
@@ -220,6 +220,9 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--lat", type=float, required=True)
     sim.add_argument("--lon", type=float, required=True)
     sim.add_argument("-k", type=int, default=10)
+    sim.add_argument(
+        "--min-km", type=float, default=0.0, help="only places at least this far away on the ground (default 0)"
+    )
     sim.add_argument("--index", help="index manifest.json (default: the data dir's current index)")
     sim.add_argument("--data-dir", help="data directory (default: $LOC2VEC_DATA_DIR or var/)")
     sim.add_argument("--map", help="write an HTML map of the results")

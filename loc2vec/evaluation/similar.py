@@ -22,10 +22,14 @@ def load_model(manifest: IndexManifest) -> torch.nn.Module:
     return model.eval()
 
 
-def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10) -> pd.DataFrame:
-    """The ``k`` indexed places whose embeddings are nearest to the embedding at (lat, lon)."""
+def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10, min_km: float = 0.0) -> pd.DataFrame:
+    """The ``k`` indexed places whose embeddings are nearest to the embedding at (lat, lon), among those
+    at least ``min_km`` away on the ground (``min_km`` > 0: look-alike places elsewhere, not the
+    query's own surroundings, which share its pixels)."""
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
+    if not min_km >= 0:
+        raise ConfigError(f"min_km must be >= 0, got {min_km}")
     reader = CropReader.from_store(manifest.mosaic_path)
     col, row = reader.grid.lonlat_to_pixel(lon, lat)
     if not (0 <= col < reader.width and 0 <= row < reader.height):
@@ -33,12 +37,20 @@ def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10)
     x, y = reader.grid.pixel_to_xy(col, row)
     config = TrainConfig(**manifest.model_config)
     query = encode(load_model(manifest), reader, np.array([[x, y]]), config.crop_px)
-    distances, ids = load_index(manifest.index_path).search(query.astype(np.float32), k)
+    index = load_index(manifest.index_path)
     points = pd.read_parquet(manifest.ids_path)
-    found = points.iloc[ids[0]].reset_index(drop=True)
+    wanted = k
+    while True:  # widen the search until k results lie beyond min_km (or the index is exhausted)
+        distances, ids = index.search(query.astype(np.float32), min(wanted, index.ntotal))
+        keep = ids[0] >= 0
+        found = points.iloc[ids[0][keep]].reset_index(drop=True)
+        found["embedding_distance"] = np.sqrt(np.maximum(distances[0][keep], 0))
+        found["ground_km"] = np.hypot(found["x"] - x, found["y"] - y) / 1000.0
+        found = found[found["ground_km"] >= min_km].head(k).reset_index(drop=True)
+        if len(found) == k or wanted >= index.ntotal:
+            break
+        wanted *= 4
     found.insert(0, "rank", np.arange(1, len(found) + 1))
-    found["embedding_distance"] = np.sqrt(np.maximum(distances[0], 0))
-    found["ground_km"] = np.hypot(found["x"] - x, found["y"] - y) / 1000.0
     return found[["rank", "lat", "lon", "kind", "landuse_class", "embedding_distance", "ground_km"]]
 
 

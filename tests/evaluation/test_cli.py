@@ -66,6 +66,19 @@ def test_similar_prints_neighbours_and_writes_a_map(run_dir, capsys):
     assert main(["similar", "--lat", "48.85", "--lon", "2.35", "--data-dir", str(run_dir)]) == 1  # outside
 
 
+@pytest.mark.slow
+def test_similar_places_elsewhere_skip_the_query_surroundings(run_dir):
+    from loc2vec.evaluation.similar import similar_places
+    from loc2vec.evaluation.stage import load_index_manifest
+
+    manifest = load_index_manifest((run_dir / "index" / "CURRENT").read_text().strip())
+    near = similar_places(manifest, 43.7384, 7.4246, k=10)
+    assert near["ground_km"].min() < 0.3  # without a floor, the query's own surroundings come first
+    far = similar_places(manifest, 43.7384, 7.4246, k=10, min_km=1.0)
+    assert len(far) == 10 and (far["ground_km"] >= 1.0).all()
+    assert far["embedding_distance"].is_monotonic_increasing and list(far["rank"]) == list(range(1, 11))
+
+
 def _evaluate(work, *args) -> int:
     return main(["evaluate", "--pbf", str(MONACO), "--bbox", BBOX, "--work", str(work), *args])
 
