@@ -1,5 +1,7 @@
 """Training through Dagster: lineage-tagged model versions, fail-fast tracking, blocking leakage check."""
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
 from mlflow import MlflowClient
@@ -31,6 +33,29 @@ def _versions(tmp_path):
     return client, client.search_model_versions("name='loc2vec-encoder'")
 
 
+def _metadata(instance, key: str) -> dict:
+    return instance.get_latest_materialization_event(dg.AssetKey(key)).asset_materialization.metadata
+
+
+def _assert_evaluation_outputs(instance, client, version) -> None:
+    """What the evaluation assets show in the UI and leave in MLflow for a first model version."""
+    evaluation = _metadata(instance, "evaluation")
+    table = evaluation["metrics"].value
+    assert table.startswith("| metric | model | channel_stats | untrained | coordinates |")
+    assert "| landuse_recall_at_10 |" in table and "(by construction)" in table
+    assert evaluation["champion"].value is True  # the first scored version becomes champion
+    assert str(client.get_model_version_by_alias("loc2vec-encoder", "champion").version) == str(version.version)
+    run_metrics = client.get_run(version.run_id).data.metrics
+    assert {"eval/model/triplet_accuracy", "eval/untrained/triplet_accuracy"} <= set(run_metrics)
+    assert "evaluation.json" in {a.path for a in client.list_artifacts(version.run_id)}
+    assert "| location |" in _metadata(instance, "embeddings")["points"].value
+    index = _metadata(instance, "similarity_index")
+    assert index["recall_at_10_vs_exact"].value > 0.8 and index["build_seconds"].value > 0
+    maps = _metadata(instance, "maps")
+    for key in ("embedding_map_path", "projector_path"):
+        assert Path(maps[key].value).stat().st_size > 10_000
+
+
 @pytest.mark.slow
 def test_each_training_materialization_registers_one_tagged_version(tmp_path):
     defs = _defs(tmp_path)
@@ -52,6 +77,8 @@ def test_each_training_materialization_registers_one_tagged_version(tmp_path):
         assert {"config.json", "channel_schema.json", "sample_triplets.png"} <= artifacts
         checks = {e.check_name: e.passed for e in first["main_job"].get_asset_check_evaluations()}
         assert checks["no_split_leakage"] and checks["trained_model_weights_finite"]
+        assert checks["finite_and_shaped"]
+        _assert_evaluation_outputs(instance, client, versions[0])
 
         second = defs.resolve_job_def("main_job").execute_in_process(
             instance=instance, run_config=_config(seed=1)["main_job"]
