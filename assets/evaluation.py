@@ -107,10 +107,9 @@ def _cell(result: dict, embedder: str, metric: str) -> float | str:
 
 
 def _model_dir(storage: ProjectStorage, kind: str, model: ModelManifest) -> Path:
-    """``<data_dir>/<kind>/v<version>-<run>``: one directory per registered model version."""
-    out = storage.path(kind, f"v{model.model_version}-{model.run_id[:8]}")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    """``<data_dir>/<kind>/v<version>-<run>``: one directory per registered model version (created by
+    its first atomic write, so a failed build leaves none behind)."""
+    return storage.path(kind, f"v{model.model_version}-{model.run_id[:8]}")
 
 
 @dg.asset(
