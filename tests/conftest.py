@@ -23,8 +23,11 @@ def _isolated_data_dir(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("LOC2VEC_PBF", raising=False)
     monkeypatch.delenv("LOC2VEC_BBOX", raising=False)
     monkeypatch.delenv("LOC2VEC_SCHEMA", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("MPLBACKEND", "Agg")
     yield data_dir
+    # mlflow.set_tracking_uri exports the URI to the environment: keep it from leaking into later tests
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 TRAIN_REGION = (7.405, 43.722, 7.445, 43.752)  # Monaco proper, ~3.2 x 3.3 km
@@ -65,5 +68,8 @@ def monaco_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     bbox = ",".join(map(str, TRAIN_REGION))
     args = ["run", "--pbf", str(MONACO), "--bbox", bbox, "--out", str(out), "--epochs", "1", "--seeds", "2"]
-    assert main(args) == 0
+    with pytest.MonkeyPatch.context() as env:  # session fixtures run before the per-test isolation above
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert main(args) == 0
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     return out
