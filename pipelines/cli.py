@@ -142,13 +142,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # the inputs are checked before any work, so a bad one leaves nothing behind
     check_region(args.pbf, args.bbox)
     external = read_external_embeddings(args.embeddings) if args.embeddings else None
+    config = TrainConfig.from_json(args.train_config) if args.train_config else None
     points, reader, samples = _protocol_for(args)
     if args.points_out:
         write_geoparquet(to_geoparquet_frame(points), args.points_out)
         _log(f"wrote {len(points)} points to {args.points_out}")
         return 0
     vectors = match_points(external, points)
-    config = TrainConfig(crop_px=samples.spec["crop_px"])
+    config = config or TrainConfig(crop_px=samples.spec["crop_px"])
     document = evaluate_embeddings(vectors, points, reader, config, seed=0)
     out = Path(args.out)
     write_json(document, out / "evaluation.json")
@@ -214,6 +215,11 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--embeddings", help="GeoParquet: point geometry + one vector column, same rows as the points")
     ev.add_argument("--out", help="directory for evaluation.json")
     ev.add_argument("--work", help="working directory for the import/render/split (default: beside the output)")
+    ev.add_argument(
+        "--train-config",
+        help="a run's config.json (MLflow artifact): score with its radii and untrained-baseline seed, as `run` "
+        "did (default: the default training config)",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     sim = sub.add_parser("similar", help="nearest places to a location in embedding space")

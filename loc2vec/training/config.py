@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from loc2vec.data.triplets import TripletSpec
 from loc2vec.errors import ConfigError
@@ -78,6 +79,21 @@ class TrainConfig:
     @property
     def max_positive_m(self) -> float:
         return self.triplet_spec().max_positive_m
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrainConfig:
+        """A config saved with ``to_dict`` (the ``config.json`` every training run logs to MLflow)."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read training config {path}: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"training config {path} must be a JSON object")
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"training config {path} has unknown fields {unknown}")
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -103,6 +103,22 @@ def test_external_embeddings_are_scored_on_the_same_protocol(run_dir, tmp_path):
         ours, baseline = doc["model"][metric], doc["baselines"]["coordinates"][metric]
         assert (ours is None and baseline is None) or ours == pytest.approx(baseline, abs=1e-6), metric
 
+    # with a run's training config, the baselines are exactly those that run computed
+    run_doc = json.loads((run_dir / "evaluation.json").read_text())
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"seed": 1, "epochs": 1}))
+    out_seed1 = tmp_path / "scored-seed1"
+    assert (
+        _evaluate(work, "--embeddings", str(theirs_file), "--out", str(out_seed1), "--train-config", str(config_file))
+        == 0
+    )
+    doc1 = json.loads((out_seed1 / "evaluation.json").read_text())
+    ran = next(r for r in run_doc["runs"] if r["seed"] == 1)
+    for name in ("untrained", "channel_stats"):
+        for metric in KEYS:
+            assert doc1["baselines"][name][metric] == pytest.approx(ran["baselines"][name][metric], nan_ok=True)
+    assert doc1["baselines"]["untrained"] != doc["baselines"]["untrained"]  # seed 1, not the default seed 0
+
     shuffled = theirs.iloc[np.random.default_rng(0).permutation(len(theirs))]
     bad_file = tmp_path / "bad.parquet"
     shuffled.to_parquet(bad_file)

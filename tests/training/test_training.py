@@ -1,5 +1,7 @@
 """Training: loss goes down on real data, resume is exact, encoders, losses, bad config."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -244,3 +246,21 @@ def test_embed_is_context_before_the_head_plus_the_stem_at_the_centre(monaco_sam
 def _embed_crops(model, crops):
     with torch.no_grad():
         return model.embed(crops.permute(0, 3, 1, 2)).numpy()
+
+
+def test_training_config_round_trips_through_json_and_refuses_bad_files(tmp_path):
+    config = TrainConfig(seed=3, epochs=2, loss="infonce")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert TrainConfig.from_json(path) == config
+    for text, message in (
+        ('{"seed": 1, "colour": "red"}', "unknown fields"),
+        ("[1, 2]", "JSON object"),
+        ("{not json", "cannot read"),
+        ('{"epochs": 0}', "epochs must be >= 1"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_json(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        TrainConfig.from_json(tmp_path / "missing.json")
