@@ -52,7 +52,7 @@ def _finite(obj: Any) -> Any:
 
 def json_text(obj: Any) -> str:
     """Strict JSON (NaN/inf as null), indented, keys sorted."""
-    return json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False, default=str)
+    return json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False)
 
 
 def write_json(obj: Any, path: str | Path) -> Path:

@@ -118,14 +118,18 @@ def log_evaluation(run_id: str, metrics: dict[str, dict[str, float]], document_j
     import mlflow
 
     with mlflow.start_run(run_id=run_id):
-        flat = {
-            f"eval/{embedder}/{name}": value
-            for embedder, values in metrics.items()
-            for name, value in values.items()
-            if value is not None and not math.isnan(value)
-        }
-        mlflow.log_metrics(flat)
+        mlflow.log_metrics(_flat_metrics("eval", metrics))
         mlflow.log_text(document_json, "evaluation.json")
+
+
+def _flat_metrics(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{embedder: {metric: value}}`` -> ``{prefix/embedder/metric: value}``, without missing values."""
+    return {
+        f"{prefix}/{embedder}/{name}": value
+        for embedder, values in metrics.items()
+        for name, value in values.items()
+        if value is not None and not math.isnan(value)
+    }
 
 
 def log_seed_summary(tracking_uri: str, experiment_id: str, summary: dict, document_json: str, runs: list[dict]) -> str:
@@ -134,12 +138,11 @@ def log_seed_summary(tracking_uri: str, experiment_id: str, summary: dict, docum
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
+    embedders = {"model": summary["model"], **summary["baselines"]}
     flat: dict[str, float] = {}
-    for embedder, values in {"model": summary["model"], **summary["baselines"]}.items():
-        for metric, stats in values.items():
-            for stat in ("mean", "std"):
-                if not math.isnan(stats[stat]):
-                    flat[f"eval_{stat}/{embedder}/{metric}"] = stats[stat]
+    for stat in ("mean", "std"):
+        per_metric = {name: {m: v[stat] for m, v in values.items()} for name, values in embedders.items()}
+        flat.update(_flat_metrics(f"eval_{stat}", per_metric))
     tags = {
         "loc2vec.kind": "seed_summary",
         "loc2vec.runs": ",".join(r["mlflow_run_id"] for r in runs),

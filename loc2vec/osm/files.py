@@ -91,13 +91,19 @@ def extract_bounds(path: str | Path) -> BBox:
     return header_bounds(path) or data_bounds(path)
 
 
+def require_overlap(region: BBox, extent: BBox, path: str | Path) -> None:
+    """Refuse a region that lies outside the extract's bounds."""
+    if not region.intersects(extent):
+        raise InputDataError(f"region {region} lies outside the extract {Path(path).name} (bounds {extent})")
+
+
 def check_region(path: str | Path, bbox: str | None) -> BBox | None:
     """Refuse, before any work, a region that is malformed or that the file's header puts outside the
     extract (files without header bounds are checked by the importer, which reads their data)."""
     region = BBox.parse(bbox) if bbox else None
     extent = header_bounds(path)
-    if region is not None and extent is not None and not region.intersects(extent):
-        raise InputDataError(f"region {region} lies outside the extract {Path(path).name} (bounds {extent})")
+    if region is not None and extent is not None:
+        require_overlap(region, extent, path)
     return region
 
 

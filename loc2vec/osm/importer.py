@@ -45,6 +45,7 @@ from loc2vec.osm.files import (
     extract_bounds,
     pbf_type_ranges,
     pbf_way_blocks_for,
+    require_overlap,
     write_pbf_part,
 )
 from loc2vec.schema import GEOMETRY_KINDS, ChannelSchema
@@ -229,12 +230,9 @@ def import_features(
         raise ValueError(f"unknown import strategy {strategy!r}; use one of {STRATEGIES}")
     p = check_osm_file(path)
     extent = extract_bounds(p)
-    if bbox is None:
-        region = extent
-    elif not bbox.intersects(extent):
-        raise InputDataError(f"region {bbox} lies outside the extract {p.name} (bounds {extent})")
-    else:
-        region = bbox
+    if bbox is not None:
+        require_overlap(bbox, extent, p)
+    region = extent if bbox is None else bbox
     if strategy == "auto":
         small = _area(region) <= _REGION_MAX_SHARE * _area(extent)
         large = p.stat().st_size > _REGION_MIN_BYTES
