@@ -41,6 +41,7 @@ def embeddings(
 ):
     manifest = build_embeddings(trained_model, sample_locations, osm_features, storage.path("embeddings"))
     vectors = manifest.vectors()
+    storage.prune("embeddings", manifest.path)
     yield dg.Output(
         manifest,
         metadata={
@@ -75,6 +76,7 @@ def evaluation(
 ) -> dg.Output[dict]:
     path = storage.path("evaluation", f"evaluation-v{trained_model.model_version}.json")
     result = evaluate_stage(trained_model, embeddings, path)
+    storage.prune("evaluation", path)
     tracking.setup(trained_model.tracking_uri, mlflow_tracking.experiment)
     tracking.log_evaluation(trained_model.run_id, {"model": result["model"], **result["baselines"]}, json_text(result))
     promoted = tracking.promote_if_better(
@@ -126,6 +128,7 @@ def similarity_index(
     manifest = build_similarity_index(trained_model, embeddings, out_dir)
     current = storage.path("index", "CURRENT")
     write_atomic(current, lambda tmp: tmp.write_text(str(out_dir / "manifest.json")))  # the newest model's index
+    storage.prune("index", out_dir)
     report = manifest.report
     return dg.Output(
         manifest,
@@ -152,6 +155,7 @@ def maps(
 ) -> dg.Output[MapsManifest]:
     out_dir = _model_dir(storage, "maps", trained_model)
     manifest = build_maps(trained_model, embeddings, out_dir)
+    storage.prune("maps", out_dir)
     return dg.Output(
         manifest,
         metadata={

@@ -1,5 +1,7 @@
 """osm_source (observable: content hash) and osm_features (GeoParquet feature layers)."""
 
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
@@ -43,6 +45,7 @@ def osm_features(
         osm.path, osm.schema(), storage.path("features"), bbox=osm.region(), node_index=config.node_index
     )
     context.log.info(f"imported {stats.total} features in {stats.seconds:.2f} s")
+    pruned = storage.prune("features", Path(manifest.path).parent)
     return dg.Output(
         manifest,
         data_version=dg.DataVersion(manifest.version),
@@ -57,6 +60,7 @@ def osm_features(
             "osm_sha256": manifest.osm_sha256,
             "schema": manifest.schema_name,
             "path": dg.MetadataValue.path(manifest.path),
+            "pruned_old_versions": len(pruned),
         },
     )
 

@@ -86,6 +86,7 @@ def raster_mosaic(context: dg.AssetExecutionContext, raster_blocks: dict[str, Mo
     panel = channel_panel(_sample_previews(store), names)
     grid = first.mosaic_grid
     coverage = markdown_table(["channel", "share of pixels > 0"], [(n, report.coverage[n]) for n in names])
+    pruned = storage.prune("mosaic", first.path)
     yield dg.Output(
         first,
         data_version=dg.DataVersion(first.version),
@@ -101,6 +102,7 @@ def raster_mosaic(context: dg.AssetExecutionContext, raster_blocks: dict[str, Mo
             "preview": dg.MetadataValue.md(markdown_image(png_bytes(panel), "12 channels at 4 locations")),
             "region": dg.MetadataValue.md(markdown_image(png_bytes(picture), "region composite")),
             "overview_png": dg.MetadataValue.path(str(overview_path)),
+            "pruned_old_versions": len(pruned),
         },
     )
     yield dg.AssetCheckResult(

@@ -61,6 +61,7 @@ def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, stora
     reader = CropReader.from_store(raster_mosaic.path)
     manifest, report = build_sample_locations(reader, spec, raster_mosaic.version, storage.path("samples"))
     frame = manifest.read()
+    pruned = storage.prune("samples", manifest.path)
     yield dg.Output(
         manifest,
         metadata={
@@ -69,6 +70,7 @@ def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, stora
             "min_test_train_m": round(report.min_test_train_m, 1),
             "busy_share": round(float(frame["busy"].mean()), 4),
             "path": dg.MetadataValue.path(manifest.path),
+            "pruned_old_versions": len(pruned),
         },
     )
     yield dg.AssetCheckResult(
@@ -151,6 +153,7 @@ def trained_model(
         experiment=mlflow_tracking.experiment,
         log=context.log.info,
     )
+    pruned = storage.prune("models", run_dir)
     rows = [
         (h["epoch"], h["train_loss"], h["val_loss"], h["val_triplet_accuracy"], h["samples_per_s"])
         for h in manifest.history
@@ -168,6 +171,7 @@ def trained_model(
             ),
             "device": spec.describe(),
             "weights": dg.MetadataValue.path(manifest.weights_path),
+            "pruned_old_versions": len(pruned),
         },
     )
 

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from loc2vec.errors import ConfigError, Loc2VecError
+from loc2vec.process import ProcessId
 
 MODEL_NAME = "loc2vec-encoder"
 EXPERIMENT = "loc2vec"
+OWNER_TAG_PREFIX = "loc2vec.owner."  # the process that runs a training run: pid, host, started
 
 
 class TrackingUnavailable(Loc2VecError):
@@ -159,6 +161,35 @@ def log_seed_summary(tracking_uri: str, experiment_id: str, summary: dict, docum
         mlflow.log_metrics(flat)
         mlflow.log_text(document_json, "evaluation.json")
     return run.info.run_id
+
+
+def run_owner_tags() -> dict[str, str]:
+    """Tags naming this process on a run, so that a later start can tell the run was orphaned."""
+    return ProcessId.current().as_tags(OWNER_TAG_PREFIX)
+
+
+def fail_orphaned_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> list[str]:
+    """Mark FAILED every RUNNING run of ``experiment`` whose owner process (on this host) is gone.
+
+    A killed process cannot end its own run; without this the run says RUNNING forever. Runs without
+    owner tags, or owned by processes on other hosts, are left alone. Returns the run ids marked.
+    """
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        return []  # nothing tracked yet (and no empty database created here)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    marked = []
+    for run in client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        owner = ProcessId.from_tags(run.data.tags, OWNER_TAG_PREFIX)
+        if owner is not None and owner.is_alive() is False:
+            client.set_tag(run.info.run_id, "loc2vec.failure", f"its process ({owner.describe()}) died")
+            client.set_terminated(run.info.run_id, status="FAILED")
+            marked.append(run.info.run_id)
+    return marked
 
 
 def promote_if_better(name: str, version: str, metric: str, value: float, alias: str = "champion") -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,19 +22,21 @@ def _log(message: str) -> None:
     print(f"[loc2vec {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _definitions(pbf: str, bbox: str | None, data_dir: Path):
+def _definitions(pbf: str, bbox: str | None, data_dir: Path, n_models: int = 1):
+    """Definitions on ``pbf`` writing into ``data_dir``, keeping at least ``n_models`` versions of each output."""
     from pipelines.definitions import build_definitions
     from resources import OsmSource, ProjectStorage
 
-    return build_definitions(OsmSource(pbf_path=pbf, bbox=bbox), ProjectStorage(data_dir=str(data_dir)))
+    storage = ProjectStorage(data_dir=str(data_dir))
+    if storage.keep_versions < n_models:
+        storage = ProjectStorage(data_dir=str(data_dir), keep_versions=n_models)
+    return build_definitions(OsmSource(pbf_path=pbf, bbox=bbox), storage)
 
 
 def _instance(data_dir: Path):
-    import dagster as dg
+    from pipelines.runner import open_instance
 
-    home = data_dir / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.local_temp(str(home))
+    return open_instance(data_dir / "dagster_home")
 
 
 def _run_config(epochs: int | None, seed: int, split_seed: int | None = None) -> dict:
@@ -53,32 +56,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from loc2vec import tracking
     from loc2vec.evaluation.run import aggregate_seeds
     from loc2vec.io import json_text, write_json
-    from loc2vec.osm.files import check_region
-    from pipelines.runner import run_pipeline
+    from pipelines.runner import Pipeline, preflight
 
-    check_region(args.pbf, args.bbox)  # a bad file or region fails here, before DIR is created
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out)
     seeds = [args.seed + i for i in range(args.seeds)]
     split_seeds: list[int | None] = [None] if args.split_seeds == 1 else list(range(args.split_seeds))
     plan = [(split, seed) for split in split_seeds for seed in seeds]
+    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, n_models=len(plan))
+    # a bad file, region, setting or a too small disk fails here, before DIR is created
+    preflight(defs, _run_config(args.epochs, seeds[0], split_seeds[0]), n_models=len(plan))
+    out.mkdir(parents=True, exist_ok=True)
     results, runs_info = [], []
-    with _instance(out) as instance:
+    with _instance(out) as instance, Pipeline(defs, instance, _log) as pipeline:
         for k, (split, seed) in enumerate(plan):
             config = _run_config(args.epochs, seed, split)
             if k == 0:
-                runs = run_pipeline(defs, instance, run_config=config, log=_log)
-                run = runs["main_job"]
-                result = run.output_for_node("evaluation")
+                run = pipeline.run_stages(run_config=config)["main_job"]
             else:
                 _log(f"training seed {seed}" + ("" if split is None else f" on split {split}"))
-                job = defs.resolve_job_def("main_job")
-                run = job.execute_in_process(instance=instance, run_config=config["main_job"], raise_on_error=False)
-                if not run.success:
-                    raise Loc2VecError(f"main_job failed for seed {seed}, split {split} (run {run.run_id})")
-                result = run.output_for_node("evaluation")
-                _log(f"seed {seed}: ok")
+                run = pipeline.run_job("main_job", run_config=config["main_job"])
+            result = run.output_for_node("evaluation")
             model = run.output_for_node("trained_model")
             results.append(result)
             runs_info.append(
@@ -114,10 +111,11 @@ def _protocol_for(args: argparse.Namespace):
     """Import, render and split ``--pbf`` (in process), then build the protocol's points."""
     from loc2vec.data.crops import CropReader
     from loc2vec.evaluation.stage import protocol_points
-    from pipelines.runner import run_pipeline
+    from pipelines.runner import preflight, run_pipeline
 
     work = Path(args.work or Path(args.points_out or args.out or ".").resolve().parent / ".loc2vec-evaluate")
     defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, work)
+    preflight(defs)  # before the work directory is created
     with _instance(work) as instance:
         runs = run_pipeline(defs, instance, log=_log, main_assets=["raster_mosaic", "sample_locations"])
         samples = runs["main_job"].output_for_node("sample_locations")
@@ -132,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from loc2vec.evaluation.protocol import to_geoparquet_frame
     from loc2vec.evaluation.run import evaluate_embeddings
     from loc2vec.io import write_geoparquet, write_json
-    from loc2vec.osm.files import check_region
+    from loc2vec.osm.files import check_complete, check_region
     from loc2vec.training.config import TrainConfig
 
     if bool(args.points_out) == bool(args.embeddings):
@@ -140,6 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.embeddings and not args.out:
         raise Loc2VecError("--embeddings needs --out DIR")
     # the inputs are checked before any work, so a bad one leaves nothing behind
+    check_complete(args.pbf)
     check_region(args.pbf, args.bbox)
     external = read_external_embeddings(args.embeddings) if args.embeddings else None
     config = TrainConfig.from_json(args.train_config) if args.train_config else None
@@ -239,15 +238,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _internal_error(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error to a file; return its path."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="loc2vec-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exception(exc, file=f)
+    return Path(path)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every failure ends in one line on stderr and a non-zero exit code (130 when interrupted)."""
     args = parser().parse_args(argv)
     if args.command == "run" and (args.seeds < 1 or args.split_seeds < 1):
         print("loc2vec: error: --seeds and --split-seeds must be >= 1", file=sys.stderr)
         return 2
+    from pipelines.runner import PipelineInterrupted
+
     try:
         return args.func(args)
+    except PipelineInterrupted as exc:
+        print(f"loc2vec: {exc}", file=sys.stderr)
+        return 130
     except Loc2VecError as exc:
         print(f"loc2vec: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("loc2vec: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line here, the traceback in a file
+        path = _internal_error(exc)
+        print(f"loc2vec: internal error: {type(exc).__name__}: {exc} (traceback in {path})", file=sys.stderr)
         return 1
 
 

@@ -1,9 +1,12 @@
 """The one Definitions of the loc2vec code location (``build_definitions`` for other resources)."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from assets import evaluation, osm, raster, training
 from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job
+from pipelines.loggers import file_logger, progress_logger
 from pipelines.sensors import nightly_osm_refresh, osm_update_sensor
 from resources import MapnikRenderer, MlflowTracking, OsmSource, ProjectStorage, TorchDevice
 
@@ -34,13 +37,15 @@ def build_definitions(
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
         sensors=[osm_update_sensor],
         schedules=[nightly_osm_refresh],
+        loggers={"console": dg.colored_console_logger, "file": file_logger, "progress": progress_logger},
         resources={
             "osm": osm_source or OsmSource(),
             "storage": storage,
             "renderer": renderer or MapnikRenderer(),
             "device": device or TorchDevice(),
             "mlflow_tracking": mlflow_tracking or MlflowTracking(),
-            "io_manager": dg.FilesystemIOManager(base_dir=str(storage.path("dagster_storage"))),
+            # a path only: nothing is created until a run writes (a refused run leaves no directory behind)
+            "io_manager": dg.FilesystemIOManager(base_dir=str(Path(storage.data_dir) / "dagster_storage")),
         },
     )
 

@@ -3,6 +3,11 @@
 Partitioned and unpartitioned assets cannot share one Dagster run, so the end-to-end pipeline is a
 sequence of jobs: ingest, one render run per spatial block, then everything downstream. With
 DAGSTER_HOME set (as ``make run`` does) the runs and materializations show in ``dagster dev``.
+
+Before any stage runs: the extract, region, configuration and free disk are checked (``loc2vec.preflight``),
+the data directory is locked against a second writer (``loc2vec.lock``), and runs that a killed
+process left RUNNING/STARTED are marked failed. Dagster's own event log (stack traces included) goes to
+``<data_dir>/logs/``, not to the console.
 """
 
 from __future__ import annotations
@@ -10,23 +15,49 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 
+from loc2vec import tracking
 from loc2vec.errors import Loc2VecError
-from pipelines.definitions import defs
+from loc2vec.lock import DataDirLock
+from loc2vec.preflight import RunPlan, plan_run
+from loc2vec.process import ProcessId
+from loc2vec.training.config import TrainConfig
 
 STAGES: list[tuple[str, bool]] = [("ingest_job", False), ("render_job", True), ("main_job", False)]
+OWNER_TAG_PREFIX = "loc2vec/"  # Dagster run tags naming the process that executes a run in process
+ACTIVE_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
 class PipelineFailed(Loc2VecError):
-    """A stage of the pipeline failed; the message names the job, partition and error."""
+    """A stage of the pipeline failed; the message names the job, partition and error (and the log file)."""
 
 
-def _instance() -> dg.DagsterInstance:
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    return dg.DagsterInstance.ephemeral()
+class PipelineInterrupted(PipelineFailed):
+    """A stage was interrupted (SIGINT, SIGTERM); running the same command again resumes."""
+
+
+# Runs executed in this process skip Dagster's stdout capture, which tees through helper processes that
+# print tracebacks on Ctrl-C; their events still reach the instance (the UI) and the log file.
+IN_PROCESS_OVERRIDES = {
+    "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+}
+
+
+def open_instance(home: str | Path | None = None) -> dg.DagsterInstance:
+    """The Dagster instance at ``home`` (default ``$DAGSTER_HOME``; none set: an ephemeral one)."""
+    from dagster._core.instance.ref import InstanceRef
+
+    home = home or os.environ.get("DAGSTER_HOME")
+    if not home:
+        return dg.DagsterInstance.ephemeral()
+    Path(home).mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=IN_PROCESS_OVERRIDES))
+
+
+INTERRUPTED = "DagsterExecutionInterruptedError"
 
 
 def _error_of(result: dg.ExecuteInProcessResult) -> str:
@@ -35,47 +66,179 @@ def _error_of(result: dg.ExecuteInProcessResult) -> str:
             error = event.step_failure_data.error
             while error.cls_name.startswith("Dagster") and error.cause is not None:
                 error = error.cause  # the user's exception, not Dagster's wrapper
+            if error.cls_name == INTERRUPTED:
+                return f"{event.step_key}: interrupted"
             return f"{event.step_key}: {error.message.strip()}"
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE and event.message:
+            return event.message.strip()
     return "unknown error"
 
 
+def fail_orphaned_dagster_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the runs this runner started in a process that has since died (SIGKILL, power loss)."""
+    marked = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_STATUSES)):
+        owner = ProcessId.from_tags(run.tags, OWNER_TAG_PREFIX)
+        if owner is not None and owner.is_alive() is False:
+            instance.report_run_failed(run, message=f"its process ({owner.describe()}) died; marked failed on restart")
+            marked.append(run.run_id)
+    return marked
+
+
+def _resources(definitions: dg.Definitions) -> dict:
+    return dict(definitions.resources or {})
+
+
+def _train_config(run_config: dict | None, crop_px: int) -> TrainConfig:
+    """The training config a run will use (validated now, so bad values fail before any work)."""
+    from assets.training import TrainingConfig
+
+    ops = ((run_config or {}).get("main_job") or {}).get("ops", {})
+    values = (ops.get("trained_model") or {}).get("config", {})
+    return TrainConfig(**{**TrainingConfig(**values).model_dump(), "crop_px": crop_px})
+
+
+def _crop_px(run_config: dict | None) -> int:
+    from assets.training import SamplesConfig
+    from loc2vec.data.samples import SplitSpec
+
+    ops = ((run_config or {}).get("main_job") or {}).get("ops", {})
+    values = (ops.get("sample_locations") or {}).get("config", {})
+    return SplitSpec(**SamplesConfig(**values).model_dump()).crop_px
+
+
+def preflight(definitions: dg.Definitions, run_config: dict | None = None, n_models: int = 1) -> RunPlan:
+    """Everything that can be known to fail before the first stage: extract, region, config, disk."""
+    from pydantic import ValidationError
+
+    resources = _resources(definitions)
+    osm, renderer, storage = resources["osm"], resources["renderer"], resources["storage"]
+    try:
+        crop_px = _crop_px(run_config)
+        _train_config(run_config, crop_px)
+    except ValidationError as exc:
+        raise Loc2VecError(f"bad run configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+    return plan_run(
+        osm.pbf_path, osm.bbox, renderer.spec(), len(osm.schema().names), crop_px, storage.data_dir, n_models
+    )
+
+
+class Pipeline:
+    """One invocation of the pipeline on a data directory: locked, recovered, logged to a file."""
+
+    def __init__(
+        self,
+        definitions: dg.Definitions,
+        instance: dg.DagsterInstance,
+        log: Callable[[str], None] = print,
+    ):
+        self.definitions = definitions
+        self.instance = instance
+        self.log = log
+        resources = _resources(definitions)
+        self.data_dir = Path(resources["storage"].data_dir)
+        self.tracking = resources["mlflow_tracking"]
+        self.log_path = self.data_dir / "logs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        self.lock = DataDirLock(self.data_dir, log=log)
+
+    def __enter__(self) -> Pipeline:
+        self.lock.acquire()
+        try:
+            self.recover()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    def recover(self) -> None:
+        """Runs left RUNNING/STARTED by a killed process of this data directory are marked failed."""
+        for run_id in fail_orphaned_dagster_runs(self.instance):
+            self.log(f"marked Dagster run {run_id[:8]} failed: the process that ran it is gone")
+        uri = self.tracking.uri(str(self.data_dir))
+        for run_id in tracking.fail_orphaned_runs(uri, self.tracking.experiment):
+            self.log(f"marked MLflow run {run_id[:8]} failed: the process that ran it is gone")
+
+    def run_job(
+        self,
+        job_name: str,
+        partition_key: str | None = None,
+        run_config: dict | None = None,
+        asset_selection: list[str] | None = None,
+    ) -> dg.ExecuteInProcessResult:
+        """Execute one job in process; raise PipelineFailed (one line, naming the log file) if it fails."""
+        label = f"{job_name}[{partition_key}]" if partition_key else job_name
+        started = time.perf_counter()
+        loggers = {"file": {"config": {"path": str(self.log_path)}}, "progress": {"config": {}}}
+        config = {**(run_config or {}), "loggers": loggers}
+        try:
+            result = self.definitions.resolve_job_def(job_name).execute_in_process(
+                instance=self.instance,
+                partition_key=partition_key,
+                run_config=config,
+                raise_on_error=False,
+                asset_selection=[dg.AssetKey(k) for k in asset_selection] if asset_selection else None,
+                tags=ProcessId.current().as_tags(OWNER_TAG_PREFIX),
+            )
+        except dg.DagsterInvalidConfigError as exc:
+            raise PipelineFailed(f"{label}: invalid run configuration: {exc}") from exc
+        if not result.success:
+            error = _error_of(result)
+            if error.endswith(": interrupted"):
+                raise PipelineInterrupted(
+                    f"{label} interrupted at {error.split(':')[0]} (run {result.run_id[:8]}): run the same command "
+                    "again to resume where it stopped"
+                )
+            raise PipelineFailed(f"{label} failed (run {result.run_id[:8]}): {error} [details: {self.log_path}]")
+        self.log(f"{label}: ok in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
+        return result
+
+    def run_stages(
+        self, run_config: dict | None = None, main_assets: list[str] | None = None
+    ) -> dict[str, dg.ExecuteInProcessResult]:
+        results: dict[str, dg.ExecuteInProcessResult] = {}
+        for job_name, partitioned in STAGES:
+            job = self.definitions.resolve_job_def(job_name)
+            keys = job.partitions_def.get_partition_keys() if partitioned and job.partitions_def else [None]
+            for key in keys:
+                label = f"{job_name}[{key}]" if key else job_name
+                results[label] = self.run_job(
+                    job_name,
+                    key,
+                    (run_config or {}).get(job_name),
+                    main_assets if job_name == "main_job" else None,
+                )
+        return results
+
+
 def run_pipeline(
-    definitions: dg.Definitions = defs,
+    definitions: dg.Definitions | None = None,
     instance: dg.DagsterInstance | None = None,
     run_config: dict | None = None,
     log: Callable[[str], None] = print,
     main_assets: list[str] | None = None,
 ) -> dict[str, dg.ExecuteInProcessResult]:
-    """Execute every stage; raise PipelineFailed at the first failing run.
+    """Check, lock, then execute every stage; raise PipelineFailed at the first failing run.
 
     ``main_assets`` restricts the last stage to these assets (default: all of ``main_job``).
     """
-    instance = instance or _instance()
-    results: dict[str, dg.ExecuteInProcessResult] = {}
-    for job_name, partitioned in STAGES:
-        job = definitions.resolve_job_def(job_name)
-        keys = job.partitions_def.get_partition_keys() if partitioned and job.partitions_def else [None]
-        for key in keys:
-            label = f"{job_name}[{key}]" if key else job_name
-            started = time.perf_counter()
-            config = (run_config or {}).get(job_name)
-            selection = [dg.AssetKey(k) for k in main_assets] if main_assets and job_name == "main_job" else None
-            result = job.execute_in_process(
-                instance=instance,
-                partition_key=key,
-                run_config=config,
-                raise_on_error=False,
-                asset_selection=selection,
-            )
-            results[label] = result
-            if not result.success:
-                raise PipelineFailed(f"{label} failed (run {result.run_id}): {_error_of(result)}")
-            log(f"{label}: ok in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
-    return results
+    if definitions is None:
+        from pipelines.definitions import defs as definitions
+    preflight(definitions, run_config)
+    with Pipeline(definitions, instance or open_instance(), log) as pipeline:
+        return pipeline.run_stages(run_config, main_assets)
 
 
 def main() -> None:
-    run_pipeline()
+    """``make run``: the pipeline on the configured extract (errors as one line, see ``loc2vec pipeline``)."""
+    import sys
+
+    from pipelines.cli import main as cli_main
+
+    sys.exit(cli_main(["pipeline"]))
 
 
 if __name__ == "__main__":

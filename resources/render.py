@@ -6,12 +6,13 @@ import dagster as dg
 from pydantic import Field
 
 from loc2vec.geo import BBox
+from loc2vec.render.grid import check_blocks_per_side
 from loc2vec.render.mosaic import MosaicSpec
 
 
 def blocks_per_side() -> int:
-    """Spatial blocks per side of the region ($LOC2VEC_RENDER_BLOCKS, default 2 -> 4 partitions)."""
-    return int(os.environ.get("LOC2VEC_RENDER_BLOCKS", "2"))
+    """Spatial blocks per side of the region ($LOC2VEC_RENDER_BLOCKS, 1 to 16, default 2 -> 4 partitions)."""
+    return check_blocks_per_side(os.environ.get("LOC2VEC_RENDER_BLOCKS", "2"))
 
 
 class MapnikRenderer(dg.ConfigurableResource):

@@ -26,8 +26,45 @@ class ExternalEmbeddings:
     vectors: np.ndarray
 
 
+MAX_ABS_VALUE = 1e15  # beyond this, squared distances overflow float32 (the index and metrics compute in it)
+
+
 def _is_vector(value) -> bool:
-    return np.ndim(value) == 1
+    return value is not None and np.ndim(value) == 1
+
+
+def _rows(mask: np.ndarray | pd.Series, limit: int = 5) -> str:
+    """``"rows [3, 7] (2 of 100)"``: which rows (0-based) a fault concerns."""
+    idx = np.flatnonzero(np.asarray(mask))
+    shown = ", ".join(map(str, idx[:limit])) + (", ..." if len(idx) > limit else "")
+    return f"rows [{shown}] ({len(idx)} of {len(mask)})"
+
+
+def _vector_columns(frame: gpd.GeoDataFrame) -> list[str]:
+    """Columns whose non-null values are all 1-d arrays (and that have some)."""
+    found = []
+    for c in frame.columns:
+        if c == frame.geometry.name:
+            continue
+        values = frame[c].dropna() if frame[c].dtype != object else frame[c][frame[c].map(lambda v: v is not None)]
+        if len(values) and values.map(_is_vector).all():
+            found.append(c)
+    return found
+
+
+def check_vectors(vectors: np.ndarray, where: str) -> None:
+    """Refuse embeddings that cannot be scored: non-finite, too large for float32 distances, constant."""
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise InputDataError(f"{where}: {_rows(~finite)} hold NaN or infinite values")
+    big = np.abs(vectors).max(axis=1) > MAX_ABS_VALUE
+    if big.any():
+        raise InputDataError(
+            f"{where}: {_rows(big)} hold values beyond ±{MAX_ABS_VALUE:g} (distances would overflow): rescale them"
+        )
+    if len(vectors) > 1 and np.ptp(vectors, axis=0).max() == 0:
+        kind = "zero" if not vectors.any() else "the same"
+        raise InputDataError(f"{where}: every vector is {kind}: constant embeddings cannot tell places apart")
 
 
 def read_external_embeddings(path: str | Path) -> ExternalEmbeddings:
@@ -41,23 +78,36 @@ def read_external_embeddings(path: str | Path) -> ExternalEmbeddings:
         raise InputDataError(f"{path}: not a GeoParquet file ({type(exc).__name__}: {exc})") from exc
     if len(frame) == 0:
         raise InputDataError(f"{path}: holds no rows")
-    kinds = set(frame.geometry.geom_type.dropna())
-    if kinds != {"Point"} or frame.geometry.isna().any():
-        raise InputDataError(f"{path}: every row needs a point geometry, found {sorted(kinds) or 'none'}")
-    columns = [c for c in frame.columns if c != frame.geometry.name and frame[c].map(_is_vector).all()]
+    no_geometry = frame.geometry.isna() | frame.geometry.is_empty
+    if no_geometry.any():
+        raise InputDataError(f"{path}: {_rows(no_geometry)} have no geometry; every row needs a point")
+    kinds = frame.geometry.geom_type
+    if (kinds != "Point").any():
+        raise InputDataError(
+            f"{path}: every row needs a point geometry, found {sorted(set(kinds))} in {_rows(kinds != 'Point')}"
+        )
+    columns = _vector_columns(frame)
     if len(columns) != 1:
-        raise InputDataError(f"{path}: need exactly one vector column beside the geometry, found {columns}")
-    lengths = frame[columns[0]].map(len)
-    if lengths.nunique() != 1 or lengths.iloc[0] < 1:
-        raise InputDataError(f"{path}: vectors in {columns[0]!r} differ in length ({sorted(set(lengths))[:5]})")
+        raise InputDataError(
+            f"{path}: need exactly one vector column beside the geometry, found {columns or 'none'} "
+            f"among the columns {[c for c in frame.columns if c != frame.geometry.name]}"
+        )
+    column = columns[0]
+    missing = frame[column].map(lambda v: not _is_vector(v))
+    if missing.any():
+        raise InputDataError(f"{path}: {_rows(missing)} have no vector in column {column!r}")
+    lengths = frame[column].map(len)
+    if lengths.nunique() != 1:
+        raise InputDataError(f"{path}: vectors in {column!r} differ in length ({sorted(set(lengths))[:5]})")
+    if lengths.iloc[0] < 1:
+        raise InputDataError(f"{path}: vectors in {column!r} are empty (length 0)")
     try:
-        vectors = np.stack(frame[columns[0]].to_numpy()).astype(np.float32)
+        vectors = np.stack(frame[column].to_numpy()).astype(np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputDataError(f"{path}: column {columns[0]!r} is not numeric ({exc})") from exc
-    if not np.isfinite(vectors).all():
-        raise InputDataError(f"{path}: embeddings hold non-finite values")
+        raise InputDataError(f"{path}: column {column!r} is not numeric ({exc})") from exc
+    check_vectors(vectors, str(path))
     lon, lat = frame.geometry.x.to_numpy(), frame.geometry.y.to_numpy()
-    return ExternalEmbeddings(str(path), columns[0], lon, lat, vectors)
+    return ExternalEmbeddings(str(path), column, lon, lat, vectors.astype(np.float32))
 
 
 def match_points(external: ExternalEmbeddings, points: pd.DataFrame, atol_deg: float = 1e-6) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import geopandas as gpd
@@ -105,10 +105,26 @@ def build_similarity_index(model: ModelManifest, embeddings: EmbeddingsManifest,
 
 
 def load_index_manifest(path: str | Path) -> IndexManifest:
+    """Read an index's ``manifest.json``; any other file is refused with an error naming the fault."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"similarity index manifest not found: {path}")
-    return IndexManifest(**json.loads(path.read_text()))
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputDataError(f"{path} is not a similarity index manifest (binary, not JSON text)") from None
+    except ValueError as exc:
+        raise InputDataError(f"{path} is not a similarity index manifest (not JSON: {exc})") from None
+    expected = {f.name for f in fields(IndexManifest)}
+    if not isinstance(values, dict) or set(values) != expected:
+        found = sorted(values) if isinstance(values, dict) else type(values).__name__
+        raise InputDataError(
+            f"{path} is not a similarity index manifest: expected the keys {sorted(expected)}, found {found}"
+        )
+    missing = [values[k] for k in ("index_path", "ids_path", "model_weights") if not Path(values[k]).is_file()]
+    if missing:
+        raise InputDataError(f"similarity index {path} refers to files that are gone: {missing}")
+    return IndexManifest(**values)
 
 
 @dataclass(frozen=True)

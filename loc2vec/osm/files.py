@@ -30,6 +30,48 @@ def check_osm_file(path: str | Path) -> Path:
     return p
 
 
+def check_complete(path: str | Path) -> Path:
+    """Refuse an extract that ends early (an interrupted download or copy), reading as little as the format
+    allows: a PBF's blob headers (its blobs must tile the file), a bzip2 file's end-of-stream marker, an
+    XML file's closing tag; a gzip file is decompressed through once."""
+    p = check_osm_file(path)
+    name = p.name.lower()
+    if name.endswith(".pbf"):
+        try:
+            pbf_blobs(p, strict=True)
+        except ValueError as exc:
+            raise InputDataError(f"OSM file {p} is damaged or truncated: {exc}") from exc
+    elif name.endswith(".bz2"):
+        if not _bz2_ends_whole(p):
+            raise InputDataError(f"OSM file {p} is truncated: no bzip2 end-of-stream marker at its end")
+    elif name.endswith(".gz"):
+        import gzip
+
+        try:
+            with gzip.open(p, "rb") as f:
+                while f.read(1 << 22):
+                    pass
+        except (OSError, EOFError) as exc:
+            raise InputDataError(f"OSM file {p} is damaged or truncated: {exc}") from exc
+    elif name.endswith(".osm"):
+        with open(p, "rb") as f:
+            f.seek(max(0, p.stat().st_size - 4096))
+            tail = f.read().rstrip()
+        if not tail.endswith(b"</osm>"):
+            raise InputDataError(f"OSM file {p} is truncated: it does not end with </osm>")
+    return p
+
+
+_BZ2_END_OF_STREAM = 0x177245385090  # 48-bit magic, then a 32-bit CRC, then padding to a whole byte
+
+
+def _bz2_ends_whole(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 11))
+        tail = int.from_bytes(f.read(), "big")
+    return any((tail >> (32 + pad)) & ((1 << 48) - 1) == _BZ2_END_OF_STREAM for pad in range(8))
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Content hash of a file (the data version of an OSM source)."""
     h = hashlib.sha256()
@@ -149,28 +191,49 @@ def _fields(buf: bytes):
         yield number, wire, value
 
 
-def pbf_blobs(path: str | Path) -> list[tuple[bytes, int, int]]:
-    """``(type, offset, size)`` of every blob (``OSMHeader`` or ``OSMData``), reading only their headers."""
+_MAX_BLOB_HEADER = 64 * 1024  # limits of the PBF format
+_MAX_BLOB = 32 * 1024 * 1024
+
+
+def pbf_blobs(path: str | Path, strict: bool = False) -> list[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of every blob (``OSMHeader`` or ``OSMData``), reading only their headers.
+
+    ``strict``: also refuse sizes beyond the format's limits and blobs that run past the end of the file.
+    """
     blobs = []
+    file_size = Path(path).stat().st_size
     with open(path, "rb") as f:
         offset = 0
         while head := f.read(4):
             if len(head) < 4:
-                raise ValueError("truncated PBF blob header")
+                raise ValueError(f"truncated PBF blob header at byte {offset}")
             size = int.from_bytes(head, "big")
+            if strict and size > _MAX_BLOB_HEADER:
+                raise ValueError(f"PBF blob header of {size} bytes at byte {offset} (not a PBF file?)")
             header = f.read(size)
+            if len(header) < size:
+                raise ValueError(f"truncated PBF blob header at byte {offset}")
             kind, data_size = b"", None
-            for number, _, value in _fields(header):
-                if number == 1:
-                    kind = value
-                elif number == 3:
-                    data_size = value
+            try:
+                for number, _, value in _fields(header):
+                    if number == 1:
+                        kind = value
+                    elif number == 3:
+                        data_size = value
+            except IndexError as exc:
+                raise ValueError(f"malformed PBF blob header at byte {offset}") from exc
             if data_size is None:
                 raise ValueError("PBF blob header without a data size")
+            if strict and (data_size > _MAX_BLOB or kind not in (b"OSMHeader", b"OSMData")):
+                raise ValueError(f"malformed PBF blob at byte {offset}")
             total = 4 + size + data_size
+            if strict and offset + total > file_size:
+                raise ValueError(f"the last block ends at byte {offset + total}, the file at byte {file_size}")
             blobs.append((kind, offset, total))
             offset += total
             f.seek(offset)
+    if strict and not blobs:
+        raise ValueError("no PBF blocks")
     return blobs
 
 

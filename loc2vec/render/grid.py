@@ -138,17 +138,32 @@ class MosaicGrid:
         return [(r, c) for r in range(r_edges[i], r_edges[i + 1]) for c in range(c_edges[j], c_edges[j + 1])]
 
 
+MAX_BLOCKS_PER_SIDE = 16  # 256 render partitions: more gives runs smaller than their start-up cost
+
+
+def check_blocks_per_side(value: int | str, source: str = "LOC2VEC_RENDER_BLOCKS") -> int:
+    """Spatial blocks per side of the region: an integer from 1 to MAX_BLOCKS_PER_SIDE."""
+    try:
+        blocks = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{source} must be an integer from 1 to {MAX_BLOCKS_PER_SIDE}, got {value!r}") from None
+    if not 1 <= blocks <= MAX_BLOCKS_PER_SIDE:
+        raise ConfigError(
+            f"{source} must be from 1 to {MAX_BLOCKS_PER_SIDE} (at most {MAX_BLOCKS_PER_SIDE**2} render "
+            f"partitions), got {blocks}"
+        )
+    return blocks
+
+
 def block_keys(blocks_per_side: int) -> list[str]:
     return [f"block-{i}-{j}" for i in range(blocks_per_side) for j in range(blocks_per_side)]
 
 
 def parse_block_key(block: str, blocks_per_side: int) -> tuple[int, int]:
-    try:
-        prefix, i, j = block.split("-")
-        assert prefix == "block"
-        bi, bj = int(i), int(j)
-    except (ValueError, AssertionError) as exc:
-        raise ConfigError(f"bad block key {block!r}; expected 'block-I-J'") from exc
+    parts = block.split("-")
+    if len(parts) != 3 or parts[0] != "block" or not (parts[1].isdigit() and parts[2].isdigit()):
+        raise ConfigError(f"bad block key {block!r}; expected 'block-I-J'")
+    bi, bj = int(parts[1]), int(parts[2])
     if not (0 <= bi < blocks_per_side and 0 <= bj < blocks_per_side):
         raise ConfigError(f"block {block!r} outside a {blocks_per_side}x{blocks_per_side} split")
     return bi, bj

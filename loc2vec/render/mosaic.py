@@ -14,7 +14,7 @@ from loc2vec import __version__
 from loc2vec.errors import ConfigError
 from loc2vec.geo import BBox
 from loc2vec.osm.layers import FeaturesManifest
-from loc2vec.render.grid import MosaicGrid
+from loc2vec.render.grid import MosaicGrid, check_blocks_per_side
 from loc2vec.render.renderer import BUFFER_PX, ChannelRenderer
 from loc2vec.render.styles import style_hash
 from loc2vec.store.mosaic import create_or_open, render_units
@@ -36,8 +36,7 @@ class MosaicSpec:
     def __post_init__(self) -> None:
         if not (self.resolution > 0):
             raise ConfigError(f"resolution must be > 0 metres per pixel, got {self.resolution}")
-        if self.blocks_per_side < 1:
-            raise ConfigError(f"blocks_per_side must be >= 1, got {self.blocks_per_side}")
+        check_blocks_per_side(self.blocks_per_side, "blocks_per_side")
 
 
 @dataclass(frozen=True)

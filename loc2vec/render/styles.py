@@ -57,6 +57,13 @@ def map_xml(schema: ChannelSchema, resolution: float, srs: str) -> str:
     return f'<Map srs="{srs}" background-color="transparent">{styles}</Map>'
 
 
+def mapnik_version() -> str:
+    """The Mapnik library's version ("4.3.2"): part of the style's identity (rendering may change with it)."""
+    return str(mapnik.version_string())
+
+
 def style_hash(schema: ChannelSchema, resolution: float, srs: str) -> str:
-    text = f"{STYLE_VERSION}|{mapnik.version_string}|{map_xml(schema, resolution, srs)}"
+    """Identity of the rendering: a function of the style document and the Mapnik version only, the same
+    in every process and on every machine with that Mapnik."""
+    text = f"{STYLE_VERSION}|{mapnik_version()}|{map_xml(schema, resolution, srs)}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]

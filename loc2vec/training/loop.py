@@ -97,8 +97,10 @@ def train(
     checkpoint_dir: str | Path,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     crash_after_epoch: int | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train an encoder; resume from ``checkpoint_dir/last.pt`` when it holds this config's run."""
+    """Train an encoder; resume from ``checkpoint_dir/last.pt`` when it holds this config's run
+    (``on_resume`` is called with the first epoch still to train)."""
     rank, world = _rank_world()
     if len(val_xy) < 2:
         raise ConfigError("need validation anchors for early stopping; got fewer than 2")
@@ -152,6 +154,8 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         if state.get("stopped"):
             start_epoch = config.epochs
+        if on_resume is not None and rank == 0:
+            on_resume(resumed_from)
 
     labels_of = torch.arange(config.batch_size).repeat(2).to(device.device)
     for epoch in range(start_epoch, config.epochs):
@@ -164,28 +168,29 @@ def train(
         )
         wait, losses, samples = 0.0, [], 0
         iterator = iter(loader)
-        # the next batch is cut on a helper thread while this step computes (numpy/torch release the GIL)
-        prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-prefetch")
-        pending = prefetch.submit(next, iterator)
-        for i in range(local_steps):
-            t0 = time.perf_counter()
-            anchors, positives, locations = pending.result()
-            wait += time.perf_counter() - t0
-            if i + 1 < local_steps:
-                pending = prefetch.submit(next, iterator)
-            x = device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2))
-            loc = locations.to(device.device)
-            with device.autocast():
-                emb = net(x)
-            loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            samples += len(x)
-        prefetch.shutdown(wait=True)
+        # the next batch is cut on a helper thread while this step computes (numpy/torch release the GIL);
+        # the pool is shut down however the epoch ends (an interrupt must not leave a thread that keeps
+        # the process from exiting)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-prefetch") as prefetch:
+            pending = prefetch.submit(next, iterator)
+            for i in range(local_steps):
+                t0 = time.perf_counter()
+                anchors, positives, locations = pending.result()
+                wait += time.perf_counter() - t0
+                if i + 1 < local_steps:
+                    pending = prefetch.submit(next, iterator)
+                x = device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2))
+                loc = locations.to(device.device)
+                with device.autocast():
+                    emb = net(x)
+                loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                samples += len(x)
         val_loss, val_acc = evaluate_triplets(model, device, val_set, config.margin)
         seconds = time.perf_counter() - started
         metrics = EpochMetrics(

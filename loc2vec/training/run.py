@@ -95,7 +95,8 @@ def train_and_register(
     train_xy, val_xy = samples.xy("train"), samples.xy("val")
     out = Path(out_dir)
     tags = {**lineage_tags, "mosaic_version": mosaic_version, "osm_sha256": osm_sha256}
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+    run_tags = {**tags, **tracking.run_owner_tags()}
+    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
         mlflow.log_params({**config.to_dict(), "device": device.describe(), "loc2vec_version": __version__})
         mlflow.log_params({"n_train_anchors": len(train_xy), "n_val_anchors": len(val_xy)})
         tracking.log_json(config.to_dict(), "config.json")
@@ -110,7 +111,15 @@ def train_and_register(
                 f"acc {m.val_triplet_accuracy:.3f} {m.samples_per_s:.0f} samples/s"
             )
 
-        result = train(config, reader, train_xy, val_xy, device, out / "checkpoints", on_epoch=on_epoch)
+        def on_resume(epoch: int) -> None:
+            log(f"resuming from the checkpoint in {out / 'checkpoints'}: epochs 0-{epoch - 1} are not trained again")
+            mlflow.set_tag("resumed_from_epoch", str(epoch))
+
+        result = train(
+            config, reader, train_xy, val_xy, device, out / "checkpoints", on_epoch=on_epoch, on_resume=on_resume
+        )
+        for m in result.history[: result.resumed_from_epoch or 0]:  # epochs trained before the crash
+            mlflow.log_metrics({k: v for k, v in asdict(m).items() if k != "epoch"}, step=m.epoch)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": time.perf_counter() - started})
         mlflow.log_param("representation_dim", result.model.representation_dim)
         weights = out / "model.pt"

@@ -13,6 +13,7 @@ from tests.conftest import MONACO
 
 LON = np.array([7.41, 7.42, 7.43])
 LAT = np.array([43.73, 43.74, 43.75])
+VARIED = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
 
 
 def _write(tmp_path, columns: dict, geometry=None, name="emb.parquet"):
@@ -41,8 +42,14 @@ def test_a_geoparquet_of_points_and_one_vector_column_is_read(tmp_path):
         ({"v": list(np.ones((3, 2))), "w": list(np.ones((3, 2)))}, None, "exactly one vector column"),
         ({"v": [np.ones(2), np.ones(3), np.ones(2)]}, None, "differ in length"),
         ({"v": [np.array(["a", "b"])] * 3}, None, "not numeric"),
-        ({"v": [np.ones(2), np.array([1.0, np.nan]), np.ones(2)]}, None, "non-finite"),
-        ({"v": list(np.ones((3, 2)))}, [box(0, 0, 1, 1)] * 3, "point geometry"),
+        ({"v": [np.ones(2), np.array([1.0, np.nan]), np.ones(2)]}, None, r"rows \[1\] \(1 of 3\) hold NaN"),
+        ({"v": list(VARIED)}, [box(0, 0, 1, 1)] * 3, "point geometry"),
+        ({"v": list(VARIED)}, [Point(7.41, 43.73), None, Point(7.43, 43.75)], r"rows \[1\] .* no geometry"),
+        ({"v": [VARIED[0], None, VARIED[2]]}, None, r"rows \[1\] \(1 of 3\) have no vector in column 'v'"),
+        ({"v": [np.zeros(0)] * 3}, None, "are empty"),
+        ({"v": list(np.zeros((3, 4)))}, None, "every vector is zero"),
+        ({"v": list(np.ones((3, 4)))}, None, "every vector is the same"),
+        ({"v": list(VARIED * 1e38)}, None, "distances would overflow"),
     ],
 )
 def test_bad_embeddings_files_are_refused_with_the_fault_named(tmp_path, columns, geometry, message):
@@ -64,7 +71,7 @@ def test_files_that_are_not_geoparquet_are_refused(tmp_path):
 
 
 def test_rows_must_be_the_protocol_points_in_order(tmp_path):
-    external = read_external_embeddings(_write(tmp_path, {"v": list(np.ones((3, 2)))}))
+    external = read_external_embeddings(_write(tmp_path, {"v": list(VARIED)}))
     with pytest.raises(InputDataError, match="3 rows, but the protocol has 2 points"):
         match_points(external, _points(LON[:2], LAT[:2]))
     with pytest.raises(InputDataError, match="same order"):
