@@ -23,7 +23,7 @@ dagster-home:
 
 ## Run the main job end to end on the embedded extract (import -> ... -> register in MLflow).
 run: install dagster-home
-	$(BIN)/python -m pipelines.runner
+	$(BIN)/python -m pipelines.cli pipeline
 
 ## Run the tests (fast + slow + server tests; what CI runs).
 test: install

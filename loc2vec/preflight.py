@@ -98,14 +98,16 @@ def plan_run(
     check_complete(pbf_path)
     region = check_region(pbf_path, bbox)
     extent = header_bounds(pbf_path)
-    area = region.intersection(extent) if region is not None and extent is not None else region or extent
+    area = region or extent  # the importer's region: the bbox as given, else the extract's bounds
     if area is not None and spec.region is not None:
         area = spec.region.intersection(area)
     grid = None
     if area is not None:
         grid = MosaicGrid.from_region(area, spec.resolution, spec.chunk, spec.unit_chunks)
         check_region_size(grid, crop_px)
-    share = _area(area) / _area(extent) if area is not None and extent is not None else 1.0
+    share = 1.0
+    if area is not None and extent is not None and area.intersects(extent):
+        share = _area(area.intersection(extent)) / _area(extent)
     needed = estimate_output_bytes(grid, n_channels, Path(pbf_path).stat().st_size, n_models, share)
     check_free_disk(data_dir, needed)
     return RunPlan(area, grid, needed)

@@ -119,9 +119,13 @@ def preflight(definitions: dg.Definitions, run_config: dict | None = None, n_mod
         _train_config(run_config, crop_px)
     except ValidationError as exc:
         raise Loc2VecError(f"bad run configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
-    return plan_run(
+    plan = plan_run(
         osm.pbf_path, osm.bbox, renderer.spec(), len(osm.schema().names), crop_px, storage.data_dir, n_models
     )
+    server = resources["mlflow_tracking"].tracking_uri
+    if server and server.startswith(("http://", "https://")):
+        tracking.check_reachable(server)  # a tracking server that is down fails the run now, not after training
+    return plan
 
 
 class Pipeline:
@@ -230,16 +234,3 @@ def run_pipeline(
     preflight(definitions, run_config)
     with Pipeline(definitions, instance or open_instance(), log) as pipeline:
         return pipeline.run_stages(run_config, main_assets)
-
-
-def main() -> None:
-    """``make run``: the pipeline on the configured extract (errors as one line, see ``loc2vec pipeline``)."""
-    import sys
-
-    from pipelines.cli import main as cli_main
-
-    sys.exit(cli_main(["pipeline"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -67,7 +67,10 @@ class MosaicGrid:
         width = math.ceil((xs.max() - x0) / resolution)
         height = math.ceil((y0 - ys.min()) / resolution)
         if width * height > 4_000_000_000:
-            raise ConfigError(f"mosaic of {width}x{height} px is too large: raise the resolution")
+            raise ConfigError(
+                f"region {bbox} gives a mosaic of {width} x {height} px at {resolution:g} m/px, more than the "
+                "limit of 4e9 px: choose a smaller region or a coarser resolution"
+            )
         return cls(int(crs.to_epsg()), float(x0), float(y0), float(resolution), width, height, chunk, unit_chunks)
 
     @cached_property

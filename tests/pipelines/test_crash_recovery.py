@@ -57,6 +57,12 @@ def _wait_for(predicate, what: str, proc: subprocess.Popen | None = None, timeou
         time.sleep(0.5)
 
 
+def _versions(out: Path) -> list:
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{out}/mlflow/mlflow.db").search_model_versions("name='loc2vec-encoder'")
+
+
 def _records(out: Path) -> dict:
     """Run statuses in the run's MLflow store and Dagster instance."""
     import dagster as dg
@@ -88,6 +94,7 @@ def scenario(tmp_path_factory) -> Scenario:
     outputs = {
         "mosaics": len(list(out.glob("mosaic/*.zarr"))),
         "model_dirs": len([p for p in out.glob("models/*") if p.name != "mlruns"]),
+        "model_versions": len(_versions(out)),
     }
 
     other = subprocess.Popen(
@@ -95,13 +102,11 @@ def scenario(tmp_path_factory) -> Scenario:
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: list[str] = []
-
-    def training_started() -> bool:
-        lines.append(other.stdout.readline())
-        return "trained_model: epoch 0" in lines[-1]
-
     try:
-        _wait_for(training_started, "training of the second config", other)
+        for line in other.stdout:  # line by line as printed, so the signal lands during training
+            lines.append(line)
+            if "trained_model: epoch 0" in line:
+                break
         os.killpg(other.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         stdout, stderr = other.communicate(timeout=120)
     finally:
@@ -138,11 +143,11 @@ def test_the_restart_reuses_the_mosaic_and_resumes_training(scenario):
     assert "rendered 0 units" in third.stdout and "rendered 1 units" not in third.stdout
     assert "resuming from the checkpoint" in third.stdout
     assert "trained_model: epoch 0:" not in third.stdout  # epoch 0 was not trained again
-    assert scenario.outputs_after_restart == {"mosaics": 1, "model_dirs": 1}
+    assert scenario.outputs_after_restart == {"mosaics": 1, "model_dirs": 1, "model_versions": 1}
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{scenario.out}/mlflow/mlflow.db")
-    (version,) = client.search_model_versions("name='loc2vec-encoder'")  # only the finished run registered
+    version = min(_versions(scenario.out), key=lambda v: int(v.version))  # the killed run registered none
     run = client.get_run(version.run_id)
     assert int(run.data.tags["resumed_from_epoch"]) >= 1
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 1, 2]
@@ -158,3 +163,4 @@ def test_ctrl_c_ends_in_one_line_and_the_next_run_can_resume(scenario):
     assert not (scenario.out / ".loc2vec.lock").exists()  # released on the way out
     after = _records(scenario.out)
     assert not [s for s, _ in after["mlflow"].values() if s == "RUNNING"]
+    assert len(_versions(scenario.out)) == 1  # interrupted in training: nothing registered

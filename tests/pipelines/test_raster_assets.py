@@ -3,8 +3,9 @@
 import dagster as dg
 import pytest
 
+from loc2vec.errors import ConfigError
 from pipelines.definitions import build_definitions
-from pipelines.runner import PipelineFailed, run_pipeline
+from pipelines.runner import run_pipeline
 from resources import MapnikRenderer, OsmSource, ProjectStorage
 from tests.conftest import KOTKA
 
@@ -44,9 +45,17 @@ def test_runner_materializes_every_block_and_the_checked_mosaic(tmp_path):
             assert key in instance.get_materialized_partitions(dg.AssetKey("raster_blocks"))
 
 
-def test_bad_resolution_fails_the_render_stage_and_records_nothing(tmp_path):
+def test_bad_resolution_is_refused_before_any_stage_and_fails_the_render_asset(tmp_path):
+    defs = _defs(tmp_path / "data", resolution_m=0.0)
     with dg.instance_for_test() as instance:
-        with pytest.raises(PipelineFailed, match=r"render_job\[block-0-0\].*resolution"):
-            run_pipeline(_defs(tmp_path, resolution_m=0.0), instance, log=lambda _: None)
+        with pytest.raises(ConfigError, match="resolution"):
+            run_pipeline(defs, instance, log=lambda _: None)
+        assert not instance.get_runs()  # refused before the first stage
+        assert not (tmp_path / "data").exists()
+        # launched on its own (as from the UI), the render asset fails with the same message
+        result = defs.resolve_job_def("render_job").execute_in_process(
+            instance=instance, partition_key="block-0-0", raise_on_error=False
+        )
+        assert not result.success
         assert instance.get_latest_materialization_event(dg.AssetKey("raster_blocks")) is None
-        assert not list(tmp_path.glob("mosaic/*.zarr"))
+        assert not list(tmp_path.glob("data/mosaic/*.zarr"))

@@ -6,6 +6,9 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
+from loc2vec import tracking
+from loc2vec.errors import ConfigError
+from loc2vec.tracking import TrackingUnavailable
 from pipelines.definitions import build_definitions
 from pipelines.runner import PipelineFailed, run_pipeline
 from resources import MlflowTracking, OsmSource, ProjectStorage
@@ -90,7 +93,7 @@ def test_each_training_materialization_registers_one_tagged_version(tmp_path):
 
 
 @pytest.mark.slow
-def test_unreachable_tracking_server_fails_before_training(tmp_path):
+def test_unreachable_tracking_server_fails_before_any_stage(tmp_path):
     import socket
 
     with socket.socket() as s:
@@ -98,19 +101,21 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path):
         port = s.getsockname()[1]  # closed again: nothing listens there
     defs = _defs(tmp_path, tracking_uri=f"http://127.0.0.1:{port}")
     with dg.instance_for_test() as instance:
-        with pytest.raises(PipelineFailed, match=r"trained_model|unreachable") as info:
+        with pytest.raises(TrackingUnavailable, match="unreachable"):
             run_pipeline(defs, instance, run_config=_config(), log=lambda _: None)
-        assert "unreachable" in str(info.value)
+        assert not instance.get_runs()  # before the import, not after rendering
         assert not list(tmp_path.glob("models/*/checkpoints"))
-        assert instance.get_latest_materialization_event(dg.AssetKey("trained_model")) is None
+    # the training stage checks it too (a run launched from the UI), before it trains
+    with pytest.raises(TrackingUnavailable, match="unreachable"):
+        tracking.setup(f"http://127.0.0.1:{port}")
 
 
 @pytest.mark.slow
-def test_bad_hyperparameters_fail_the_asset_and_register_nothing(tmp_path):
+def test_bad_hyperparameters_fail_before_any_stage_and_register_nothing(tmp_path):
     with dg.instance_for_test() as instance:
-        with pytest.raises(PipelineFailed, match="lr must be > 0"):
+        with pytest.raises(ConfigError, match="lr must be > 0"):
             run_pipeline(_defs(tmp_path), instance, run_config=_config(lr=-0.1), log=lambda _: None)
-        assert instance.get_latest_materialization_event(dg.AssetKey("trained_model")) is None
+        assert not instance.get_runs()  # refused before the import
     db = tmp_path / "mlflow" / "mlflow.db"
     assert not db.exists() or not _versions(tmp_path)[1]
 
