@@ -64,7 +64,12 @@ def test_make_run_with_a_bad_blocks_setting_ends_in_one_line(tmp_path, value):
     """``make run`` is ``python -m pipelines.cli pipeline``: a bad setting fails at once, without a traceback."""
     env = {**os.environ, "LOC2VEC_RENDER_BLOCKS": value, "LOC2VEC_DATA_DIR": str(tmp_path / "data")}
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "pipeline"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pipelines.cli", "pipeline"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
