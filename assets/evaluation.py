@@ -77,10 +77,12 @@ def evaluation(
     path = storage.path("evaluation", f"evaluation-v{trained_model.model_version}.json")
     result = evaluate_stage(trained_model, embeddings, path)
     storage.prune("evaluation", path)
-    tracking.setup(trained_model.tracking_uri, mlflow_tracking.experiment)
-    tracking.log_evaluation(trained_model.run_id, {"model": result["model"], **result["baselines"]}, json_text(result))
+    uri = trained_model.tracking_uri
+    tracking.log_evaluation(
+        uri, trained_model.run_id, {"model": result["model"], **result["baselines"]}, json_text(result)
+    )
     promoted = tracking.promote_if_better(
-        trained_model.model_name, trained_model.model_version, MAIN_METRIC, result["model"][MAIN_METRIC]
+        uri, trained_model.model_name, trained_model.model_version, MAIN_METRIC, result["model"][MAIN_METRIC]
     )
     context.log.info(f"model version {trained_model.model_version} champion: {promoted}")
     names = ["model", *result["baselines"]]
@@ -168,3 +170,52 @@ def maps(
             "clusters": manifest.clusters,
         },
     )
+
+
+def _is_score(value) -> bool:
+    """A metric value: a finite number, or NaN/None where the test set cannot give one (no POIs)."""
+    return value is None or (isinstance(value, int | float) and not np.isinf(value))
+
+
+@dg.asset_check(
+    asset=evaluation, description="Every metric of the model and baselines is there, a number or NaN, never inf."
+)
+def evaluation_metrics_valid(evaluation: dict) -> dg.AssetCheckResult:
+    table = {"model": evaluation["model"], **evaluation["baselines"]}
+    bad = [f"{e}/{name}" for e, values in table.items() for name, value in values.items() if not _is_score(value)]
+    missing = sorted(set(METRICS) - set(evaluation["model"]))
+    return dg.AssetCheckResult(
+        passed=not bad and not missing and evaluation["n_test_locations"] > 0,
+        metadata={"bad": ", ".join(bad) or "none", "missing": ", ".join(missing) or "none"},
+    )
+
+
+@dg.asset_check(
+    asset=similarity_index,
+    additional_ins={"embeddings": dg.AssetIn("embeddings")},
+    description="The index holds every embedding and finds the exact top 10 (recall@10 >= 0.9; warns below).",
+)
+def similarity_index_recall(similarity_index: IndexManifest, embeddings: EmbeddingsManifest) -> dg.AssetCheckResult:
+    report = similarity_index.report
+    expected = sum(embeddings.counts.values())
+    return dg.AssetCheckResult(
+        passed=report["n_vectors"] == expected and report["recall_at_10"] >= 0.9,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"vectors": report["n_vectors"], "embeddings": expected, "recall_at_10": report["recall_at_10"]},
+    )
+
+
+@dg.asset_check(asset=maps, description="Both map pages exist, are non-empty HTML and name the OSM attribution.")
+def maps_pages_written(maps: MapsManifest) -> dg.AssetCheckResult:
+    problems = []
+    for page in (maps.embedding_map, maps.projector):
+        path = Path(page)
+        if not path.is_file() or path.stat().st_size < 1000:
+            problems.append(f"{path.name}: missing or empty")
+        else:
+            text = path.read_text(errors="replace")
+            if "<html" not in text[:2000].lower():
+                problems.append(f"{path.name}: not HTML")
+            elif "OpenStreetMap" not in text:
+                problems.append(f"{path.name}: no OpenStreetMap attribution")
+    return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})

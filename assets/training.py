@@ -9,6 +9,7 @@ from assets.metadata import markdown_table
 from loc2vec.data.crops import CropReader
 from loc2vec.data.locations import SamplesManifest, build_sample_locations, split_table
 from loc2vec.data.samples import SplitSpec
+from loc2vec.models.encoders import load_encoder
 from loc2vec.osm.layers import FeaturesManifest
 from loc2vec.render.mosaic import MosaicManifest
 from loc2vec.tracking import git_commit
@@ -30,8 +31,9 @@ class SamplesConfig(dg.Config):
     )
     test_fraction: float = Field(_SPLIT.test_fraction, description="Share of anchors (by whole blocks) for test.")
     val_fraction: float = Field(_SPLIT.val_fraction, description="Share of anchors (by whole blocks) for validation.")
-    r_pos_m: float = Field(
-        _SPLIT.r_pos_m, description="Furthest training positive (r_context_m, else r_pos_m); part of the leak buffer."
+    max_positive_m: float = Field(
+        _SPLIT.max_positive_m,
+        description="Furthest training positive (trained_model's r_context_m, else r_pos_m); part of the leak buffer.",
     )
     crop_px: int = Field(_SPLIT.crop_px, description="Crop edge in pixels; its diagonal is part of the leak buffer.")
     seed: int = Field(_SPLIT.seed, description="Seed of the candidate jitter and the block assignment.")
@@ -102,13 +104,18 @@ class TrainingConfig(dg.Config):
     steps_per_epoch: int = Field(_TRAIN.steps_per_epoch, description="Batches per epoch.")
     batch_size: int = Field(_TRAIN.batch_size, description="Anchors per batch (plus as many positives).")
     lr: float = Field(_TRAIN.lr, description="Peak learning rate (one-cycle).")
+    weight_decay: float = Field(_TRAIN.weight_decay, description="AdamW weight decay.")
     r_pos_m: float = Field(_TRAIN.r_pos_m, description="Positives within this distance of the anchor.")
     r_neg_m: float = Field(_TRAIN.r_neg_m, description="Negatives at least this far from the anchor.")
     r_context_m: float | None = Field(
         _TRAIN.r_context_m,
-        description="Wider positive radius for a share of anchors (None: off); sample_locations.r_pos_m must cover it.",
+        description="Wider positive radius for a share of anchors (None: off); sample_locations.max_positive_m must "
+        "cover it.",
     )
     context_share: float = Field(_TRAIN.context_share, description="Share of anchors with a wide (context) positive.")
+    max_shift_px: int = Field(_TRAIN.max_shift_px, description="Random shift of anchor and positive crops (pixels).")
+    channel_dropout: float = Field(_TRAIN.channel_dropout, description="Chance of blanking each channel of a crop.")
+    val_triplets: int = Field(_TRAIN.val_triplets, description="Fixed validation triplets (early stopping).")
     patience: int = Field(_TRAIN.patience, description="Early-stopping patience in epochs.")
     seed: int = Field(_TRAIN.seed, description="Seed of weights and data order.")
     num_workers: int = Field(_TRAIN.num_workers, description="DataLoader worker processes.")
@@ -180,6 +187,6 @@ def trained_model(
 def trained_model_weights_finite(trained_model: ModelManifest) -> dg.AssetCheckResult:
     import torch
 
-    state = torch.load(trained_model.weights_path, map_location="cpu", weights_only=True)
+    state = load_encoder(trained_model.weights_path).state_dict()
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     return dg.AssetCheckResult(passed=not bad, metadata={"non_finite_tensors": ", ".join(bad) or "none"})

@@ -102,7 +102,7 @@ def baseline_setup(features, grid):
 
 
 def tile_window(col: int, row: int):
-    from loc2vec.render.grid import Window
+    from loc2vec.grid import Window
 
     r0, c0 = int(row) - CROP // 2, int(col) - CROP // 2
     return Window(r0, r0 + CROP, c0, c0 + CROP)

@@ -12,19 +12,20 @@ from pathlib import Path
 
 from loc2vec.errors import ConfigError, Loc2VecError
 from loc2vec.geo import BBox
+from loc2vec.grid import MosaicGrid
 from loc2vec.osm.files import check_complete, check_region, header_bounds
-from loc2vec.render.grid import MosaicGrid
 from loc2vec.render.mosaic import MosaicSpec
 
-# Sizes of a run's outputs, measured on central Monaco at the defaults (3.3 x 3.4 km, 3 m/px, one model:
-# mosaic 1.4 MB = 0.094 bytes per pixel and channel, features 1.3 MB, model directory 12 MB, MLflow
-# artifacts 6 MB, embeddings + index 2.7 MB, maps 15 MB, databases 4 MB; 42 MB in all):
-MOSAIC_BYTES_PER_PIXEL_CHANNEL = 0.15  # zstd+bitshuffle Zarr chunks of rendered OSM
+# Sizes of a run's outputs, measured at the defaults on the embedded extract (Monaco, 11.6 x 6.9 km: 57 MB in
+# all; mosaic 3.6 MB = 0.034 bytes per pixel and channel (much of it sea), features 4.4 MB, per model:
+# model directory 12 MB, MLflow artifacts 6 MB, maps 18 MB, embeddings and index 13 MB) and on central
+# Monaco (3.3 x 3.4 km: 42 MB in all, per model 36 MB). Rounded up:
+MOSAIC_BYTES_PER_PIXEL_CHANNEL = 0.1  # zstd+bitshuffle Zarr chunks of rendered OSM (dense land: up to ~0.09)
 FEATURES_BYTES_PER_PBF_BYTE = 1.5  # GeoParquet layers of a region vs the PBF share they came from
-BYTES_PER_MODEL = 20 * 2**20  # checkpoints, weights, MLflow artifacts
-BYTES_PER_MODEL_KM2 = 2 * 2**20  # embeddings, index and maps grow with the region's area
+BYTES_PER_MODEL = 40 * 2**20  # checkpoints, weights, MLflow artifacts, maps
+BYTES_PER_MODEL_KM2 = 2**19  # embeddings and index grow with the region's area (a point per 100 m)
 FIXED_BYTES = 8 * 2**20  # MLflow and Dagster databases, logs
-DISK_MARGIN = 1.5
+DISK_MARGIN = 1.25
 
 
 class NotEnoughDisk(Loc2VecError):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,21 +74,48 @@ class RegisteredModel:
     experiment_id: str
 
 
-def setup(tracking_uri: str, experiment: str = EXPERIMENT, artifact_root: str | None = None) -> str:
-    """Point MLflow at ``tracking_uri`` and make sure the experiment exists; returns its id."""
-    import mlflow
+def client(tracking_uri: str):
+    """An MLflow client for ``tracking_uri`` (tracking and registry), touching no process-wide setting."""
+    from mlflow import MlflowClient
 
-    check_reachable(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def using(tracking_uri: str) -> Iterator[None]:
+    """MLflow's fluent API (``start_run``, ``log_*``, ``log_model``) pointed at ``tracking_uri`` for this
+    block only: the process's tracking and registry URIs and their environment variables are restored."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    found = mlflow.get_experiment_by_name(experiment)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def setup(tracking_uri: str, experiment: str = EXPERIMENT, artifact_root: str | None = None) -> str:
+    """Make sure ``experiment`` exists at ``tracking_uri`` (a server must answer first); returns its id."""
+    check_reachable(tracking_uri)
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     location = None
     if artifact_root is not None:
         Path(artifact_root).mkdir(parents=True, exist_ok=True)
         location = Path(artifact_root).resolve().as_uri()
-    return mlflow.create_experiment(experiment, artifact_location=location)
+    return mlflow_client.create_experiment(experiment, artifact_location=location)
 
 
 def log_json(obj: Any, name: str) -> None:
@@ -94,11 +124,9 @@ def log_json(obj: Any, name: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
 
 
-def register_torch_model(model, name: str, tags: dict[str, str], example) -> tuple[str, str]:
+def register_torch_model(model, name: str, tags: dict[str, str], example, tracking_uri: str) -> tuple[str, str]:
     """Log ``model`` in the active run and register a new version with ``tags``; returns (version, uri)."""
-    import mlflow
     import mlflow.pytorch
-    from mlflow import MlflowClient
 
     info = mlflow.pytorch.log_model(
         model,
@@ -109,19 +137,18 @@ def register_torch_model(model, name: str, tags: dict[str, str], example) -> tup
         await_registration_for=60,
     )
     version = str(info.registered_model_version)
-    client = MlflowClient()
+    registry = client(tracking_uri)
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, str(value))
+        registry.set_model_version_tag(name, version, key, str(value))
     return version, f"models:/{name}/{version}"
 
 
-def log_evaluation(run_id: str, metrics: dict[str, dict[str, float]], document_json: str) -> None:
+def log_evaluation(tracking_uri: str, run_id: str, metrics: dict[str, dict[str, float]], document_json: str) -> None:
     """Metrics of the model and baselines onto the model's training run (``eval/<embedder>/<metric>``)."""
-    import mlflow
-
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(_flat_metrics("eval", metrics))
-        mlflow.log_text(document_json, "evaluation.json")
+    mlflow_client = client(tracking_uri)
+    for key, value in _flat_metrics("eval", metrics).items():
+        mlflow_client.log_metric(run_id, key, value)
+    mlflow_client.log_text(run_id, document_json, "evaluation.json")
 
 
 def _flat_metrics(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -139,7 +166,6 @@ def log_seed_summary(tracking_uri: str, experiment_id: str, summary: dict, docum
     with the runs it summarises; returns its run id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
     embedders = {"model": summary["model"], **summary["baselines"]}
     flat: dict[str, float] = {}
     for stat in ("mean", "std"):
@@ -151,7 +177,7 @@ def log_seed_summary(tracking_uri: str, experiment_id: str, summary: dict, docum
         "loc2vec.model_versions": ",".join(str(r["model_version"]) for r in runs),
     }
     name = f"summary of {len(runs)} runs"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
+    with using(tracking_uri), mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
         mlflow.log_params(
             {
                 "seeds": ",".join(str(r["seed"]) for r in runs),
@@ -174,40 +200,39 @@ def fail_orphaned_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> list[
     A killed process cannot end its own run; without this the run says RUNNING forever. Runs without
     owner tags, or owned by processes on other hosts, are left alone. Returns the run ids marked.
     """
-    from mlflow import MlflowClient
-
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         return []  # nothing tracked yet (and no empty database created here)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
     if found is None:
         return []
     marked = []
-    for run in client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'"):
+    for run in mlflow_client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'"):
         owner = ProcessId.from_tags(run.data.tags, OWNER_TAG_PREFIX)
         if owner is not None and owner.is_alive() is False:
-            client.set_tag(run.info.run_id, "loc2vec.failure", f"its process ({owner.describe()}) died")
-            client.set_terminated(run.info.run_id, status="FAILED")
+            mlflow_client.set_tag(run.info.run_id, "loc2vec.failure", f"its process ({owner.describe()}) died")
+            mlflow_client.set_terminated(run.info.run_id, status="FAILED")
             marked.append(run.info.run_id)
     return marked
 
 
-def promote_if_better(name: str, version: str, metric: str, value: float, alias: str = "champion") -> bool:
+def promote_if_better(
+    tracking_uri: str, name: str, version: str, metric: str, value: float, alias: str = "champion"
+) -> bool:
     """Give ``version`` the alias when it beats the current holder on ``metric`` (stored as a version tag)."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient()
-    client.set_model_version_tag(name, version, metric, str(value))
+    registry = client(tracking_uri)
+    registry.set_model_version_tag(name, version, metric, str(value))
     if math.isnan(value):  # a version that could not be scored never becomes champion
         return False
     try:
-        current = client.get_model_version_by_alias(name, alias)
+        current = registry.get_model_version_by_alias(name, alias)
     except MlflowException:
         current = None
     if current is not None and str(current.version) != str(version):
         best = float(current.tags.get(metric, "-inf"))
         if not value > best:
             return False
-    client.set_registered_model_alias(name, alias, version)
+    registry.set_registered_model_alias(name, alias, version)
     return True

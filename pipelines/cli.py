@@ -15,8 +15,6 @@ from pathlib import Path
 
 from loc2vec.errors import Loc2VecError
 
-MAIN_TRAINING_OPS = "trained_model"
-
 
 def _log(message: str) -> None:
     print(f"[loc2vec {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -39,68 +37,22 @@ def _instance(data_dir: Path):
     return open_instance(data_dir / "dagster_home")
 
 
-def _run_config(epochs: int | None, seed: int, split_seed: int | None = None) -> dict:
-    """main_job run config: the training seed (and epochs), and the split's seed when one is given."""
-    config: dict = {"seed": seed}
-    if epochs is not None:
-        config["epochs"] = epochs
-    ops: dict = {MAIN_TRAINING_OPS: {"config": config}}
-    if split_seed is not None:
-        ops["sample_locations"] = {"config": {"seed": split_seed}}
-    return {"main_job": {"ops": ops}}
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on ``--pbf``; writes ``OUT/evaluation.json`` (mean ± std with ``--seeds`` or
     ``--split-seeds``: every training seed on every draw of the held-out blocks)."""
-    from loc2vec import tracking
-    from loc2vec.evaluation.run import aggregate_seeds
-    from loc2vec.io import json_text, write_json
-    from pipelines.runner import Pipeline, preflight
+    from loc2vec.io import write_json
+    from pipelines.runner import Pipeline, main_job_config, preflight, run_sweep
 
     out = Path(args.out).resolve()
     seeds = [args.seed + i for i in range(args.seeds)]
     split_seeds: list[int | None] = [None] if args.split_seeds == 1 else list(range(args.split_seeds))
-    plan = [(split, seed) for split in split_seeds for seed in seeds]
-    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, n_models=len(plan))
+    n_models = len(seeds) * len(split_seeds)
+    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, n_models=n_models)
     # a bad file, region, setting or a too small disk fails here, before DIR is created
-    preflight(defs, _run_config(args.epochs, seeds[0], split_seeds[0]), n_models=len(plan))
+    preflight(defs, {"main_job": main_job_config(seeds[0], args.epochs, split_seeds[0])}, n_models=n_models)
     out.mkdir(parents=True, exist_ok=True)
-    results, runs_info = [], []
     with _instance(out) as instance, Pipeline(defs, instance, _log) as pipeline:
-        for k, (split, seed) in enumerate(plan):
-            config = _run_config(args.epochs, seed, split)
-            if k == 0:
-                run = pipeline.run_stages(run_config=config)["main_job"]
-            else:
-                _log(f"training seed {seed}" + ("" if split is None else f" on split {split}"))
-                run = pipeline.run_job("main_job", run_config=config["main_job"])
-            result = run.output_for_node("evaluation")
-            model = run.output_for_node("trained_model")
-            results.append(result)
-            runs_info.append(
-                {
-                    "split_seed": 0 if split is None else split,
-                    "seed": seed,
-                    "n_test_locations": result["n_test_locations"],
-                    "n_test_pois": result["n_test_pois"],
-                    "model_version": model.model_version,
-                    "mlflow_run_id": model.run_id,
-                    "model": result["model"],
-                    "baselines": result["baselines"],
-                }
-            )
-    document = dict(results[0])
-    if len(results) > 1:
-        summary = aggregate_seeds(results)
-        document["model"] = {m: v["mean"] for m, v in summary["model"].items()}
-        document["baselines"] = {n: {m: v["mean"] for m, v in b.items()} for n, b in summary["baselines"].items()}
-        document["seeds"] = {**summary, "seeds": seeds, "split_seeds": [r["split_seed"] for r in runs_info]}
-        document["runs"] = runs_info
-        document["mlflow_summary_run_id"] = tracking.log_seed_summary(
-            model.tracking_uri, model.experiment_id, summary, json_text(document), runs_info
-        )
-        _log(f"mean and std over {len(results)} runs logged to MLflow run {document['mlflow_summary_run_id']}")
+        document = run_sweep(pipeline, seeds, split_seeds, args.epochs)
     write_json(document, out / "evaluation.json")
     _log(f"wrote {out / 'evaluation.json'}")
     print(json.dumps({"model": document["model"], "baselines": document["baselines"]}, indent=2))
@@ -251,6 +203,9 @@ def _internal_error(exc: BaseException) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Every failure ends in one line on stderr and a non-zero exit code (130 when interrupted)."""
+    from loc2vec.runtime import configure_process
+
+    configure_process()
     args = parser().parse_args(argv)
     if args.command == "run" and (args.seeds < 1 or args.split_seeds < 1):
         print("loc2vec: error: --seeds and --split-seeds must be >= 1", file=sys.stderr)

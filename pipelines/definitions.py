@@ -2,13 +2,17 @@
 
 from pathlib import Path
 
-import dagster as dg
+from loc2vec.runtime import configure_process
 
-from assets import evaluation, osm, raster, training
-from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job
-from pipelines.loggers import file_logger, progress_logger
-from pipelines.sensors import nightly_osm_refresh, osm_update_sensor
-from resources import MapnikRenderer, MlflowTracking, OsmSource, ProjectStorage, TorchDevice
+configure_process()  # the code location is the entry point of every Dagster process (before torch loads)
+
+import dagster as dg  # noqa: E402
+
+from assets import evaluation, osm, raster, training  # noqa: E402
+from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job  # noqa: E402
+from pipelines.loggers import file_logger, progress_logger  # noqa: E402
+from pipelines.sensors import nightly_osm_refresh, osm_update_sensor  # noqa: E402
+from resources import MapnikRenderer, MlflowTracking, OsmSource, ProjectStorage, TorchDevice  # noqa: E402
 
 
 def build_definitions(
@@ -18,7 +22,8 @@ def build_definitions(
     device: TorchDevice | None = None,
     mlflow_tracking: MlflowTracking | None = None,
 ) -> dg.Definitions:
-    """Definitions with the given resources (defaults: environment variables, see README)."""
+    """Definitions with the given resources; the defaults are chosen here, from the environment (README,
+    "Configuration"): ``dg.EnvVar`` where a variable is set, so the UI shows the variable, not its value."""
     storage = storage or ProjectStorage()
     return dg.Definitions(
         assets=[
@@ -33,17 +38,23 @@ def build_definitions(
             evaluation.similarity_index,
             evaluation.maps,
         ],
-        asset_checks=[osm.osm_features_channels_covered, training.trained_model_weights_finite],
+        asset_checks=[
+            osm.osm_features_channels_covered,
+            training.trained_model_weights_finite,
+            evaluation.evaluation_metrics_valid,
+            evaluation.similarity_index_recall,
+            evaluation.maps_pages_written,
+        ],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
         sensors=[osm_update_sensor],
         schedules=[nightly_osm_refresh],
         loggers={"console": dg.colored_console_logger, "file": file_logger, "progress": progress_logger},
         resources={
-            "osm": osm_source or OsmSource(),
+            "osm": osm_source or OsmSource.from_env(),
             "storage": storage,
             "renderer": renderer or MapnikRenderer(),
             "device": device or TorchDevice(),
-            "mlflow_tracking": mlflow_tracking or MlflowTracking(),
+            "mlflow_tracking": mlflow_tracking or MlflowTracking.from_env(),
             # a path only: nothing is created until a run writes (a refused run leaves no directory behind)
             "io_manager": dg.FilesystemIOManager(base_dir=str(Path(storage.data_dir) / "dagster_storage")),
         },

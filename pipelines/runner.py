@@ -21,6 +21,7 @@ import dagster as dg
 
 from loc2vec import tracking
 from loc2vec.errors import Loc2VecError
+from loc2vec.io import json_text
 from loc2vec.lock import DataDirLock
 from loc2vec.preflight import RunPlan, plan_run
 from loc2vec.process import ProcessId
@@ -87,36 +88,59 @@ def fail_orphaned_dagster_runs(instance: dg.DagsterInstance) -> list[str]:
 
 
 def _resources(definitions: dg.Definitions) -> dict:
-    return dict(definitions.resources or {})
+    """The definitions' resources with their settings resolved (``dg.EnvVar`` read now)."""
+    return {
+        name: r.process_config_and_initialize() if isinstance(r, dg.ConfigurableResource) else r
+        for name, r in (definitions.resources or {}).items()
+    }
 
 
-def _train_config(run_config: dict | None, crop_px: int) -> TrainConfig:
+JobConfigs = dict[str, dg.RunConfig | dict]  # run config per job name ("main_job": ...)
+
+
+def main_job_config(seed: int = 0, epochs: int | None = None, split_seed: int | None = None) -> dg.RunConfig:
+    """``main_job``'s run config for one training seed (and epochs), on one draw of the held-out blocks."""
+    from assets.training import SamplesConfig, TrainingConfig
+
+    ops: dict = {"trained_model": TrainingConfig(seed=seed, **({} if epochs is None else {"epochs": epochs}))}
+    if split_seed is not None:
+        ops["sample_locations"] = SamplesConfig(seed=split_seed)
+    return dg.RunConfig(ops=ops)
+
+
+def _op_config(run_config: dg.RunConfig | dict | None, op: str, config_type):
+    """An op's config object from typed or plain run config (defaults where none is given)."""
+    if isinstance(run_config, dg.RunConfig):
+        found = (run_config.ops or {}).get(op)
+        return found if isinstance(found, config_type) else config_type(**((found or {}).get("config", {})))
+    ops = (run_config or {}).get("ops", {})
+    return config_type(**((ops.get(op) or {}).get("config", {})))
+
+
+def _train_config(run_config: dg.RunConfig | dict | None, crop_px: int) -> TrainConfig:
     """The training config a run will use (validated now, so bad values fail before any work)."""
     from assets.training import TrainingConfig
 
-    ops = ((run_config or {}).get("main_job") or {}).get("ops", {})
-    values = (ops.get("trained_model") or {}).get("config", {})
-    return TrainConfig(**{**TrainingConfig(**values).model_dump(), "crop_px": crop_px})
+    return TrainConfig(**{**_op_config(run_config, "trained_model", TrainingConfig).model_dump(), "crop_px": crop_px})
 
 
-def _crop_px(run_config: dict | None) -> int:
+def _crop_px(run_config: dg.RunConfig | dict | None) -> int:
     from assets.training import SamplesConfig
     from loc2vec.data.samples import SplitSpec
 
-    ops = ((run_config or {}).get("main_job") or {}).get("ops", {})
-    values = (ops.get("sample_locations") or {}).get("config", {})
-    return SplitSpec(**SamplesConfig(**values).model_dump()).crop_px
+    return SplitSpec(**_op_config(run_config, "sample_locations", SamplesConfig).model_dump()).crop_px
 
 
-def preflight(definitions: dg.Definitions, run_config: dict | None = None, n_models: int = 1) -> RunPlan:
+def preflight(definitions: dg.Definitions, run_config: JobConfigs | None = None, n_models: int = 1) -> RunPlan:
     """Everything that can be known to fail before the first stage: extract, region, config, disk."""
     from pydantic import ValidationError
 
     resources = _resources(definitions)
     osm, renderer, storage = resources["osm"], resources["renderer"], resources["storage"]
+    main = (run_config or {}).get("main_job")
     try:
-        crop_px = _crop_px(run_config)
-        _train_config(run_config, crop_px)
+        crop_px = _crop_px(main)
+        _train_config(main, crop_px)
     except ValidationError as exc:
         raise Loc2VecError(f"bad run configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
     plan = plan_run(
@@ -170,14 +194,19 @@ class Pipeline:
         self,
         job_name: str,
         partition_key: str | None = None,
-        run_config: dict | None = None,
+        run_config: dg.RunConfig | dict | None = None,
         asset_selection: list[str] | None = None,
     ) -> dg.ExecuteInProcessResult:
         """Execute one job in process; raise PipelineFailed (one line, naming the log file) if it fails."""
         label = f"{job_name}[{partition_key}]" if partition_key else job_name
         started = time.perf_counter()
         loggers = {"file": {"config": {"path": str(self.log_path)}}, "progress": {"config": {}}}
-        config = {**(run_config or {}), "loggers": loggers}
+        if isinstance(run_config, dg.RunConfig):
+            config: dg.RunConfig | dict = dg.RunConfig(
+                ops=run_config.ops, resources=run_config.resources, loggers={**(run_config.loggers or {}), **loggers}
+            )
+        else:
+            config = {**(run_config or {}), "loggers": loggers}
         try:
             result = self.definitions.resolve_job_def(job_name).execute_in_process(
                 instance=self.instance,
@@ -201,7 +230,7 @@ class Pipeline:
         return result
 
     def run_stages(
-        self, run_config: dict | None = None, main_assets: list[str] | None = None
+        self, run_config: JobConfigs | None = None, main_assets: list[str] | None = None
     ) -> dict[str, dg.ExecuteInProcessResult]:
         results: dict[str, dg.ExecuteInProcessResult] = {}
         for job_name, partitioned in STAGES:
@@ -221,7 +250,7 @@ class Pipeline:
 def run_pipeline(
     definitions: dg.Definitions | None = None,
     instance: dg.DagsterInstance | None = None,
-    run_config: dict | None = None,
+    run_config: JobConfigs | None = None,
     log: Callable[[str], None] = print,
     main_assets: list[str] | None = None,
 ) -> dict[str, dg.ExecuteInProcessResult]:
@@ -234,3 +263,39 @@ def run_pipeline(
     preflight(definitions, run_config)
     with Pipeline(definitions, instance or open_instance(), log) as pipeline:
         return pipeline.run_stages(run_config, main_assets)
+
+
+def run_sweep(pipeline: Pipeline, seeds: list[int], split_seeds: list[int | None], epochs: int | None = None) -> dict:
+    """Every training seed on every draw of the held-out blocks: the whole pipeline once, then ``main_job``
+    again per (split, seed); returns the evaluation document (means, stds and every run, with ``>1`` run)."""
+    from loc2vec.evaluation.run import sweep_document
+
+    results, runs = [], []
+    for k, (split, seed) in enumerate((split, seed) for split in split_seeds for seed in seeds):
+        config = main_job_config(seed, epochs, split)
+        if k == 0:
+            run = pipeline.run_stages(run_config={"main_job": config})["main_job"]
+        else:
+            pipeline.log(f"training seed {seed}" + ("" if split is None else f" on split {split}"))
+            run = pipeline.run_job("main_job", run_config=config)
+        result, model = run.output_for_node("evaluation"), run.output_for_node("trained_model")
+        results.append(result)
+        runs.append(
+            {
+                "split_seed": 0 if split is None else split,
+                "seed": seed,
+                "n_test_locations": result["n_test_locations"],
+                "n_test_pois": result["n_test_pois"],
+                "model_version": model.model_version,
+                "mlflow_run_id": model.run_id,
+                "model": result["model"],
+                "baselines": result["baselines"],
+            }
+        )
+    document = sweep_document(results, runs, seeds)
+    if len(results) > 1:
+        document["mlflow_summary_run_id"] = tracking.log_seed_summary(
+            model.tracking_uri, model.experiment_id, document["seeds"], json_text(document), runs
+        )
+        pipeline.log(f"mean and std over {len(results)} runs logged to MLflow run {document['mlflow_summary_run_id']}")
+    return document

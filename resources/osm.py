@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -10,24 +9,30 @@ from pydantic import Field
 
 from loc2vec.geo import BBox
 from loc2vec.schema import ChannelSchema, load_schema
-from resources.paths import DEFAULT_PBF
+from resources.paths import DEFAULT_PBF, env_fields
 
 
 class OsmSource(dg.ConfigurableResource):
     """An OSM extract (.osm.pbf/.osm/.osm.bz2), an optional region and the channel schema."""
 
     pbf_path: str = Field(
-        default_factory=lambda: os.environ.get("LOC2VEC_PBF", str(DEFAULT_PBF)),
+        default=str(DEFAULT_PBF),
         description="OSM extract to import ($LOC2VEC_PBF; default: the embedded Monaco extract).",
     )
     bbox: str | None = Field(
-        default_factory=lambda: os.environ.get("LOC2VEC_BBOX") or None,
+        default=None,
         description="Region 'min_lon,min_lat,max_lon,max_lat' ($LOC2VEC_BBOX); default: the extract bounds.",
     )
     schema_path: str | None = Field(
-        default_factory=lambda: os.environ.get("LOC2VEC_SCHEMA") or None,
+        default=None,
         description="Channel schema JSON ($LOC2VEC_SCHEMA); default: the packaged 12-channel schema.",
     )
+
+    @classmethod
+    def from_env(cls) -> OsmSource:
+        """The source as the environment sets it: ``dg.EnvVar`` for each variable that is set, so the UI
+        shows where a value comes from; defaults for the others."""
+        return cls(**env_fields({"pbf_path": "LOC2VEC_PBF", "bbox": "LOC2VEC_BBOX", "schema_path": "LOC2VEC_SCHEMA"}))
 
     @property
     def path(self) -> Path:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import dagster as dg
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PBF = PROJECT_ROOT / "data" / "osm" / "monaco_region_2016.osm.pbf"
+
+
+def env_fields(names: dict[str, str]) -> dict[str, dg.EnvVar]:
+    """``{field: dg.EnvVar(variable)}`` for the variables of ``names`` that are set in the environment."""
+    return {field: dg.EnvVar(var) for field, var in names.items() if os.environ.get(var)}
 
 
 def default_data_dir() -> str:

@@ -3,6 +3,7 @@
 import dagster as dg
 from pydantic import Field
 
+from loc2vec.runtime import set_torch_threads
 from loc2vec.training.device import DeviceSpec, select_device
 
 
@@ -13,9 +14,9 @@ class TorchDevice(dg.ConfigurableResource):
     amp: bool = Field(default=True, description="Mixed precision on CUDA (bf16 if supported, else fp16).")
     threads: int = Field(default=0, description="torch CPU threads (0: torch's default).")
 
-    def spec(self) -> DeviceSpec:
-        import torch
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Once per run process, before any asset uses the device: torch's thread count."""
+        set_torch_threads(self.threads)
 
-        if self.threads > 0:
-            torch.set_num_threads(self.threads)
+    def spec(self) -> DeviceSpec:
         return select_device(self.device, amp=self.amp)

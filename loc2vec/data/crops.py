@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from loc2vec.errors import ConfigError
-from loc2vec.render.grid import MosaicGrid, Window
+from loc2vec.grid import MosaicGrid, Window
 from loc2vec.store.mosaic import open_mosaic
 
 EDGE_MODES = ("zero", "raise")

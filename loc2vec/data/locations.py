@@ -31,7 +31,10 @@ class SamplesManifest:
         return frame.loc[frame["split"] == split, ["x", "y"]].to_numpy()
 
     def split_spec(self) -> SplitSpec:
-        return SplitSpec(**self.spec)
+        values = dict(self.spec)
+        if "r_pos_m" in values:  # the name of max_positive_m in manifests written before it was renamed
+            values["max_positive_m"] = values.pop("r_pos_m")
+        return SplitSpec(**values)
 
 
 def build_sample_locations(

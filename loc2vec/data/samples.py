@@ -37,7 +37,7 @@ class SplitSpec:
     block_m: float | None = None
     test_fraction: float = 0.2
     val_fraction: float = 0.1
-    r_pos_m: float = 250.0  # the furthest a training positive may be: TrainConfig.r_context_m (or r_pos_m)
+    max_positive_m: float = 250.0  # the furthest a training positive may be: TrainConfig.max_positive_m
     crop_px: int = 128
     seed: int = 0
     split_candidates: int = 256
@@ -46,10 +46,10 @@ class SplitSpec:
         if (
             self.spacing_m <= 0
             or (self.block_m is not None and self.block_m <= 0)
-            or self.r_pos_m < 0
+            or self.max_positive_m < 0
             or self.crop_px <= 0
         ):
-            raise ConfigError("spacing_m, block_m, crop_px must be > 0 and r_pos_m >= 0")
+            raise ConfigError("spacing_m, block_m, crop_px must be > 0 and max_positive_m >= 0")
         if not (0 < self.test_fraction < 1 and 0 <= self.val_fraction < 1):
             raise ConfigError("test_fraction must be in (0, 1) and val_fraction in [0, 1)")
         if self.test_fraction + self.val_fraction >= 1:
@@ -64,7 +64,7 @@ class SplitSpec:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
     def leak_distance_m(self, resolution: float) -> float:
-        return self.r_pos_m + self.crop_px * resolution * math.sqrt(2)
+        return self.max_positive_m + self.crop_px * resolution * math.sqrt(2)
 
     def resolved(self, width_m: float, height_m: float) -> SplitSpec:
         """``block_m=None`` (auto): about 20 blocks over the region, between 600 m and 1,500 m."""

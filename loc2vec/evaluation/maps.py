@@ -75,7 +75,7 @@ def png_data_uri(png: bytes) -> str:
 def png_size(png: bytes) -> tuple[int, int]:
     """``(width, height)`` from a PNG's header; refuses anything that is not a PNG."""
     if not isinstance(png, bytes | bytearray | memoryview) or bytes(png[:8]) != _PNG_SIGNATURE or len(png) < 24:
-        raise ConfigError("previews/thumbnails must be PNG bytes (e.g. loc2vec.render.preview.png_bytes)")
+        raise ConfigError("previews/thumbnails must be PNG bytes (e.g. loc2vec.preview.png_bytes)")
     return struct.unpack(">II", bytes(png[16:24]))
 
 

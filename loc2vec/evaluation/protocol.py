@@ -26,18 +26,6 @@ from loc2vec.data.samples import assign_blocks, busy_mask
 from loc2vec.errors import ConfigError
 
 POI_KEYS = ("amenity", "shop", "tourism", "leisure")
-CLASS_CHANNELS = (
-    "buildings",
-    "water",
-    "green",
-    "landuse",
-    "leisure",
-    "transport",
-    "railways",
-    "paths",
-    "roads_minor",
-    "roads_major",
-)
 LANDUSE_KEYS = ("landuse", "natural", "leisure")
 POINT_COLUMNS = ["point_id", "kind", "split", "x", "y", "lon", "lat", "category", "landuse_class"]
 

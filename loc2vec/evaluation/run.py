@@ -84,3 +84,16 @@ def aggregate_seeds(results: Sequence[Mapping]) -> dict:
         out["baselines"][name] = {m: stats([r["baselines"][name][m] for r in results]) for m in METRICS}
     out["n_seeds"] = len(results)
     return out
+
+
+def sweep_document(results: Sequence[Mapping], runs: list[dict], seeds: list[int]) -> dict:
+    """The evaluation document of several runs: the first run's, with the means in place of its metrics,
+    plus ``seeds`` (mean and std per metric) and ``runs`` (every run's metrics); one run's as it is."""
+    document = dict(results[0])
+    if len(results) > 1:
+        summary = aggregate_seeds(results)
+        document["model"] = {m: v["mean"] for m, v in summary["model"].items()}
+        document["baselines"] = {n: {m: v["mean"] for m, v in b.items()} for n, b in summary["baselines"].items()}
+        document["seeds"] = {**summary, "seeds": seeds, "split_seeds": [r["split_seed"] for r in runs]}
+        document["runs"] = runs
+    return document

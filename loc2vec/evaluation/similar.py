@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
 from loc2vec.data.crops import CropReader
 from loc2vec.errors import ConfigError
 from loc2vec.evaluation.embedders import encode
 from loc2vec.evaluation.index import load_index
 from loc2vec.evaluation.stage import IndexManifest
-from loc2vec.models.encoders import build_encoder
+from loc2vec.models.encoders import load_encoder
 from loc2vec.training.config import TrainConfig
-
-
-def load_model(manifest: IndexManifest) -> torch.nn.Module:
-    config = TrainConfig(**manifest.model_config)
-    model = build_encoder(config.encoder, config.embedding_dim)
-    model.load_state_dict(torch.load(manifest.model_weights, map_location="cpu", weights_only=True))
-    return model.eval()
 
 
 def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10, min_km: float = 0.0) -> pd.DataFrame:
@@ -36,7 +28,7 @@ def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10,
         raise ConfigError(f"({lat}, {lon}) lies outside the mosaic's region")
     x, y = reader.grid.pixel_to_xy(col, row)
     config = TrainConfig(**manifest.model_config)
-    query = encode(load_model(manifest), reader, np.array([[x, y]]), config.crop_px)
+    query = encode(load_encoder(manifest.model_weights), reader, np.array([[x, y]]), config.crop_px)
     index = load_index(manifest.index_path)
     points = pd.read_parquet(manifest.ids_path)
     wanted = k

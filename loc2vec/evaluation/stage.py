@@ -138,7 +138,7 @@ class MapsManifest:
 
 def previews(reader: CropReader, xy: np.ndarray, crop_px: int, cell: int) -> list[bytes]:
     from loc2vec.evaluation.embedders import crops_at
-    from loc2vec.render.preview import channel_panel, png_bytes
+    from loc2vec.preview import channel_panel, png_bytes
 
     out = []
     for start in range(0, len(xy), 256):
@@ -151,7 +151,7 @@ def _thumbnails(reader: CropReader, xy: np.ndarray, crop_px: int, size: int = 64
     from PIL import Image
 
     from loc2vec.evaluation.embedders import crops_at
-    from loc2vec.render.preview import composite, png_bytes
+    from loc2vec.preview import composite, png_bytes
 
     out = []
     for crop in crops_at(reader, xy, crop_px):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loc2vec.errors import ConfigError
+from loc2vec.errors import ConfigError, InputDataError
 
 ENCODERS = ("small_cnn", "resnet18", "efficientnet_b0", "mobilenet_v3_small")
 
@@ -129,9 +130,60 @@ class Encoder(nn.Module):
         return self.head.in_features
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything that rebuilds an encoder's architecture (saved with its weights)."""
+
+    name: str = "small_cnn"
+    embedding_dim: int = 16
+    in_channels: int = 12
+
+
+WEIGHTS_FORMAT = "loc2vec-encoder/1"
+
+
+def save_encoder(model: Encoder, path: str | Path) -> Path:
+    """Write the weights with the architecture that holds them (atomically)."""
+    from loc2vec.io import atomic_path
+
+    state = {"format": WEIGHTS_FORMAT, "spec": asdict(model.spec), "state_dict": model.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_encoder(path: str | Path) -> Encoder:
+    """The encoder saved by ``save_encoder``: architecture and weights, in eval mode, on the CPU.
+
+    The one way to load a trained encoder (embeddings, the similarity index, ``loc2vec similar``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"encoder weights not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for files that are not its own
+        raise InputDataError(f"{path} is not a loc2vec encoder file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
+        raise InputDataError(
+            f"{path} holds weights without their architecture (written by an older loc2vec): train the model again"
+        )
+    spec = EncoderSpec(**state["spec"])
+    model = build_encoder(spec.name, spec.embedding_dim, spec.in_channels)
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
 def build_encoder(
     name: str = "small_cnn", embedding_dim: int = 16, in_channels: int = 12, weights_path: str | None = None
 ) -> Encoder:
+    """A new encoder (``weights_path``: local torchvision RGB weights to start from, inflated to the channels)."""
+    encoder = _new_encoder(name, embedding_dim, in_channels, weights_path)
+    encoder.spec = EncoderSpec(name, embedding_dim, in_channels)
+    return encoder
+
+
+def _new_encoder(name: str, embedding_dim: int, in_channels: int, weights_path: str | None) -> Encoder:
     if name not in ENCODERS:
         raise ConfigError(f"unknown encoder {name!r}; choose one of {ENCODERS}")
     if embedding_dim < 2:

@@ -38,7 +38,7 @@ import osmium
 import shapely
 from osmium.osm.mutable import Relation
 
-from loc2vec.errors import InputDataError
+from loc2vec.errors import InputDataError, Loc2VecError
 from loc2vec.geo import BBox
 from loc2vec.osm.files import (
     check_osm_file,
@@ -392,6 +392,10 @@ class _Unsorted(Exception):
     """The file is not sorted by id: the region strategy cannot use its on-disk index."""
 
 
+class ImportWorkerFailed(Loc2VecError):
+    """The importer's helper process died (killed, out of memory): the file itself may be fine."""
+
+
 @contextlib.contextmanager
 def _short_reader_queues():
     """Shorter libosmium reader queues (read from the environment when a reader opens), unless set."""
@@ -528,8 +532,10 @@ def _import_region(
         candidates, relations, failed = _select_ways(own_file, zoned_path, picked[0], schema.keys_for("area"))
         if worker is not None:
             out, _ = worker.communicate()
-            if worker.returncode != 0:
-                raise RuntimeError(f"way selection worker failed with exit code {worker.returncode}")
+            if worker.returncode != 0:  # a crash of ours, not a fault of the file: not reported as one
+                raise ImportWorkerFailed(
+                    f"the way-selection worker process for {p} ended with exit code {worker.returncode}"
+                )
             failed += int(out.split()[-1])
             candidates.update(w.id for w in osmium.FileProcessor(picked[1], osmium.osm.WAY))
     finally:

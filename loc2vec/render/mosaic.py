@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
@@ -13,11 +14,11 @@ from pyproj import Transformer
 from loc2vec import __version__
 from loc2vec.errors import ConfigError
 from loc2vec.geo import BBox
+from loc2vec.grid import MosaicGrid, check_blocks_per_side
 from loc2vec.osm.layers import FeaturesManifest
-from loc2vec.render.grid import MosaicGrid, check_blocks_per_side
 from loc2vec.render.renderer import BUFFER_PX, ChannelRenderer
 from loc2vec.render.styles import style_hash
-from loc2vec.store.mosaic import create_or_open, render_units
+from loc2vec.store.mosaic import MosaicStore, create_or_open
 
 RENDER_CODE_VERSION = "1"
 ATTRIBUTION = "© OpenStreetMap contributors, ODbL 1.0"
@@ -61,6 +62,31 @@ class MosaicManifest:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class RenderStats:
+    rendered: list[tuple[int, int]] = field(default_factory=list)
+    skipped: list[tuple[int, int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def render_units(store: MosaicStore, renderer, units: list[tuple[int, int]], on_unit=None) -> RenderStats:
+    """Render and write every unit of ``units`` not yet marked done (resumable)."""
+    started = time.perf_counter()
+    stats = RenderStats()
+    done = store.done_mask()
+    grid = store.grid
+    for unit in units:
+        if done[unit]:
+            stats.skipped.append(unit)
+            continue
+        store.write_unit(unit, renderer.render(grid.unit_window(*unit)))
+        stats.rendered.append(unit)
+        if on_unit is not None:
+            on_unit(unit)
+    stats.seconds = time.perf_counter() - started
+    return stats
 
 
 def plan_grid(features: FeaturesManifest, spec: MosaicSpec) -> MosaicGrid:

@@ -7,7 +7,7 @@ import mapnik
 import numpy as np
 import shapely
 
-from loc2vec.render.grid import MosaicGrid, Window
+from loc2vec.grid import MosaicGrid, Window
 from loc2vec.render.styles import map_xml
 from loc2vec.schema import ChannelSchema
 

@@ -10,8 +10,7 @@ off) and still count as complete through ``units_done``.
 from __future__ import annotations
 
 import contextlib
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from loc2vec.errors import InputDataError
-from loc2vec.render.grid import MosaicGrid
+from loc2vec.grid import MosaicGrid
 
 
 @dataclass
@@ -99,31 +98,6 @@ def open_mosaic(path: str | Path) -> MosaicStore:
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise InputDataError(f"no mosaic store at {path}") from exc
     return MosaicStore(str(path), group)
-
-
-@dataclass
-class RenderStats:
-    rendered: list[tuple[int, int]] = field(default_factory=list)
-    skipped: list[tuple[int, int]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def render_units(store: MosaicStore, renderer, units: list[tuple[int, int]], on_unit=None) -> RenderStats:
-    """Render and write every unit of ``units`` not yet marked done (resumable)."""
-    started = time.perf_counter()
-    stats = RenderStats()
-    done = store.done_mask()
-    grid = store.grid
-    for unit in units:
-        if done[unit]:
-            stats.skipped.append(unit)
-            continue
-        store.write_unit(unit, renderer.render(grid.unit_window(*unit)))
-        stats.rendered.append(unit)
-        if on_unit is not None:
-            on_unit(unit)
-    stats.seconds = time.perf_counter() - started
-    return stats
 
 
 @dataclass

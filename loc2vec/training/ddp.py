@@ -14,14 +14,18 @@ import json
 import os
 from pathlib import Path
 
-import torch.distributed as dist
+from loc2vec.runtime import configure_process
 
-from loc2vec.data.crops import CropReader
-from loc2vec.data.locations import SamplesManifest
-from loc2vec.training.checkpoint import save_checkpoint
-from loc2vec.training.config import TrainConfig
-from loc2vec.training.device import select_device
-from loc2vec.training.loop import train
+configure_process()  # an entry point (torchrun starts it): before torch is imported
+
+import torch.distributed as dist  # noqa: E402
+
+from loc2vec.data.crops import CropReader  # noqa: E402
+from loc2vec.data.locations import SamplesManifest  # noqa: E402
+from loc2vec.models.encoders import save_encoder  # noqa: E402
+from loc2vec.training.config import TrainConfig  # noqa: E402
+from loc2vec.training.device import select_device  # noqa: E402
+from loc2vec.training.loop import train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out)
         result = train(config, reader, samples.xy("train"), samples.xy("val"), device, out / "checkpoints")
         if dist.get_rank() == 0:
-            save_checkpoint(result.model.state_dict(), out / "model.pt")
+            save_encoder(result.model, out / "model.pt")
             (out / "history.json").write_text(json.dumps([h.__dict__ for h in result.history], indent=2))
     finally:
         dist.destroy_process_group()

@@ -14,8 +14,8 @@ from loc2vec.data.crops import CropReader
 from loc2vec.data.locations import SamplesManifest
 from loc2vec.data.triplets import fixed_triplets
 from loc2vec.errors import ConfigError
-from loc2vec.render.preview import composite, png_bytes
-from loc2vec.training.checkpoint import save_checkpoint
+from loc2vec.models.encoders import load_encoder, save_encoder
+from loc2vec.preview import composite, png_bytes
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import DeviceSpec
 from loc2vec.training.loop import EpochMetrics, train
@@ -45,12 +45,7 @@ class ModelManifest:
         return TrainConfig(**self.config)
 
     def load(self) -> torch.nn.Module:
-        from loc2vec.models.encoders import build_encoder
-
-        cfg = self.train_config()
-        model = build_encoder(cfg.encoder, cfg.embedding_dim)
-        model.load_state_dict(torch.load(self.weights_path, map_location="cpu", weights_only=True))
-        return model.eval()
+        return load_encoder(self.weights_path)
 
 
 def triplet_picture(reader: CropReader, xy: np.ndarray, config: TrainConfig, n: int = 4) -> bytes:
@@ -63,11 +58,12 @@ def triplet_picture(reader: CropReader, xy: np.ndarray, config: TrainConfig, n: 
 def check_split_fits(config: TrainConfig, samples: SamplesManifest) -> None:
     """Refuse training whose positives reach further than the split's leak buffer allows."""
     split = samples.split_spec()
-    if config.max_positive_m > split.r_pos_m or config.crop_px > split.crop_px:
+    if config.max_positive_m > split.max_positive_m or config.crop_px > split.crop_px:
         raise ConfigError(
             f"training positives reach {config.max_positive_m:g} m with {config.crop_px}-px crops, but the split's "
-            f"leak buffer was built for r_pos_m={split.r_pos_m:g} m and {split.crop_px}-px crops: training crops "
-            "could overlap test crops. Re-run sample_locations with r_pos_m (and crop_px) at least as large."
+            f"leak buffer was built for max_positive_m={split.max_positive_m:g} m and {split.crop_px}-px crops: "
+            "training crops could overlap test crops. Re-run sample_locations with max_positive_m (and crop_px) at "
+            "least as large."
         )
 
 
@@ -96,7 +92,7 @@ def train_and_register(
     out = Path(out_dir)
     tags = {**lineage_tags, "mosaic_version": mosaic_version, "osm_sha256": osm_sha256}
     run_tags = {**tags, **tracking.run_owner_tags()}
-    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
+    with tracking.using(tracking_uri), mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
         mlflow.log_params({**config.to_dict(), "device": device.describe(), "loc2vec_version": __version__})
         mlflow.log_params({"n_train_anchors": len(train_xy), "n_val_anchors": len(val_xy)})
         tracking.log_json(config.to_dict(), "config.json")
@@ -123,9 +119,9 @@ def train_and_register(
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": time.perf_counter() - started})
         mlflow.log_param("representation_dim", result.model.representation_dim)
         weights = out / "model.pt"
-        save_checkpoint(result.model.state_dict(), weights)
+        save_encoder(result.model, weights)
         example = np.zeros((1, reader.channels, config.crop_px, config.crop_px), dtype=np.uint8)
-        version, uri = tracking.register_torch_model(result.model, model_name, tags, example)
+        version, uri = tracking.register_torch_model(result.model, model_name, tags, example, tracking_uri)
         return ModelManifest(
             weights_path=str(weights),
             config=config.to_dict(),

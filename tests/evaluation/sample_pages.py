@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loc2vec.render.preview import composite, png_bytes
+from loc2vec.preview import composite, png_bytes
 
 MONACO_LON, MONACO_LAT = 7.42, 43.73
 

@@ -127,13 +127,14 @@ def test_external_embeddings_are_scored_on_the_same_protocol(run_dir, tmp_path):
 
 
 def test_run_config_sets_the_split_seed_only_when_asked():
-    from pipelines.cli import _run_config
+    from assets.training import SamplesConfig, TrainingConfig
+    from pipelines.runner import main_job_config
 
-    plain = _run_config(None, 3)["main_job"]["ops"]
-    assert plain == {"trained_model": {"config": {"seed": 3}}}
-    drawn = _run_config(2, 0, split_seed=1)["main_job"]["ops"]
-    assert drawn["sample_locations"] == {"config": {"seed": 1}}
-    assert drawn["trained_model"] == {"config": {"seed": 0, "epochs": 2}}
+    plain = main_job_config(3).ops
+    assert set(plain) == {"trained_model"} and plain["trained_model"] == TrainingConfig(seed=3)
+    drawn = main_job_config(0, epochs=2, split_seed=1).ops
+    assert drawn["sample_locations"] == SamplesConfig(seed=1)
+    assert drawn["trained_model"] == TrainingConfig(seed=0, epochs=2)
     assert main(["run", "--pbf", str(MONACO), "--out", "/nonexistent", "--split-seeds", "0"]) == 2
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from loc2vec.errors import ConfigError
-from loc2vec.render.grid import check_blocks_per_side
+from loc2vec.grid import check_blocks_per_side
 from pipelines.cli import main
 from tests.conftest import MONACO, ROOT, TRAIN_REGION
 

@@ -5,7 +5,7 @@ import pytest
 
 from loc2vec.data.crops import CropReader
 from loc2vec.errors import ConfigError
-from loc2vec.render.grid import MosaicGrid
+from loc2vec.grid import MosaicGrid
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import zarr
 
 from loc2vec.errors import ConfigError
 from loc2vec.geo import BBox
+from loc2vec.grid import MosaicGrid, block_keys
 from loc2vec.io import write_geoparquet
 from loc2vec.osm.layers import build_feature_layers
-from loc2vec.render.grid import MosaicGrid, block_keys
 from loc2vec.render.mosaic import MosaicSpec, render_mosaic
 from loc2vec.schema import load_schema
 from loc2vec.store.mosaic import inspect_mosaic, open_mosaic

@@ -11,7 +11,7 @@ import json
 from loc2vec.data.samples import SplitSpec
 from loc2vec.geo import BBox
 from loc2vec.osm.layers import layers_version
-from loc2vec.render.grid import MosaicGrid
+from loc2vec.grid import MosaicGrid
 from loc2vec.render.mosaic import mosaic_version
 from loc2vec.render.styles import style_hash
 from loc2vec.schema import load_schema

@@ -264,3 +264,21 @@ def test_training_config_round_trips_through_json_and_refuses_bad_files(tmp_path
             TrainConfig.from_json(path)
     with pytest.raises(ConfigError, match="cannot read"):
         TrainConfig.from_json(tmp_path / "missing.json")
+
+
+def test_an_encoder_is_saved_and_loaded_with_its_architecture(tmp_path):
+    from loc2vec.errors import InputDataError
+    from loc2vec.models.encoders import EncoderSpec, load_encoder, save_encoder
+
+    model = build_encoder("small_cnn", embedding_dim=8, in_channels=10).eval()
+    save_encoder(model, tmp_path / "model.pt")
+    loaded = load_encoder(tmp_path / "model.pt")
+    assert loaded.spec == EncoderSpec("small_cnn", 8, 10)
+    x = torch.randint(0, 255, (2, 10, 64, 64), dtype=torch.uint8)
+    torch.testing.assert_close(loaded.embed(x), model.embed(x))
+    torch.save(model.state_dict(), tmp_path / "bare.pt")  # weights without the architecture
+    with pytest.raises(InputDataError, match="without their architecture"):
+        load_encoder(tmp_path / "bare.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputDataError, match="not a loc2vec encoder file"):
+        load_encoder(tmp_path / "junk.pt")
