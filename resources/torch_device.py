@@ -12,7 +12,11 @@ class TorchDevice(dg.ConfigurableResource):
 
     device: str = Field(default="auto", description="auto | cuda | mps | cpu")
     amp: bool = Field(default=True, description="Mixed precision on CUDA (bf16 if supported, else fp16).")
-    threads: int = Field(default=0, description="torch CPU threads (0: torch's default).")
+    threads: int = Field(
+        default=2,
+        description="torch CPU threads, pinned so that a seed gives the same model on any machine (the result "
+        "depends on the thread count); 0: one per core (faster on big machines, results then vary with it).",
+    )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Once per run process, before any asset uses the device: torch's thread count."""

@@ -48,7 +48,16 @@ class DeviceSpec:
     def describe(self) -> str:
         if self.kind == "cuda":
             return f"cuda:{self.index} {torch.cuda.get_device_name(self.index)} amp={self.amp_dtype}"
-        return f"{self.kind} threads={torch.get_num_threads()}"
+        return f"{self.kind} threads={torch.get_num_threads()} isa={torch.backends.cpu.get_cpu_capability()}"
+
+    def reproducibility(self) -> dict[str, str]:
+        """What a CPU result depends on besides the seed (logged with every training run): torch's build, its
+        intra-op thread count (reductions split by thread) and the vector instructions its kernels use."""
+        return {
+            "torch_version": torch.__version__,
+            "torch_threads": str(torch.get_num_threads()),
+            "cpu_isa": torch.backends.cpu.get_cpu_capability(),
+        }
 
 
 def select_device(preference: str = "auto", amp: bool = True, local_rank: int = 0) -> DeviceSpec:

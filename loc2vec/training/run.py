@@ -94,6 +94,7 @@ def train_and_register(
     run_tags = {**tags, **tracking.run_owner_tags()}
     with tracking.using(tracking_uri), mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
         mlflow.log_params({**config.to_dict(), "device": device.describe(), "loc2vec_version": __version__})
+        mlflow.log_params(device.reproducibility())
         mlflow.log_params({"n_train_anchors": len(train_xy), "n_val_anchors": len(val_xy)})
         tracking.log_json(config.to_dict(), "config.json")
         mlflow.log_text(schema_json, "channel_schema.json")
