@@ -40,8 +40,12 @@ lint: install
 ui: install dagster-home
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
+# the store `make run` writes: $(LOC2VEC_DATA_DIR)/mlflow/mlflow.db (default var/), or $MLFLOW_TRACKING_URI
+LOC2VEC_DATA_DIR ?= $(CURDIR)/var
+MLFLOW_STORE = $(if $(MLFLOW_TRACKING_URI),$(MLFLOW_TRACKING_URI),sqlite:///$(abspath $(LOC2VEC_DATA_DIR))/mlflow/mlflow.db)
+
 mlflow-ui: install
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/data/mlflow/mlflow.db
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri $(MLFLOW_STORE)
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

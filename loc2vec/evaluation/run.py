@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from loc2vec.data.crops import CropReader
 from loc2vec.evaluation.embedders import channel_stats, coordinates, encode
@@ -20,6 +21,9 @@ MAIN_METRIC = "landuse_recall_at_10"
 # Spearman correlation and trustworthiness are all defined by ground distance, which *is* the
 # coordinates embedding. No embedder can beat it there; those cells compare the image embedders only.
 BY_CONSTRUCTION = {"coordinates": ("triplet_accuracy", "geo_spearman", "trustworthiness")}
+
+
+METRIC_THREADS = 1
 
 
 def protocol_radii(config: TrainConfig, resolution: float) -> dict[str, float]:
@@ -51,13 +55,21 @@ def evaluate_embeddings(
     config: TrainConfig,
     seed: int = 0,
 ) -> dict:
-    """The evaluation.json document: model and baseline metrics on the same test points."""
+    """The evaluation.json document: model and baseline metrics on the same test points.
+
+    The metrics are computed with one BLAS/OpenMP thread: with more, sums split by thread change the last
+    digits of distances, and ties in neighbour ranks (trustworthiness) follow them, so the numbers would
+    depend on the machine's core count.
+    """
     radii = protocol_radii(config, reader.grid.resolution)
     baselines = baseline_embeddings(points, reader, config)
     test = points["split"] == "test"
+    with threadpool_limits(limits=METRIC_THREADS):
+        model = score(model_embeddings, points, seed=seed, **radii)
+        scored = {name: score(emb, points, seed=seed, **radii) for name, emb in baselines.items()}
     return {
-        "model": score(model_embeddings, points, seed=seed, **radii),
-        "baselines": {name: score(emb, points, seed=seed, **radii) for name, emb in baselines.items()},
+        "model": model,
+        "baselines": scored,
         "n_test_locations": int((test & (points["kind"] == "location")).sum()),
         "n_test_pois": int((test & (points["kind"] == "poi")).sum()),
         "n_train_pois": int(((points["split"] == "train") & (points["kind"] == "poi")).sum()),
