@@ -82,7 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from loc2vec.evaluation.protocol import to_geoparquet_frame
     from loc2vec.evaluation.run import evaluate_embeddings
     from loc2vec.io import write_geoparquet, write_json
-    from loc2vec.osm.files import check_complete, check_region
+    from loc2vec.osm.files import check_complete, check_region, file_sha256
     from loc2vec.training.config import TrainConfig
 
     if bool(args.points_out) == bool(args.embeddings):
@@ -102,6 +102,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     vectors = match_points(external, points)
     config = config or TrainConfig(crop_px=samples.spec["crop_px"])
     document = evaluate_embeddings(vectors, points, reader, config, seed=0)
+    document["embeddings_file"] = {  # what was scored, so the result can be traced to its input
+        "path": str(Path(args.embeddings).resolve()),
+        "sha256": file_sha256(args.embeddings),
+        "column": external.column,
+        "dim": int(vectors.shape[1]),
+    }
     out = Path(args.out)
     write_json(document, out / "evaluation.json")
     _log(f"wrote {out / 'evaluation.json'}")
@@ -147,7 +153,12 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline on an extract, in process")
     run.add_argument("--pbf", required=True, help=".osm.pbf, .osm or .osm.bz2 extract")
     run.add_argument("--bbox", help="min_lon,min_lat,max_lon,max_lat (default: the extract's bounds)")
-    run.add_argument("--out", required=True, help="output directory (data, MLflow store, evaluation.json)")
+    run.add_argument(
+        "--out",
+        required=True,
+        help="output directory: the run's data dir (in place of $LOC2VEC_DATA_DIR), its MLflow store, its Dagster "
+        "instance (OUT/dagster_home, in place of $DAGSTER_HOME) and evaluation.json",
+    )
     run.add_argument("--epochs", type=int, help="training epochs (default: the asset's default)")
     run.add_argument("--seed", type=int, default=0, help="first training seed")
     run.add_argument("--seeds", type=int, default=1, help="train and evaluate N seeds; report mean and std")

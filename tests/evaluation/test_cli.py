@@ -1,5 +1,6 @@
 """The one-command run and the open protocol, end to end on a real extract (slow)."""
 
+import hashlib
 import json
 
 import geopandas as gpd
@@ -99,6 +100,8 @@ def test_external_embeddings_are_scored_on_the_same_protocol(run_dir, tmp_path):
     out = tmp_path / "scored"
     assert _evaluate(work, "--embeddings", str(theirs_file), "--out", str(out)) == 0
     doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["embeddings_file"]["path"] == str(theirs_file.resolve()) and doc["embeddings_file"]["dim"] == 2
+    assert doc["embeddings_file"]["sha256"] == hashlib.sha256(theirs_file.read_bytes()).hexdigest()
     for metric in KEYS:
         ours, baseline = doc["model"][metric], doc["baselines"]["coordinates"][metric]
         assert (ours is None and baseline is None) or ours == pytest.approx(baseline, abs=1e-6), metric

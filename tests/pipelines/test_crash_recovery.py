@@ -78,7 +78,7 @@ def _records(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory) -> Scenario:
     out = tmp_path_factory.mktemp("crash") / "out"
-    command = _command(out, epochs=3)
+    command = _command(out, epochs=2)
     first = subprocess.Popen(
         command, cwd=ROOT, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
@@ -98,7 +98,7 @@ def scenario(tmp_path_factory) -> Scenario:
     }
 
     other = subprocess.Popen(
-        _command(out, epochs=4), cwd=ROOT, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
+        _command(out, epochs=3), cwd=ROOT, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     lines: list[str] = []
@@ -150,7 +150,7 @@ def test_the_restart_reuses_the_mosaic_and_resumes_training(scenario):
     version = min(_versions(scenario.out), key=lambda v: int(v.version))  # the killed run registered none
     run = client.get_run(version.run_id)
     assert int(run.data.tags["resumed_from_epoch"]) >= 1
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 1, 2]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")) == [0, 1]
     assert json.loads((scenario.out / "evaluation.json").read_text())["model_version"] == str(version.version)
 
 
