@@ -63,13 +63,13 @@ def _protocol_for(args: argparse.Namespace):
     """Import, render and split ``--pbf`` (in process), then build the protocol's points."""
     from loc2vec.data.crops import CropReader
     from loc2vec.evaluation.stage import protocol_points
-    from pipelines.runner import preflight, run_pipeline
+    from pipelines.runner import Pipeline, preflight
 
     work = Path(args.work or Path(args.points_out or args.out or ".").resolve().parent / ".loc2vec-evaluate")
     defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, work)
     preflight(defs)  # before the work directory is created
-    with _instance(work) as instance:
-        runs = run_pipeline(defs, instance, log=_log, main_assets=["raster_mosaic", "sample_locations"])
+    with _instance(work) as instance, Pipeline(defs, instance, _log) as pipeline:
+        runs = pipeline.run_stages(main_assets=["raster_mosaic", "sample_locations"])
         samples = runs["main_job"].output_for_node("sample_locations")
         features = runs["ingest_job"].output_for_node("osm_features")
         mosaic = runs["main_job"].output_for_node("raster_mosaic")
