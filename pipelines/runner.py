@@ -61,19 +61,18 @@ def open_instance(home: str | Path | None = None) -> dg.DagsterInstance:
 INTERRUPTED = "DagsterExecutionInterruptedError"
 
 
-def _error_of(result: dg.ExecuteInProcessResult) -> str:
+def _failure_of(result: dg.ExecuteInProcessResult) -> tuple[str, str, bool]:
+    """(step, message, interrupted) of a failed run: the user's exception, not Dagster's wrapper."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
             while error.cls_name.startswith("Dagster") and error.cause is not None:
-                error = error.cause  # the user's exception, not Dagster's wrapper
-            if error.cls_name == INTERRUPTED:
-                return f"{event.step_key}: interrupted"
-            return f"{event.step_key}: {error.message.strip()}"
+                error = error.cause
+            return event.step_key or "", error.message.strip(), error.cls_name == INTERRUPTED
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.RUN_FAILURE and event.message:
-            return event.message.strip()
-    return "unknown error"
+            return "", event.message.strip(), False
+    return "", "unknown error", False
 
 
 def fail_orphaned_dagster_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -219,13 +218,16 @@ class Pipeline:
         except dg.DagsterInvalidConfigError as exc:
             raise PipelineFailed(f"{label}: invalid run configuration: {exc}") from exc
         if not result.success:
-            error = _error_of(result)
-            if error.endswith(": interrupted"):
+            step, message, interrupted = _failure_of(result)
+            if interrupted:
                 raise PipelineInterrupted(
-                    f"{label} interrupted at {error.split(':')[0]} (run {result.run_id[:8]}): run the same command "
+                    f"{label} interrupted at {step} (run {result.run_id[:8]}): run the same command "
                     "again to resume where it stopped"
                 )
-            raise PipelineFailed(f"{label} failed (run {result.run_id[:8]}): {error} [details: {self.log_path}]")
+            where = f"{step}: " if step else ""
+            raise PipelineFailed(
+                f"{label} failed (run {result.run_id[:8]}): {where}{message} [details: {self.log_path}]"
+            )
         self.log(f"{label}: ok in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
         return result
 
