@@ -42,13 +42,9 @@ def in_use(data_dir: str | Path) -> set[Path]:
         values = json.loads(manifest.read_text())
     except (OSError, ValueError):
         return set()
-    keep = {manifest.parent}
-    for key in ("mosaic_path", "model_weights"):
-        if isinstance(values, dict) and values.get(key):
-            keep.add(Path(values[key]))
-    weights = values.get("model_weights") if isinstance(values, dict) else None
-    if weights:
-        keep.add(Path(weights).parent)
+    keep = {manifest.parent}  # a version is protected when it is, or holds, one of these paths
+    if isinstance(values, dict):
+        keep.update(Path(values[key]) for key in ("mosaic_path", "model_weights") if values.get(key))
     return {p.resolve() for p in keep}
 
 
