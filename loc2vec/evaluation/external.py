@@ -46,7 +46,7 @@ def _vector_columns(frame: gpd.GeoDataFrame) -> list[str]:
     for c in frame.columns:
         if c == frame.geometry.name:
             continue
-        values = frame[c].dropna() if frame[c].dtype != object else frame[c][frame[c].map(lambda v: v is not None)]
+        values = frame[c].dropna()
         if len(values) and values.map(_is_vector).all():
             found.append(c)
     return found
