@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
 from loc2vec import tracking
 from loc2vec.errors import Loc2VecError
@@ -29,6 +31,10 @@ from loc2vec.training.config import TrainConfig
 
 STAGES: list[tuple[str, bool]] = [("ingest_job", False), ("render_job", True), ("main_job", False)]
 OWNER_TAG_PREFIX = "loc2vec/"  # Dagster run tags naming the process that executes a run in process
+CODE_LOCATION = "loc2vec"  # workspace.yaml's and pyproject's location name: what `make ui` serves
+# The UI lists a job's runs by this hidden tag (Dagster sets it on runs launched from a code location);
+# runs executed in process carry it too, so they show under their jobs (job page, timeline), not only in /runs.
+REPOSITORY_TAG = {REPOSITORY_LABEL_TAG: f"{SINGLETON_REPOSITORY_NAME}@{CODE_LOCATION}"}
 ACTIVE_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
@@ -213,7 +219,7 @@ class Pipeline:
                 run_config=config,
                 raise_on_error=False,
                 asset_selection=[dg.AssetKey(k) for k in asset_selection] if asset_selection else None,
-                tags=ProcessId.current().as_tags(OWNER_TAG_PREFIX),
+                tags={**ProcessId.current().as_tags(OWNER_TAG_PREFIX), **REPOSITORY_TAG},
             )
         except dg.DagsterInvalidConfigError as exc:
             raise PipelineFailed(f"{label}: invalid run configuration: {exc}") from exc

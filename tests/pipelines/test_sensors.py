@@ -37,3 +37,48 @@ def test_a_new_source_version_makes_the_import_eager_to_rerun(tmp_path):
         after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
         assert quiet.get_num_requested(dg.AssetKey("osm_features")) == 0
         assert after.get_num_requested(dg.AssetKey("osm_features")) == 1
+
+
+def test_first_tick_after_a_run_launches_nothing_until_the_extract_changes(tmp_path):
+    """Turning the sensor on after `make run` must not re-run the pipeline on an unchanged extract."""
+    extract = tmp_path / "region.osm.pbf"
+    shutil.copy(KOTKA, extract)
+    osm = OsmSource(pbf_path=str(extract))
+    defs = build_definitions(osm, ProjectStorage(data_dir=str(tmp_path / "data")))
+    with dg.instance_for_test() as instance:
+        assert defs.resolve_job_def("observe_osm_job").execute_in_process(instance=instance).success
+        context = dg.build_sensor_context(instance=instance, resources={"osm": osm})
+        first = osm_update_sensor(context)
+        assert isinstance(first, dg.SkipReason) and "unchanged" in first.skip_message
+        shutil.copy(MONACO_2023, extract)
+        changed = osm_update_sensor(
+            dg.build_sensor_context(instance=instance, cursor=context.cursor, resources={"osm": osm})
+        )
+        assert isinstance(changed, dg.RunRequest)
+
+
+def test_the_automation_sensor_runs_by_default_over_every_asset():
+    """With the daemon up, only osm_update_sensor needs switching on for updates to flow downstream."""
+    from pipelines.definitions import defs
+
+    follow = defs.get_sensor_def("osm_follow_automation")
+    assert follow.default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.get_sensor_def("osm_update_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    graph = defs.resolve_asset_graph()
+    eager = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).automation_condition}
+    assert {"osm_features", "raster_blocks", "raster_mosaic", "embeddings"} <= eager
+
+
+def test_in_process_runs_are_listed_under_their_jobs(tmp_path):
+    """The UI's job page filters runs by job name and the repository label tag of the code location."""
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
+    from pipelines.runner import Pipeline
+
+    defs = build_definitions(OsmSource(pbf_path=str(KOTKA)), ProjectStorage(data_dir=str(tmp_path / "data")))
+    with dg.instance_for_test() as instance, Pipeline(defs, instance, log=lambda _: None) as pipeline:
+        run_id = pipeline.run_job("observe_osm_job").run_id
+        listed = instance.get_runs(
+            dg.RunsFilter(job_name="observe_osm_job", tags={REPOSITORY_LABEL_TAG: "__repository__@loc2vec"})
+        )
+        assert [run.run_id for run in listed] == [run_id]
