@@ -37,8 +37,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Started from DAGSTER_HOME (holding a copy of dagster.yaml), so `dagster dev` uses that configuration
+# and does not warn about the repo's dagster.yaml; the code location comes from workspace.yaml.
 ui: install dagster-home
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	cd $(DAGSTER_HOME) && $(abspath $(BIN))/dagster dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p 3000
 
 # the store `make run` writes: $(LOC2VEC_DATA_DIR)/mlflow/mlflow.db (default var/), or $MLFLOW_TRACKING_URI
 LOC2VEC_DATA_DIR ?= $(CURDIR)/var

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 
 from assets.metadata import markdown_table
+from assets.progress import progress_extra
 from loc2vec.data.crops import CropReader
 from loc2vec.grid import block_keys, check_blocks_per_side
 from loc2vec.osm.layers import FeaturesManifest
@@ -34,7 +35,16 @@ def raster_blocks(
     storage: ProjectStorage,
 ) -> dg.Output[MosaicManifest]:
     spec = renderer.spec(blocks_per_side=BLOCKS_PER_SIDE)
-    manifest = render_mosaic(osm_features, spec, storage.path("mosaic"), block=context.partition_key)
+    block = context.partition_key
+    manifest = render_mosaic(
+        osm_features,
+        spec,
+        storage.path("mosaic"),
+        block=block,
+        progress=lambda done, total: context.log.info(
+            f"{block}: rendered {done}/{total} units", extra=progress_extra("units", done, total)
+        ),
+    )
     context.log.info(
         f"{context.partition_key}: rendered {manifest.rendered_units} units, "
         f"skipped {manifest.skipped_units} already complete, {manifest.seconds:.2f} s"

@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.metadata import markdown_table
+from assets.progress import progress_extra
 from loc2vec.data.crops import CropReader
 from loc2vec.data.locations import SamplesManifest, build_sample_locations, split_table
 from loc2vec.data.samples import SplitSpec
@@ -159,6 +160,9 @@ def trained_model(
         model_name=mlflow_tracking.model_name,
         experiment=mlflow_tracking.experiment,
         log=context.log.info,
+        progress=lambda done, total: context.log.info(
+            f"trained {done}/{total} epochs", extra=progress_extra("epochs", done, total)
+        ),
     )
     pruned = storage.prune("models", run_dir)
     rows = [

@@ -17,7 +17,46 @@ from loc2vec.errors import Loc2VecError
 
 
 def _log(message: str) -> None:
-    print(f"[loc2vec {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    from pipelines.console import display
+
+    display().message(message)
+
+
+# What to open after a run: (command, what it shows); {lat}/{lon} is an indexed place, {data_dir} the outputs.
+MAKE_NEXT = [
+    ("make ui", "Dagster UI, http://127.0.0.1:3000: asset graph, runs by job, materializations, checks"),
+    ("make mlflow-ui", "MLflow UI, http://127.0.0.1:5000: training runs, registered model versions"),
+    ("make maps", "the cluster map and projector, http://127.0.0.1:8765"),
+    (".venv/bin/loc2vec similar --lat {lat} --lon {lon} -k 10 --min-km 1", "places that look alike elsewhere"),
+]
+
+
+def _run_next(out: Path, pbf: str, bbox: str | None) -> list[tuple[str, str]]:
+    """What to open after ``loc2vec run --out OUT``: the same targets pointed at OUT."""
+    region = f"LOC2VEC_PBF={pbf}" + (f" LOC2VEC_BBOX={bbox}" if bbox else "")
+    return [
+        (f"{region} LOC2VEC_DATA_DIR={out} DAGSTER_HOME={out}/dagster_home make ui", MAKE_NEXT[0][1]),
+        (f"LOC2VEC_DATA_DIR={out} make mlflow-ui", MAKE_NEXT[1][1]),
+        (f"LOC2VEC_DATA_DIR={out} make maps", MAKE_NEXT[2][1]),
+        (f"{MAKE_NEXT[3][0]} --data-dir {out}", MAKE_NEXT[3][1]),
+    ]
+
+
+def _print_summary(pipeline, main, evaluation: dict, next_commands, started: float) -> None:
+    from pipelines.console import display
+    from pipelines.summary import summarize
+
+    summary = summarize(
+        main,
+        evaluation,
+        pipeline.data_dir,
+        pipeline.instance.root_directory if pipeline.instance.is_persistent else None,
+        pipeline.log_path,
+        next_commands,
+        seconds=time.perf_counter() - started,
+    )
+    display().close()
+    summary.render(display().console)
 
 
 def _definitions(pbf: str, bbox: str | None, data_dir: Path, n_models: int = 1):
@@ -51,11 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # a bad file, region, setting or a too small disk fails here, before DIR is created
     preflight(defs, {"main_job": main_job_config(seeds[0], args.epochs, split_seeds[0])}, n_models=n_models)
     out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     with _instance(out) as instance, Pipeline(defs, instance, _log) as pipeline:
         document = run_sweep(pipeline, seeds, split_seeds, args.epochs)
-    write_json(document, out / "evaluation.json")
-    _log(f"wrote {out / 'evaluation.json'}")
-    print(json.dumps({"model": document["model"], "baselines": document["baselines"]}, indent=2))
+        write_json(document, out / "evaluation.json")
+        _log(f"wrote {out / 'evaluation.json'}" + (" (means over the runs)" if n_models > 1 else ""))
+        next_commands = _run_next(out, str(Path(args.pbf).resolve()), args.bbox)
+        _print_summary(pipeline, pipeline.last("main_job"), document, next_commands, started)
     return 0
 
 
@@ -140,9 +181,14 @@ def cmd_similar(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from pipelines.runner import run_pipeline
+    from pipelines.definitions import defs
+    from pipelines.runner import Pipeline, open_instance, preflight
 
-    run_pipeline(log=_log)
+    preflight(defs)
+    started = time.perf_counter()
+    with open_instance() as instance, Pipeline(defs, instance, _log) as pipeline:
+        main = pipeline.run_stages()["main_job"]
+        _print_summary(pipeline, main, main.output_for_node("evaluation"), MAKE_NEXT, started)
     return 0
 
 
@@ -218,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_process()
     args = parser().parse_args(argv)
+    from pipelines.console import quiet_libraries
+
+    quiet_libraries()
     if args.command == "run" and (args.seeds < 1 or args.split_seeds < 1):
         print("loc2vec: error: --seeds and --split-seeds must be >= 1", file=sys.stderr)
         return 2

@@ -174,6 +174,11 @@ class Pipeline:
         self.tracking = resources["mlflow_tracking"]
         self.log_path = self.data_dir / "logs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         self.lock = DataDirLock(self.data_dir, log=log)
+        self.results: dict[str, dg.ExecuteInProcessResult] = {}  # the latest successful run of each job
+
+    def last(self, job_name: str) -> dg.ExecuteInProcessResult:
+        """The latest successful run of ``job_name`` in this invocation."""
+        return self.results[job_name]
 
     def __enter__(self) -> Pipeline:
         self.lock.acquire()
@@ -235,23 +240,23 @@ class Pipeline:
                 f"{label} failed (run {result.run_id[:8]}): {where}{message} [details: {self.log_path}]"
             )
         self.log(f"{label}: ok in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
+        self.results[job_name] = result
         return result
 
     def run_stages(
         self, run_config: JobConfigs | None = None, main_assets: list[str] | None = None
     ) -> dict[str, dg.ExecuteInProcessResult]:
         results: dict[str, dg.ExecuteInProcessResult] = {}
+        runs = []
         for job_name, partitioned in STAGES:
             job = self.definitions.resolve_job_def(job_name)
             keys = job.partitions_def.get_partition_keys() if partitioned and job.partitions_def else [None]
-            for key in keys:
-                label = f"{job_name}[{key}]" if key else job_name
-                results[label] = self.run_job(
-                    job_name,
-                    key,
-                    (run_config or {}).get(job_name),
-                    main_assets if job_name == "main_job" else None,
-                )
+            runs += [(job_name, key) for key in keys]
+        for n, (job_name, key) in enumerate(runs, start=1):
+            label = f"{job_name}[{key}]" if key else job_name
+            self.log(f"stage {n}/{len(runs)}: {label}")
+            main = main_assets if job_name == "main_job" else None
+            results[label] = self.run_job(job_name, key, (run_config or {}).get(job_name), main)
         return results
 
 

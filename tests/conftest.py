@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -62,14 +64,18 @@ def monaco_samples(monaco_mosaic, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def monaco_run(tmp_path_factory):
-    """``loc2vec run`` on Monaco proper, 1 epoch, 2 training seeds: a real output directory (slow)."""
+    """``loc2vec run`` on Monaco proper, 1 epoch, 2 training seeds: a real output directory (slow); its
+    console output is kept in ``console.txt``."""
     from pipelines.cli import main
 
     out = tmp_path_factory.mktemp("run")
     bbox = ",".join(map(str, TRAIN_REGION))
     args = ["run", "--pbf", str(MONACO), "--bbox", bbox, "--out", str(out), "--epochs", "1", "--seeds", "2"]
+    console = io.StringIO()  # what the user sees, for the tests of the closing summary
     with pytest.MonkeyPatch.context() as env:  # session fixtures run before the per-test isolation above
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        assert main(args) == 0
+        with contextlib.redirect_stdout(console):
+            assert main(args) == 0
         os.environ.pop("MLFLOW_TRACKING_URI", None)
+    (out / "console.txt").write_text(console.getvalue())
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,8 +124,10 @@ def render_mosaic(
     out_root: str | Path,
     block: str | None = None,
     on_unit=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MosaicManifest:
-    """Render the units of ``block`` (all units when None) that are not yet done."""
+    """Render the units of ``block`` (all units when None) that are not yet done; ``progress(done, total)``
+    is called as units to render are written."""
     schema = features.schema()
     grid = plan_grid(features, spec)
     srs = f"epsg:{grid.crs_epsg}"
@@ -156,7 +159,19 @@ def render_mosaic(
         widest = max(max(c.width_m.values()) for c in schema.channels)
         margin = BUFFER_PX * grid.resolution + widest
         renderer = ChannelRenderer(_features_for(features, grid, todo, margin), schema, grid)
-        stats = render_units(store, renderer, units, on_unit=on_unit)
+        written = 0
+        if progress is not None:
+            progress(0, len(todo))
+
+        def on_rendered(unit: tuple[int, int]) -> None:
+            nonlocal written
+            written += 1
+            if on_unit is not None:
+                on_unit(unit)
+            if progress is not None:
+                progress(written, len(todo))
+
+        stats = render_units(store, renderer, units, on_unit=on_rendered)
         stats_rendered, stats_skipped, seconds = len(stats.rendered), len(stats.skipped), stats.seconds
     else:
         stats_skipped = len(units)

@@ -81,8 +81,10 @@ def train_and_register(
     model_name: str = tracking.MODEL_NAME,
     experiment: str = tracking.EXPERIMENT,
     log=print,
+    progress=None,
 ) -> ModelManifest:
-    """Train (resuming from ``out_dir/checkpoints`` if a run was interrupted) and register the model."""
+    """Train (resuming from ``out_dir/checkpoints`` if a run was interrupted) and register the model;
+    ``progress(epochs_done, epochs)`` is called after every epoch."""
     import mlflow
 
     check_split_fits(config, samples)
@@ -107,11 +109,15 @@ def train_and_register(
                 f"epoch {m.epoch}: train {m.train_loss:.4f} val {m.val_loss:.4f} "
                 f"acc {m.val_triplet_accuracy:.3f} {m.samples_per_s:.0f} samples/s"
             )
+            if progress is not None:
+                progress(m.epoch + 1, config.epochs)
 
         def on_resume(epoch: int) -> None:
             log(f"resuming from the checkpoint in {out / 'checkpoints'}: epochs 0-{epoch - 1} are not trained again")
             mlflow.set_tag("resumed_from_epoch", str(epoch))
 
+        if progress is not None:
+            progress(0, config.epochs)
         result = train(
             config, reader, train_xy, val_xy, device, out / "checkpoints", on_epoch=on_epoch, on_resume=on_resume
         )
