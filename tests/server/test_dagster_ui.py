@@ -4,184 +4,46 @@ Starts the real `dagster dev` (webserver + daemon + code server) on 127.0.0.1 wi
 and talks to it only through the GraphQL API the UI uses: the asset graph, a "Materialize selected" launch
 of osm_source + osm_features from the global asset graph (the implicit asset job `__ASSET_JOB` with an asset
 selection; queued, then dequeued by the daemon) and the materialization metadata the UI shows.
-Both ways of pointing `dagster dev` at the project are covered: `-m pipelines.definitions` (location
-named after the module) and plain `dagster dev` as `make ui` runs it (location "loc2vec" from pyproject).
+`dagster dev` runs as `make ui` runs it: from DAGSTER_HOME over workspace.yaml (location "loc2vec").
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import KOTKA, ROOT
+from tests.server.servers import ASSET_STATE, LAUNCH, clean_env, dagster_ui, wait_for_run
 
 pytestmark = pytest.mark.server
 
-STARTUP_TIMEOUT = 120.0
-RUN_TIMEOUT = 180.0
-STOP_TIMEOUT = 30.0
 ASSETS = {"osm_source", "osm_features"}
 ASSET_JOB = "__ASSET_JOB"  # the implicit job holding every asset; the asset graph launches through it
 
 
-@dataclass
-class DagsterDev:
-    port: int
-    location: str
-    data_dir: Path
-    log: Path
-    proc: subprocess.Popen
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, n: int = 60) -> str:
-        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return "\n".join(lines[-n:])
-
-    def graphql(self, query: str, variables: dict | None = None, timeout: float = 30.0) -> dict:
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        req = urllib.request.Request(f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                payload = json.load(resp)
-        except urllib.error.HTTPError as e:
-            raise AssertionError(f"GraphQL HTTP {e.code}: {e.read().decode(errors='replace')[:2000]}") from e
-        assert not payload.get("errors"), f"GraphQL errors: {payload['errors']}"
-        return payload["data"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    # dagster maps SIGTERM to the SIGINT handler; if this pytest inherited an ignored SIGINT (started in
-    # the background by a non-interactive shell), the child would inherit it and ignore SIGTERM as well.
-    # A handled (not ignored) SIGINT is reset to the default on exec, so Python installs its own handler.
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with log.open("wb") as out:
-            return subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-    finally:
-        if previous is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the whole process group (webserver, daemon, code servers, run workers), then SIGKILL."""
-    pgid = proc.pid  # start_new_session: the leader's pid is the group id
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT)
-    # Members may outlive the leader (or the leader may hang): kill whatever is left of the group.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    proc.wait(timeout=STOP_TIMEOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    warnings.warn(f"processes of group {pgid} still exist after SIGKILL (unreaped zombies?)", stacklevel=1)
-
-
-def _wait_until_loaded(server: DagsterDev) -> None:
-    """Wait for /server_info, then for the code location to finish loading (fail fast on a load error)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    state = "webserver not answering"
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            pytest.fail(f"dagster dev exited with {server.proc.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/server_info", timeout=5) as resp:
-                info = json.load(resp)
-            assert info.get("dagster_version"), info
-            data = server.graphql(
-                """{ workspaceOrError { __typename ... on Workspace { locationEntries {
-                       name loadStatus
-                       locationOrLoadError { __typename ... on PythonError { message stack } } } } } }"""
-            )
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-            state = f"webserver not answering: {e}"
-        else:
-            entries = data["workspaceOrError"].get("locationEntries") or []
-            for entry in entries:
-                error = entry.get("locationOrLoadError") or {}
-                if error.get("__typename") == "PythonError":
-                    pytest.fail(
-                        f"code location {entry['name']} failed to load: {error['message']}\n"
-                        + "".join(error.get("stack") or [])
-                    )
-            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                return
-            state = f"workspace: {data}"
-        time.sleep(0.5)
-    pytest.fail(f"dagster dev not ready after {STARTUP_TIMEOUT:.0f} s ({state}):\n{server.log_tail()}")
-
-
-@pytest.fixture(
-    scope="module",
-    params=[
-        pytest.param((["-m", "pipelines.definitions"], "pipelines.definitions"), id="module"),
-        pytest.param(([], "loc2vec"), id="pyproject"),
-    ],
-)
-def dagster_dev(request, tmp_path_factory):
-    workspace_args, location = request.param
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory):
     base = tmp_path_factory.mktemp("dagster-dev")
-    home, data_dir = base / "dagster_home", base / "data"
-    home.mkdir()
-    data_dir.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOC2VEC_", "DAGSTER_"))}
-    env |= {
-        "DAGSTER_HOME": str(home),
-        "LOC2VEC_DATA_DIR": str(data_dir),
-        "LOC2VEC_PBF": str(KOTKA),
-        "PYTHONUNBUFFERED": "1",
-    }
-    port = _free_port()
-    cmd = [sys.executable, "-m", "dagster", "dev", *workspace_args, "-h", "127.0.0.1", "-p", str(port)]
-    log = base / "dagster_dev.log"
-    proc = _start(cmd, env, log)
-    server = DagsterDev(port=port, location=location, data_dir=data_dir, log=log, proc=proc)
-    try:
-        _wait_until_loaded(server)
+    env = clean_env(
+        DAGSTER_HOME=str(base / "dagster_home"), LOC2VEC_DATA_DIR=str(base / "data"), LOC2VEC_PBF=str(KOTKA)
+    )
+    (base / "data").mkdir()
+    with dagster_ui(env, base / "dagster_dev.log") as server:
         yield server
-    finally:
-        _stop(proc)
+
+
+def test_make_ui_and_pyproject_name_the_same_code_location():
+    """`make ui` loads workspace.yaml; plain `dagster dev` in the repo reads pyproject: both say "loc2vec"."""
+    import tomllib
+
+    import yaml
+
+    (entry,) = yaml.safe_load((ROOT / "workspace.yaml").read_text())["load_from"]
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dagster"]
+    assert entry["python_module"]["location_name"] == tool["code_location_name"] == "loc2vec"
+    assert entry["python_module"]["module_name"] == tool["module_name"] == "pipelines.definitions"
 
 
 def test_serves_code_location_and_asset_graph(dagster_dev):
@@ -207,79 +69,6 @@ def test_serves_code_location_and_asset_graph(dagster_dev):
     assert by_key["osm_features"]["isMaterializable"]
     checks = by_key["osm_features"]["assetChecksOrError"]["checks"]
     assert [c["name"] for c in checks] == ["osm_features_channels_covered"]
-
-
-LAUNCH = """
-mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
-  launchPipelineExecution(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId status pipelineName } }
-    ... on PipelineNotFoundError { message }
-    ... on InvalidSubsetError { message }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PythonError { message stack }
-  }
-}"""
-
-RUN_STATUS = """
-query RunStatus($runId: ID!) {
-  runOrError(runId: $runId) {
-    __typename
-    ... on Run { status stepKeysToExecute }
-    ... on RunNotFoundError { message }
-    ... on PythonError { message }
-  }
-}"""
-
-RUN_ERRORS = """
-query RunErrors($runId: ID!) {
-  logsForRun(runId: $runId, limit: 500) {
-    ... on EventConnection { events { __typename ... on MessageEvent { message level stepKey } } }
-  }
-}"""
-
-ASSET_STATE = """
-query AssetState($path: [String!]!) {
-  assetOrError(assetKey: {path: $path}) {
-    __typename
-    ... on Asset {
-      assetMaterializations(limit: 1) {
-        runId
-        metadataEntries {
-          __typename label
-          ... on MarkdownMetadataEntry { mdStr }
-          ... on IntMetadataEntry { intValue }
-          ... on PathMetadataEntry { path }
-          ... on TextMetadataEntry { text }
-        }
-      }
-      assetObservations(limit: 1) { runId tags { key value } }
-      definition {
-        dataVersion
-        assetChecksOrError { ... on AssetChecks { checks { name
-          executionForLatestMaterialization { runId status } } } }
-      }
-    }
-  }
-}"""
-
-
-def _wait_for_run(server: DagsterDev, run_id: str) -> dict:
-    deadline = time.monotonic() + RUN_TIMEOUT
-    seen = []
-    while time.monotonic() < deadline:
-        run = server.graphql(RUN_STATUS, {"runId": run_id})["runOrError"]
-        assert run["__typename"] == "Run", run
-        if not seen or seen[-1] != run["status"]:
-            seen.append(run["status"])
-        if run["status"] == "SUCCESS":
-            return {**run, "seen": seen}
-        if run["status"] in ("FAILURE", "CANCELED"):
-            events = server.graphql(RUN_ERRORS, {"runId": run_id})["logsForRun"].get("events", [])
-            errors = [f"{e.get('stepKey')}: {e['message']}" for e in events if e.get("level") in ("ERROR", "CRITICAL")]
-            pytest.fail(f"run {run_id} ended {run['status']}:\n" + "\n".join(errors))
-        time.sleep(0.5)
-    pytest.fail(f"run {run_id} not finished after {RUN_TIMEOUT:.0f} s (statuses {seen}):\n{server.log_tail()}")
 
 
 def test_materialize_osm_assets_like_the_ui(dagster_dev):
@@ -312,7 +101,7 @@ def test_materialize_osm_assets_like_the_ui(dagster_dev):
     run_id = launched["run"]["runId"]
     assert launched["run"]["pipelineName"] == ASSET_JOB
 
-    run = _wait_for_run(dagster_dev, run_id)
+    run = wait_for_run(dagster_dev, run_id)
     assert {"osm_source", "osm_features"} <= set(run["stepKeysToExecute"]), run
 
     features = dagster_dev.graphql(ASSET_STATE, {"path": ["osm_features"]})["assetOrError"]
