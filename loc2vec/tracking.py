@@ -1,7 +1,8 @@
 """MLflow tracking and registry: a local sqlite store by default, any server URI otherwise.
 
-Every training run logs params, per-epoch metrics and artifacts and registers one new model version,
-tagged with its lineage (Dagster run id, OSM data version, mosaic version, git commit).
+Every training run logs params, per-epoch metrics and artifacts and registers one new model version of the
+place embedding, tagged with its lineage (Dagster run id and link, OSM data version, mosaic version, git
+commit) and described (``loc2vec.model_card``); evaluation and promotion add metrics and champion status.
 """
 
 from __future__ import annotations
