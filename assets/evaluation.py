@@ -78,8 +78,10 @@ def evaluation(
     result = evaluate_stage(trained_model, embeddings, path)
     storage.prune("evaluation", path)
     uri = trained_model.tracking_uri
-    tracking.log_evaluation(
-        uri, trained_model.run_id, {"model": result["model"], **result["baselines"]}, json_text(result)
+    scores = {"model": result["model"], **result["baselines"]}
+    tracking.log_evaluation(uri, trained_model.run_id, scores, json_text(result))
+    tracking.describe_evaluation(
+        uri, trained_model.model_name, trained_model.model_version, scores, MAIN_METRIC, result.get("by_construction")
     )
     promoted = tracking.promote_if_better(
         uri, trained_model.model_name, trained_model.model_version, MAIN_METRIC, result["model"][MAIN_METRIC]

@@ -1,7 +1,8 @@
 """MLflow tracking and registry: a local sqlite store by default, any server URI otherwise.
 
-Every training run logs params, per-epoch metrics and artifacts and registers one new model version,
-tagged with its lineage (Dagster run id, OSM data version, mosaic version, git commit).
+Every training run logs params, per-epoch metrics and artifacts and registers one new model version of the
+place embedding, tagged with its lineage (Dagster run id and link, OSM data version, mosaic version, git
+commit) and described (``loc2vec.model_card``); evaluation and promotion add metrics and champion status.
 """
 
 from __future__ import annotations
@@ -14,15 +15,22 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from loc2vec import model_card
 from loc2vec.errors import ConfigError, Loc2VecError
 from loc2vec.process import ProcessId
 
+if TYPE_CHECKING:
+    from loc2vec.models.encoders import Encoder
+
 MODEL_NAME = "loc2vec-encoder"
 EXPERIMENT = "loc2vec"
+DAGSTER_UI = "http://127.0.0.1:3000"  # default base of dagster_run_url tags ($LOC2VEC_DAGSTER_UI)
+NOTE = "mlflow.note.content"  # the tag the MLflow UI shows (and edits) as a run's description
 OWNER_TAG_PREFIX = "loc2vec.owner."  # the process that runs a training run: pid, host, started
 
 
@@ -124,15 +132,46 @@ def log_json(obj: Any, name: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), name)
 
 
-def register_torch_model(model, name: str, tags: dict[str, str], example, tracking_uri: str) -> tuple[str, str]:
-    """Log ``model`` in the active run and register a new version with ``tags``; returns (version, uri)."""
-    import mlflow.pytorch
+def dagster_run_url(base: str, run_id: str) -> str:
+    """The Dagster UI page of run ``run_id`` (``base``: the UI's root URL)."""
+    return f"{base.rstrip('/')}/runs/{run_id}"
 
+
+def register_place_embedding(
+    model: Encoder,
+    name: str,
+    tags: dict[str, str],
+    io: model_card.EmbeddingIO,
+    description: str,
+    weights_path: str | Path,
+    tracking_uri: str,
+) -> tuple[str, str]:
+    """Log ``model``'s place embedding (``PlaceEmbedding``) in the active run as ``place_embedding`` and
+    register it as a new version of ``name`` with ``tags`` and ``description``; the whole encoder's weights
+    (with the projection head) go to the run's ``encoder/`` artifacts. Returns (version, models:/ URI)."""
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from loc2vec.models.encoders import PlaceEmbedding
+
+    channels = len(io.channel_names)
+    # unnamed specs: pyfunc's predict takes a plain array only when the single input has no name
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, channels, io.crop_px, io.crop_px))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, io.output_dim))]),
+    )
+    mlflow.log_artifact(str(weights_path), "encoder")
     info = mlflow.pytorch.log_model(
-        model,
-        name="model",
+        PlaceEmbedding(model).eval(),
+        name="place_embedding",
         registered_model_name=name,
-        input_example=example,
+        signature=signature,
+        # a batch of 2: torch.export would fix a batch dimension of 1 into the graph
+        input_example=np.zeros((2, channels, io.crop_px, io.crop_px), dtype=np.uint8),
+        metadata={"output": f"place_embedding ({io.output_dim}-d, L2-normalised)", **asdict(io)},
         pip_requirements=["torch", "torchvision", "pytorch-metric-learning"],
         await_registration_for=60,
     )
@@ -140,7 +179,30 @@ def register_torch_model(model, name: str, tags: dict[str, str], example, tracki
     registry = client(tracking_uri)
     for key, value in tags.items():
         registry.set_model_version_tag(name, version, key, str(value))
+    registry.update_registered_model(name, description=model_card.model_description(name, io))
+    registry.update_model_version(name, version, description=description)
     return version, f"models:/{name}/{version}"
+
+
+def _update_version_section(tracking_uri: str, name: str, version: str, heading: str, body: str) -> None:
+    registry = client(tracking_uri)
+    current = registry.get_model_version(name, version).description or ""
+    registry.update_model_version(name, version, description=model_card.with_section(current, heading, body))
+
+
+def describe_evaluation(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    metrics: dict[str, dict[str, float]],
+    main_metric: str,
+    by_construction: dict[str, list[str]] | None = None,
+) -> None:
+    """The version description's evaluation section: metrics of the model vs the baselines."""
+    body = "Held-out test blocks, baselines computed in the same run:\n\n" + model_card.metrics_table(
+        metrics, main_metric, by_construction
+    )
+    _update_version_section(tracking_uri, name, version, model_card.EVALUATION, body)
 
 
 def log_evaluation(tracking_uri: str, run_id: str, metrics: dict[str, dict[str, float]], document_json: str) -> None:
@@ -171,12 +233,32 @@ def log_seed_summary(tracking_uri: str, experiment_id: str, summary: dict, docum
     for stat in ("mean", "std"):
         per_metric = {name: {m: v[stat] for m, v in values.items()} for name, values in embedders.items()}
         flat.update(_flat_metrics(f"eval_{stat}", per_metric))
+    mlflow_client = client(tracking_uri)
+    trained = [mlflow_client.get_run(r["mlflow_run_id"]).data for r in runs]
+    first = trained[0]
+    seeds = ",".join(sorted({str(r["seed"]) for r in runs}, key=int))
+    splits = sorted({r["split_seed"] for r in runs})
+    name = " · ".join(
+        [
+            f"seed summary {first.params.get('encoder', '?')} seeds {seeds}"
+            + (f" splits {','.join(map(str, splits))}" if len(splits) > 1 else ""),
+            f"{first.params.get('epochs', '?')} epochs",
+            first.tags.get("region", "?"),
+        ]
+    )
+    rows = [
+        (r["seed"], r["split_seed"], f"v{r['model_version']}", f"`{r['mlflow_run_id']}`", _link(data.tags))
+        for r, data in zip(runs, trained, strict=True)
+    ]
+    note = f"Mean and std over {len(runs)} training runs (`eval_mean/...`, `eval_std/...`):\n\n" + model_card.table(
+        ["seed", "split seed", "model version", "MLflow run", "Dagster run"], rows
+    )
     tags = {
         "loc2vec.kind": "seed_summary",
         "loc2vec.runs": ",".join(r["mlflow_run_id"] for r in runs),
         "loc2vec.model_versions": ",".join(str(r["model_version"]) for r in runs),
+        NOTE: note,
     }
-    name = f"summary of {len(runs)} runs"
     with using(tracking_uri), mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
         mlflow.log_params(
             {
@@ -187,6 +269,11 @@ def log_seed_summary(tracking_uri: str, experiment_id: str, summary: dict, docum
         mlflow.log_metrics(flat)
         mlflow.log_text(document_json, "evaluation.json")
     return run.info.run_id
+
+
+def _link(tags: dict[str, str]) -> str:
+    run_id = tags.get("dagster_run_id", "")
+    return f"[{run_id[:8]}]({tags['dagster_run_url']})" if "dagster_run_url" in tags else run_id
 
 
 def run_owner_tags() -> dict[str, str]:
@@ -219,20 +306,34 @@ def fail_orphaned_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> list[
 def promote_if_better(
     tracking_uri: str, name: str, version: str, metric: str, value: float, alias: str = "champion"
 ) -> bool:
-    """Give ``version`` the alias when it beats the current holder on ``metric`` (stored as a version tag)."""
+    """Give ``version`` the alias when it beats the current holder on ``metric`` (stored as a version tag);
+    the champion status section of the version descriptions says why (and since when)."""
     from mlflow.exceptions import MlflowException
 
     registry = client(tracking_uri)
     registry.set_model_version_tag(name, version, metric, str(value))
+
+    def status(text: str, of: str = version) -> None:
+        _update_version_section(tracking_uri, name, of, model_card.CHAMPION, text)
+
     if math.isnan(value):  # a version that could not be scored never becomes champion
+        status(f"not promoted: `{metric}` could not be scored")
         return False
     try:
         current = registry.get_model_version_by_alias(name, alias)
     except MlflowException:
         current = None
-    if current is not None and str(current.version) != str(version):
+    if current is not None and str(current.version) == str(version):
+        return True  # already the champion: its status stands
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if current is not None:
         best = float(current.tags.get(metric, "-inf"))
         if not value > best:
+            how = "better" if best > value else "as well"
+            status(f"not promoted: `{alias}` v{current.version} scores {how} on `{metric}` ({best:.4f} vs {value:.4f})")
             return False
+        status(f"`{alias}` until {now}: replaced by v{version} (`{metric}` {value:.4f} vs {best:.4f})", current.version)
     registry.set_registered_model_alias(name, alias, version)
+    previous = "" if current is None else f"; replaced v{current.version}"
+    status(f"`{alias}` since {now} (`{metric}` = {value:.4f}{previous})")
     return True

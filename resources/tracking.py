@@ -20,11 +20,17 @@ class MlflowTracking(dg.ConfigurableResource):
         default="http://127.0.0.1:5000",
         description="Base URL of the MLflow UI, for links in asset metadata ($LOC2VEC_MLFLOW_UI).",
     )
+    dagster_ui_url: str = Field(
+        default=tracking.DAGSTER_UI,
+        description="Base URL of the Dagster UI, for the dagster_run_url links on MLflow runs ($LOC2VEC_DAGSTER_UI).",
+    )
 
     @classmethod
     def from_env(cls) -> "MlflowTracking":
-        """``dg.EnvVar`` for $MLFLOW_TRACKING_URI and $LOC2VEC_MLFLOW_UI when set (shown as such in the UI)."""
-        return cls(**env_fields({"tracking_uri": "MLFLOW_TRACKING_URI", "ui_url": "LOC2VEC_MLFLOW_UI"}))
+        """``dg.EnvVar`` for $MLFLOW_TRACKING_URI, $LOC2VEC_MLFLOW_UI and $LOC2VEC_DAGSTER_UI when set (shown as
+        such in the UI)."""
+        names = {"tracking_uri": "MLFLOW_TRACKING_URI", "ui_url": "LOC2VEC_MLFLOW_UI"}
+        return cls(**env_fields({**names, "dagster_ui_url": "LOC2VEC_DAGSTER_UI"}))
 
     def uri(self, data_dir: str) -> str:
         return self.tracking_uri or tracking.default_tracking_uri(data_dir)
@@ -34,3 +40,6 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def model_url(self, name: str, version: str) -> str:
         return f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
+
+    def dagster_run_url(self, run_id: str) -> str:
+        return tracking.dagster_run_url(self.dagster_ui_url, run_id)

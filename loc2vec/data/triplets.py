@@ -180,6 +180,13 @@ def fixed_triplets(
     Negatives are locations of ``pool_xy`` (default: ``xy``) at least ``r_neg_m`` away. Returns uint8
     arrays (n, S, S, C).
     """
+    return fixed_triplets_with_distances(reader, xy, spec, n, seed, pool_xy)[:3]
+
+
+def fixed_triplets_with_distances(
+    reader: CropReader, xy: np.ndarray, spec: TripletSpec, n: int, seed: int, pool_xy: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``fixed_triplets`` (the same crops) and the ground distances (m) of positive and negative from the anchor."""
     rng = np.random.default_rng([seed, 7919])
     xy = np.asarray(xy, dtype=np.float64)
     pool = xy if pool_xy is None else np.asarray(pool_xy, dtype=np.float64)
@@ -206,4 +213,6 @@ def fixed_triplets(
     )
     ncols, nrows = grid.xy_to_pixel(pool[neg_idx, 0], pool[neg_idx, 1])
     negatives, _ = reader.crops_px(ncols, nrows, spec.crop_px, angles[2])
-    return anchors, positives, negatives
+    positive_m = radius * grid.resolution
+    negative_m = np.hypot(*(pool[neg_idx] - xy[a_idx]).T)
+    return anchors, positives, negatives, positive_m, negative_m

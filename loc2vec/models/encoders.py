@@ -130,6 +130,18 @@ class Encoder(nn.Module):
         return self.head.in_features
 
 
+class PlaceEmbedding(nn.Module):
+    """The encoder as the rest of the system uses it: ``forward`` is ``Encoder.embed``, the place embedding
+    (what the registered MLflow model returns; the projection head stays inside, unused)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embed(x)
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """Everything that rebuilds an encoder's architecture (saved with its weights)."""

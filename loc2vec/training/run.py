@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loc2vec import __version__, tracking
+from loc2vec import __version__, model_card, tracking
 from loc2vec.data.crops import CropReader
 from loc2vec.data.locations import SamplesManifest
-from loc2vec.data.triplets import fixed_triplets
+from loc2vec.data.triplets import fixed_triplets_with_distances
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import load_encoder, save_encoder
 from loc2vec.preview import composite, png_bytes
@@ -48,11 +48,74 @@ class ModelManifest:
         return load_encoder(self.weights_path)
 
 
-def triplet_picture(reader: CropReader, xy: np.ndarray, config: TrainConfig, n: int = 4) -> bytes:
-    """Rows of anchor | positive | negative composites, for the run's artifacts."""
-    a, p, neg = fixed_triplets(reader, xy, config.triplet_spec(), n, config.seed + 1)
-    rows = [np.concatenate([composite(x[i].transpose(2, 0, 1)) for x in (a, p, neg)], axis=1) for i in range(n)]
-    return png_bytes(np.concatenate(rows, axis=0))
+@dataclass(frozen=True)
+class TripletPicture:
+    """A labelled picture of sample triplets and the labels drawn on it (column headers, then row captions)."""
+
+    png: bytes
+    labels: list[str]
+    positive_m: list[float]
+    negative_m: list[float]
+
+
+def triplet_picture(reader: CropReader, xy: np.ndarray, config: TrainConfig, n: int = 4) -> TripletPicture:
+    """Rows of anchor | positive | negative composites under column labels, each positive and negative
+    captioned with its ground distance from the anchor (m), for the run's artifacts."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    a, p, neg, pos_m, neg_m = fixed_triplets_with_distances(reader, xy, config.triplet_spec(), n, config.seed + 1)
+    tile = max(config.crop_px, 128)  # small crops are scaled up so that the captions fit
+    header, caption, gap = 22, 18, 4
+    font = ImageFont.load_default(size=13)
+    columns = ["anchor", f"positive: < {config.r_pos_m:g} m", f"negative: > {config.r_neg_m:g} m"]
+    if config.r_context_m is not None:
+        columns[1] = f"positive: < {config.r_context_m:g} m"
+    canvas = Image.new("RGB", (3 * tile + 2 * gap, header + len(a) * (caption + tile + gap)), (32, 32, 32))
+    draw = ImageDraw.Draw(canvas)
+    labels = list(columns)
+    for j, text in enumerate(columns):
+        draw.text((j * (tile + gap) + 3, 4), text, fill=(255, 255, 255), font=font)
+    for i in range(len(a)):
+        y = header + i * (caption + tile + gap)
+        captions = [f"#{i + 1}", f"{pos_m[i]:.0f} m away", f"{neg_m[i]:.0f} m away"]  # ground distance from the anchor
+        for j, (crop, text) in enumerate(zip((a[i], p[i], neg[i]), captions, strict=True)):
+            draw.text((j * (tile + gap) + 3, y + 2), text, fill=(230, 230, 120), font=font)
+            picture = Image.fromarray(composite(crop.transpose(2, 0, 1))).resize((tile, tile), Image.NEAREST)
+            canvas.paste(picture, (j * (tile + gap), y + caption))
+        labels += captions
+    return TripletPicture(png_bytes(np.asarray(canvas)), labels, pos_m.tolist(), neg_m.tolist())
+
+
+def run_name(config: TrainConfig, region: str) -> str:
+    """What a training run is, at a glance in the MLflow run list."""
+    return f"train {config.encoder} seed {config.seed} · {config.epochs} epochs · {region}"
+
+
+def training_summary(config: TrainConfig, device: DeviceSpec, n_train: int, n_val: int) -> dict[str, object]:
+    """The training config's essentials (the version description's training table)."""
+    positives = f"≤ {config.r_pos_m:g} m"
+    if config.r_context_m is not None:
+        positives += f" ({config.context_share:.0%} of anchors ≤ {config.r_context_m:g} m)"
+    return {
+        "encoder": f"`{config.encoder}`, {config.embedding_dim}-d projection head for the loss",
+        "loss": f"`{config.loss}` (margin {config.margin:g}, `{config.mining}` mining)",
+        "positives / negatives": f"{positives} / ≥ {config.r_neg_m:g} m",
+        "epochs × steps × batch": f"{config.epochs} × {config.steps_per_epoch} × {config.batch_size}",
+        "lr, weight decay": f"{config.lr:g}, {config.weight_decay:g}",
+        "seed": config.seed,
+        "anchors train / val": f"{n_train} / {n_val}",
+        "device": device.describe(),
+    }
+
+
+def run_note(config: TrainConfig, region: str, tags: dict[str, str], registered: str = "") -> str:
+    """The run's description (``mlflow.note.content``): what ran, the link back to Dagster, the model."""
+    lines = [f"Triplet training of `{config.encoder}` (seed {config.seed}, {config.epochs} epochs) on **{region}**."]
+    if "dagster_run_url" in tags:
+        lines.append(f"Dagster run: [{tags.get('dagster_run_id', 'run')}]({tags['dagster_run_url']})")
+    if registered:
+        lines.append(registered)
+    return "\n\n".join(lines)
 
 
 def check_split_fits(config: TrainConfig, samples: SamplesManifest) -> None:
@@ -83,8 +146,12 @@ def train_and_register(
     log=print,
     progress=None,
 ) -> ModelManifest:
-    """Train (resuming from ``out_dir/checkpoints`` if a run was interrupted) and register the model;
-    ``progress(epochs_done, epochs)`` is called after every epoch."""
+    """Train (resuming from ``out_dir/checkpoints`` if a run was interrupted) and register the place embedding;
+    ``progress(epochs_done, epochs)`` is called after every epoch.
+
+    ``lineage_tags`` go on the run and the version (``region``, ``osm_bbox``, ``dagster_run_id``,
+    ``dagster_run_url``, ``git_commit``, ...) and into the version's description.
+    """
     import mlflow
 
     check_split_fits(config, samples)
@@ -92,15 +159,24 @@ def train_and_register(
     reader = CropReader.from_store(mosaic_path)
     train_xy, val_xy = samples.xy("train"), samples.xy("val")
     out = Path(out_dir)
-    tags = {**lineage_tags, "mosaic_version": mosaic_version, "osm_sha256": osm_sha256}
-    run_tags = {**tags, **tracking.run_owner_tags()}
-    with tracking.using(tracking_uri), mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
+    tags = {
+        **lineage_tags,
+        "mosaic_version": mosaic_version,
+        "osm_sha256": osm_sha256,
+        "samples_version": Path(samples.path).stem,
+    }
+    region = tags.get("region", Path(mosaic_path).name)
+    run_tags = {**tags, **tracking.run_owner_tags(), tracking.NOTE: run_note(config, region, tags)}
+    with (
+        tracking.using(tracking_uri),
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name(config, region), tags=run_tags) as run,
+    ):
         mlflow.log_params({**config.to_dict(), "device": device.describe(), "loc2vec_version": __version__})
         mlflow.log_params(device.reproducibility())
         mlflow.log_params({"n_train_anchors": len(train_xy), "n_val_anchors": len(val_xy)})
         tracking.log_json(config.to_dict(), "config.json")
         mlflow.log_text(schema_json, "channel_schema.json")
-        mlflow.log_image(np.asarray(_decode(triplet_picture(reader, train_xy, config))), "sample_triplets.png")
+        mlflow.log_image(_decode(triplet_picture(reader, train_xy, config).png), "sample_triplets.png")
         started = time.perf_counter()
 
         def on_epoch(m: EpochMetrics) -> None:
@@ -127,8 +203,24 @@ def train_and_register(
         mlflow.log_param("representation_dim", result.model.representation_dim)
         weights = out / "model.pt"
         save_encoder(result.model, weights)
-        example = np.zeros((1, reader.channels, config.crop_px, config.crop_px), dtype=np.uint8)
-        version, uri = tracking.register_torch_model(result.model, model_name, tags, example, tracking_uri)
+        io = model_card.EmbeddingIO(
+            crop_px=config.crop_px,
+            m_per_px=float(reader.grid.resolution),
+            channel_names=tuple(reader.channel_names),
+            output_dim=result.model.representation_dim,
+            encoder=config.encoder,
+            projection_dim=config.embedding_dim,
+        )
+        essentials = training_summary(config, device, len(train_xy), len(val_xy))
+        best = next((h for h in result.history if h.epoch == result.best_epoch), None)
+        if best is not None:
+            essentials["best epoch (val triplet acc)"] = f"{best.epoch} ({best.val_triplet_accuracy:.3f})"
+        description = model_card.version_description(io, tags, essentials, tags.get("dagster_run_url"))
+        version, uri = tracking.register_place_embedding(
+            result.model, model_name, tags, io, description, weights, tracking_uri
+        )
+        registered = f"Registered as `{model_name}` version {version}: the {io.output_dim}-d place embedding."
+        mlflow.set_tag(tracking.NOTE, run_note(config, region, tags, registered))
         return ModelManifest(
             weights_path=str(weights),
             config=config.to_dict(),

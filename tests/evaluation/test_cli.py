@@ -46,6 +46,8 @@ def test_seeds_give_mean_and_std_in_the_json_and_in_mlflow(run_dir):
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}")
     summary = client.get_run(doc["mlflow_summary_run_id"])
     assert summary.data.tags["loc2vec.runs"].split(",") == [r["mlflow_run_id"] for r in runs]
+    assert summary.info.run_name == f"seed summary small_cnn seeds 0,1 · 1 epochs · {MONACO.name.split('.')[0]}"
+    assert all(f"v{r['model_version']}" in summary.data.tags["mlflow.note.content"] for r in runs)
     assert summary.data.metrics["eval_mean/model/triplet_accuracy"] == pytest.approx(stats["mean"])
     assert summary.data.metrics["eval_std/model/triplet_accuracy"] == pytest.approx(stats["std"])
     for r in runs:  # each training run holds its own evaluation

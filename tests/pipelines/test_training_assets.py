@@ -48,6 +48,13 @@ def _assert_evaluation_outputs(instance, client, version) -> None:
     assert "| landuse_recall_at_10 |" in table and "(by construction)" in table
     assert evaluation["champion"].value is True  # the first scored version becomes champion
     assert str(client.get_model_version_by_alias("loc2vec-encoder", "champion").version) == str(version.version)
+    described = client.get_model_version("loc2vec-encoder", version.version).description
+    for lineage in ("monaco_region_2016", version.tags["osm_sha256"], version.tags["mosaic_version"]):
+        assert f"`{lineage}`" in described
+    assert f"`{version.tags['samples_version']}`" in described and "| loss | `triplet`" in described
+    assert "| **landuse_recall_at_10** |" in described and "| metric | model | channel_stats |" in described
+    assert "## Champion status\n\n`champion` since " in described
+    assert "160-d place embedding" in client.get_registered_model("loc2vec-encoder").description
     run_metrics = client.get_run(version.run_id).data.metrics
     assert {"eval/model/triplet_accuracy", "eval/untrained/triplet_accuracy"} <= set(run_metrics)
     assert "evaluation.json" in {a.path for a in client.list_artifacts(version.run_id)}
@@ -75,6 +82,10 @@ def test_each_training_materialization_registers_one_tagged_version(tmp_path):
         assert "/runs/" in meta["mlflow_run"].value
         run = client.get_run(versions[0].run_id)
         assert run.data.params["encoder"] == "small_cnn"
+        assert run.info.run_name == "train small_cnn seed 0 · 2 epochs · monaco_region_2016"
+        dagster_url = f"http://127.0.0.1:3000/runs/{first['main_job'].run_id}"
+        assert run.data.tags["dagster_run_url"] == dagster_url
+        assert f"]({dagster_url})" in run.data.tags["mlflow.note.content"]
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "channel_schema.json", "sample_triplets.png"} <= artifacts
@@ -90,6 +101,9 @@ def test_each_training_materialization_registers_one_tagged_version(tmp_path):
         _, versions = _versions(tmp_path)
         assert sorted(str(v.version) for v in versions) == ["1", "2"]
         assert {v.tags["dagster_run_id"] for v in versions} == {first["main_job"].run_id, second.run_id}
+        second_version = next(v for v in versions if str(v.version) == "2")
+        status = second_version.description.split("## Champion status\n\n")[1]
+        assert status.startswith(("`champion` since ", "not promoted: `champion` v1 scores "))
 
 
 @pytest.mark.slow
