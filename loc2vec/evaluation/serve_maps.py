@@ -38,8 +38,9 @@ class _MapsHandler(SimpleHTTPRequestHandler):
     """Static files of the data dir's ``maps/`` only; anything else is 404."""
 
     def send_head(self):
-        parts = [p for p in self.path.split("?", 1)[0].split("/") if p]
-        if not parts or parts[0] != SERVED:
+        root = Path(self.directory, SERVED).resolve()
+        target = Path(self.translate_path(self.path)).resolve()  # after "..", "%2e%2e" and symlinks
+        if not target.is_relative_to(root):
             self.send_error(404, "only map pages are served here")
             return None
         return super().send_head()
