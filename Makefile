@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: dagster-home install run test test-fast lint bench ui mlflow-ui clean
+.PHONY: dagster-home install run test test-fast lint bench ui mlflow-ui maps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ MLFLOW_STORE = $(if $(MLFLOW_TRACKING_URI),$(MLFLOW_TRACKING_URI),sqlite:///$(ab
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri $(MLFLOW_STORE)
+
+## Serve the data dir's map pages on http://127.0.0.1:$LOC2VEC_MAPS_PORT (default 8765); the maps asset links there.
+maps: install
+	$(BIN)/python -m loc2vec.evaluation.serve_maps --dir $(LOC2VEC_DATA_DIR)
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -158,13 +158,16 @@ def maps(
     trained_model: ModelManifest, embeddings: EmbeddingsManifest, storage: ProjectStorage
 ) -> dg.Output[MapsManifest]:
     out_dir = _model_dir(storage, "maps", trained_model)
+    from loc2vec.evaluation.serve_maps import page_url
+
     manifest = build_maps(trained_model, embeddings, out_dir)
     storage.prune("maps", out_dir)
+    # http links (browsers refuse file:// from the UI): `make maps` serves them, $LOC2VEC_MAPS_URL overrides
     return dg.Output(
         manifest,
         metadata={
-            "embedding_map": dg.MetadataValue.url(Path(manifest.embedding_map).resolve().as_uri()),
-            "projector": dg.MetadataValue.url(Path(manifest.projector).resolve().as_uri()),
+            "embedding_map": dg.MetadataValue.url(page_url(manifest.embedding_map, storage.data_dir)),
+            "projector": dg.MetadataValue.url(page_url(manifest.projector, storage.data_dir)),
             "embedding_map_path": dg.MetadataValue.path(manifest.embedding_map),
             "projector_path": dg.MetadataValue.path(manifest.projector),
             "map_points": manifest.n_map_points,

@@ -10,7 +10,7 @@ from assets.progress import progress_extra
 from loc2vec.data.crops import CropReader
 from loc2vec.grid import block_keys, check_blocks_per_side
 from loc2vec.osm.layers import FeaturesManifest
-from loc2vec.preview import channel_panel, composite, markdown_image, overview, png_bytes
+from loc2vec.preview import channel_panel, composite, markdown_image, overview, overview_step, png_bytes, region_inside
 from loc2vec.render.mosaic import MosaicManifest, render_mosaic
 from loc2vec.store.mosaic import inspect_mosaic, open_mosaic
 from resources import MapnikRenderer, ProjectStorage
@@ -94,7 +94,8 @@ def raster_mosaic(context: dg.AssetExecutionContext, raster_blocks: dict[str, Mo
     if not report.complete:  # recorded, and the blocking "complete" check below keeps it from downstream
         context.log.error(f"mosaic {first.path} is missing units {report.missing_units[:10]}: render every block")
     names = first.channel_names
-    picture = composite(overview(store, 1024))
+    inside = region_inside(store.grid, overview_step(store.grid, 1024))
+    picture = composite(overview(store, 1024), names, inside=inside)  # light land, blue water and sea
     overview_path = storage.path("mosaic", f"{first.version}_overview.png")
     overview_path.write_bytes(png_bytes(picture))
     panel = channel_panel(_sample_previews(store), names)

@@ -1,31 +1,55 @@
-"""Pictures of the mosaic: per-channel panels of crops and a false-colour composite of the region."""
+"""Pictures of the mosaic: labelled per-channel panels of crops and a false-colour composite of the region.
+
+The composite is drawn on a light land background; water is blue, and so is open sea, which OSM maps as
+a coastline line rather than an area (see :func:`sea_mask`), so the sea does not look like empty land.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-# One colour per channel (RGB), drawn in channel order so later channels sit on top.
+LAND = np.array([242, 239, 233], dtype=np.float32)  # empty land: the light background of every composite
+WATER = np.array([110, 165, 225], dtype=np.float32)
+
+# One colour per channel (RGB), by position in the schema (the default schema's order), readable on LAND.
 PALETTE = np.array(
     [
-        [255, 80, 40],
-        [250, 200, 60],
-        [200, 140, 255],
-        [120, 120, 120],
-        [230, 60, 90],
-        [40, 120, 255],
-        [60, 200, 80],
-        [200, 170, 120],
-        [255, 255, 255],
-        [255, 120, 220],
-        [0, 220, 220],
-        [160, 90, 30],
+        [230, 110, 40],  # roads_major
+        [135, 135, 145],  # roads_minor
+        [170, 90, 200],  # paths
+        [55, 55, 55],  # railways
+        [190, 160, 145],  # buildings
+        WATER,  # water
+        [140, 200, 120],  # green
+        [226, 203, 168],  # landuse
+        [215, 45, 45],  # amenities
+        [240, 140, 200],  # leisure
+        [0, 160, 180],  # transport
+        [150, 95, 55],  # power_boundaries
     ],
     dtype=np.float32,
 )
+# Areas first, then buildings, lines and points, so small features are not hidden under land-use fills.
+DRAW_ORDER = [
+    "landuse",
+    "green",
+    "leisure",
+    "water",
+    "buildings",
+    "power_boundaries",
+    "railways",
+    "paths",
+    "roads_minor",
+    "roads_major",
+    "transport",
+    "amenities",
+]
+LABEL_FONT_PX = 11
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -38,45 +62,165 @@ def markdown_image(png: bytes, alt: str = "image") -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
-def composite(channels: np.ndarray) -> np.ndarray:
-    """``(C, H, W)`` uint8 -> ``(H, W, 3)`` false-colour picture (alpha-over in channel order)."""
-    out = np.zeros((*channels.shape[1:], 3), dtype=np.float32)
-    for index in range(channels.shape[0]):
+def channel_color(index: int) -> tuple[int, int, int]:
+    r, g, b = PALETTE[index % len(PALETTE)].astype(int).tolist()
+    return r, g, b
+
+
+def _draw_order(names: Sequence[str] | None, n: int) -> list[int]:
+    """Channel indices in drawing order: known names by :data:`DRAW_ORDER`, others after, in schema order."""
+    if names is None:
+        return list(range(n))
+    rank = {name: i for i, name in enumerate(DRAW_ORDER)}
+    return sorted(range(n), key=lambda i: (rank.get(names[i], len(DRAW_ORDER)), i))
+
+
+def sea_mask(channels: np.ndarray, water: int, inside: np.ndarray | None = None, min_water_share: float = 0.3):
+    """``(H, W)`` bool: empty pixels that are open sea.
+
+    OSM draws the sea only as its coastline (in the water channel). A connected empty region that reaches
+    the edge of the region (``inside``: pixels within the rendered region; default all) and whose rim is at
+    least ``min_water_share`` water is taken for sea; empty land is rimmed by roads, land use, boundaries.
+    """
+    from scipy import ndimage
+
+    inside = np.ones(channels.shape[1:], bool) if inside is None else inside
+    empty = (channels.max(axis=0) == 0) & inside
+    labels, n = ndimage.label(empty)
+    is_water = channels[water] > 0
+    rim, wet, edge = np.zeros(n + 1), np.zeros(n + 1), np.zeros(n + 1)
+    lo, hi, every = slice(None, -1), slice(1, None), slice(None)
+    pairs = [((lo, every), (hi, every)), ((hi, every), (lo, every)), ((every, lo), (every, hi))]
+    for here, there in [*pairs, ((every, hi), (every, lo))]:
+        a = labels[here]
+        drawn = (a > 0) & ~empty[there] & inside[there]  # an empty pixel beside a drawn one: its region's rim
+        rim += np.bincount(a[drawn], minlength=n + 1)
+        wet += np.bincount(a[drawn], weights=is_water[there][drawn], minlength=n + 1)
+        edge += np.bincount(a[(a > 0) & ~inside[there]], minlength=n + 1)
+    edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] += 1
+    sea = (edge > 0) & (wet >= min_water_share * np.maximum(rim, 1))
+    sea[0] = False
+    return sea[labels]
+
+
+def region_inside(grid, step: int = 1) -> np.ndarray:
+    """``(h, w)`` bool over an overview of ``grid`` (``step`` px per pixel): True within the region.
+
+    The region is a lon/lat box whose features are clipped to it; the grid is its envelope in a metric
+    CRS, so the box is taken as the largest lon/lat rectangle inside the grid's corners.
+    """
+    h, w = -(-grid.height // step), -(-grid.width // step)
+    lon_c, lat_c = grid.pixel_to_lonlat(
+        np.array([0, grid.width, 0, grid.width]), np.array([0, 0, grid.height, grid.height])
+    )
+    west, east = max(lon_c[0], lon_c[2]), min(lon_c[1], lon_c[3])
+    south, north = max(lat_c[2], lat_c[3]), min(lat_c[0], lat_c[1])
+    cols, rows = np.meshgrid((np.arange(w) + 0.5) * step, (np.arange(h) + 0.5) * step)
+    lon, lat = grid.pixel_to_lonlat(cols, rows)
+    pad = step * grid.resolution / 111_000 * 2  # degrees: two overview pixels of tolerance
+    return (lon >= west - pad) & (lon <= east + pad) & (lat >= south - pad) & (lat <= north + pad)
+
+
+def composite(
+    channels: np.ndarray, names: Sequence[str] | None = None, sea: bool = True, inside: np.ndarray | None = None
+) -> np.ndarray:
+    """``(C, H, W)`` uint8 -> ``(H, W, 3)`` false-colour picture on a light land background.
+
+    Channels are alpha-blended in :data:`DRAW_ORDER` when ``names`` are given (else in schema order); with
+    a channel named ``water`` and ``sea``, open sea (:func:`sea_mask` within ``inside``) is filled blue.
+    """
+    c = channels.shape[0]
+    out = np.broadcast_to(LAND, (*channels.shape[1:], 3)).copy()
+    if names is not None and sea and "water" in names:
+        out[sea_mask(channels, list(names).index("water"), inside)] = WATER
+    for index in _draw_order(names, c):
         alpha = channels[index].astype(np.float32)[..., None] / 255.0
         out = out * (1 - alpha) + PALETTE[index % len(PALETTE)] * alpha
     return out.clip(0, 255).astype(np.uint8)
 
 
-def channel_panel(crops: np.ndarray, names: list[str], cell: int = 64) -> np.ndarray:
-    """``(N, C, S, S)`` crops -> one picture: a row per crop, a column per channel, composite last."""
+def channel_tile(channel: np.ndarray, index: int) -> np.ndarray:
+    """One channel ``(H, W)`` as its palette colour on the land background, ``(H, W, 3)`` uint8."""
+    alpha = channel.astype(np.float32)[..., None] / 255.0
+    return (LAND * (1 - alpha) + PALETTE[index % len(PALETTE)] * alpha).clip(0, 255).astype(np.uint8)
+
+
+def channel_strip(crop: np.ndarray, names: Sequence[str] | None = None, cell: int = 48) -> np.ndarray:
+    """``(C, S, S)`` crop -> ``(cell, (C + 1) * cell, 3)``: each channel's tile, then the composite."""
+    tiles = [channel_tile(crop[j], j) for j in range(crop.shape[0])] + [composite(crop, names)]
+    return np.concatenate([np.asarray(Image.fromarray(t).resize((cell, cell), Image.NEAREST)) for t in tiles], axis=1)
+
+
+def _wrap(name: str, width: int, font) -> list[str]:
+    """``name`` in lines no wider than ``width`` px, broken after ``_``/``-``/space (whole words kept)."""
+    words, word = [], ""
+    for ch in name:
+        word += ch
+        if ch in "_- ":
+            words.append(word)
+            word = ""
+    if word:
+        words.append(word)
+    lines = [""]
+    for w in words:
+        if lines[-1] and font.getlength(lines[-1] + w) > width:
+            lines.append(w)
+        else:
+            lines[-1] += w
+    return lines
+
+
+def channel_panel(crops: np.ndarray, names: list[str], cell: int = 64, columns: int | None = None) -> np.ndarray:
+    """``(N, C, S, S)`` crops -> one labelled picture: per crop, a grid of ``columns`` tiles (each channel
+    in its colour, the composite last), every tile's full name under it (wrapped, never cut)."""
     n, c = crops.shape[:2]
-    gap, header = 2, 14
-    width = (c + 1) * (cell + gap)
-    height = header + n * (cell + gap)
-    canvas = Image.new("RGB", (width, height), (32, 32, 32))
+    columns = c + 1 if columns is None else max(1, columns)
+    font = ImageFont.load_default(size=LABEL_FONT_PX)
+    labels = [*names, "composite"]
+    width = max(cell, max(int(font.getlength(w)) for name in labels for w in _wrap(name, cell, font)) + 4)
+    lines = [_wrap(name, width - 4, font) for name in labels]
+    line_px = LABEL_FONT_PX + 3
+    label_px = max(len(x) for x in lines) * line_px + 2
+    gap = 4
+    rows = -(-(c + 1) // columns)
+    tile_w, tile_h = width + gap, cell + label_px + gap
+    canvas = Image.new("RGB", (columns * tile_w + gap, n * rows * tile_h + (n - 1) * gap + gap), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    for j, name in enumerate([*names, "composite"]):
-        draw.text((j * (cell + gap) + 2, 1), name[:10], fill=(230, 230, 230))
     for i in range(n):
-        y = header + i * (cell + gap)
-        for j in range(c):
-            tile = Image.fromarray(crops[i, j]).resize((cell, cell), Image.NEAREST)
-            canvas.paste(tile.convert("RGB"), (j * (cell + gap), y))
-        comp = Image.fromarray(composite(crops[i])).resize((cell, cell), Image.NEAREST)
-        canvas.paste(comp, (c * (cell + gap), y))
+        strip = channel_strip(crops[i], names, cell)
+        for j in range(c + 1):
+            x = gap + (j % columns) * tile_w
+            y = gap + (i * rows + j // columns) * tile_h + i * gap
+            tile = Image.fromarray(strip[:, j * cell : (j + 1) * cell])
+            canvas.paste(tile, (x + (width - cell) // 2, y))
+            draw.rectangle(
+                (x + (width - cell) // 2 - 1, y - 1, x + (width + cell) // 2, y + cell), outline=(160, 160, 160)
+            )
+            for k, line in enumerate(lines[j]):
+                draw.text((x + width / 2, y + cell + 2 + k * line_px), line, fill=(20, 20, 20), font=font, anchor="ma")
     return np.asarray(canvas)
 
 
 def overview(store, max_px: int = 1024) -> np.ndarray:
-    """A strided ``(C, h, w)`` overview of the whole mosaic, read unit by unit (bounded memory)."""
+    """A ``(C, h, w)`` overview of the whole mosaic, ``step`` x ``step`` pixels max-pooled into one (thin
+    lines stay visible), read unit by unit (bounded memory). ``step = ceil(max(H, W) / max_px)``."""
     grid = store.grid
-    step = max(1, int(np.ceil(max(grid.width, grid.height) / max_px)))
-    out = np.zeros((store.mosaic.shape[0], -(-grid.height // step), -(-grid.width // step)), np.uint8)
+    step = overview_step(grid, max_px)
+    c = store.mosaic.shape[0]
+    h, w = -(-grid.height // step), -(-grid.width // step)
+    out = np.zeros((c, h, w), np.uint8)
     for unit in grid.units():
-        w = grid.unit_window(*unit)
-        r0, c0 = -(-w.row0 // step) * step, -(-w.col0 // step) * step
-        if r0 >= w.row1 or c0 >= w.col1:
-            continue
-        part = store.mosaic[:, r0 : w.row1 : step, c0 : w.col1 : step]
-        out[:, r0 // step : r0 // step + part.shape[1], c0 // step : c0 // step + part.shape[2]] = part
+        win = grid.unit_window(*unit)
+        r0, c0 = win.row0 // step, win.col0 // step
+        r1, c1 = -(-win.row1 // step), -(-win.col1 // step)
+        part = store.mosaic[:, r0 * step : min(r1 * step, grid.height), c0 * step : min(c1 * step, grid.width)]
+        padded = np.zeros((c, (r1 - r0) * step, (c1 - c0) * step), np.uint8)
+        padded[:, : part.shape[1], : part.shape[2]] = part
+        pooled = padded.reshape(c, r1 - r0, step, c1 - c0, step).max(axis=(2, 4))
+        np.maximum(out[:, r0:r1, c0:c1], pooled, out=out[:, r0:r1, c0:c1])
     return out
+
+
+def overview_step(grid, max_px: int = 1024) -> int:
+    """Mosaic pixels per overview pixel along each axis."""
+    return max(1, int(np.ceil(max(grid.width, grid.height) / max_px)))

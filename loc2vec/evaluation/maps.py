@@ -1,15 +1,17 @@
-"""The evaluation's two pages as self-contained HTML files that work offline.
+"""The evaluation's pages as self-contained HTML files that work offline.
 
 * :func:`embedding_map`: a Leaflet map (built with folium) of the region, one circle marker per location
   coloured by its k-means cluster, a legend with cluster ids and counts, and a popup with the location's
-  12-channel preview picture.
+  channels, each labelled, and their composite.
+* :func:`similar_map`: a similarity query and its results, ranked, with embedding and ground distances.
 * :func:`projector`: a plotly scatter of the embeddings projected to 2-D, with a menu switching between
   PCA, UMAP and t-SNE, points coloured by label; hovering a point shows its tile beside the plot.
 
-Neither page fetches anything at run time: Leaflet 1.9.4 (BSD-2-Clause, vendored in ``static/leaflet``)
-and plotly.js are inlined, pictures are ``data:`` URIs and the map has no tile layer unless one is asked
-for. Both carry the OpenStreetMap attribution of the data they are rendered from.
-"""
+Both maps share :func:`leaflet_page`; their base layer is the region's own rendered composite
+(:func:`region_base_layer`), warped into Web Mercator and embedded as an image overlay. No page fetches
+anything at run time: Leaflet 1.9.4 (BSD-2-Clause, vendored in ``static/leaflet``) and plotly.js are
+inlined, pictures are ``data:`` URIs and a map has no tile layer unless one is asked for. All carry the
+OpenStreetMap attribution of the data they are rendered from."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import re
 import struct
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -34,15 +37,24 @@ OSM_ATTRIBUTION = "© OpenStreetMap contributors"
 OSM_COPYRIGHT_URL = "https://www.openstreetmap.org/copyright"
 OSM_ATTRIBUTION_HTML = f'<a href="{OSM_COPYRIGHT_URL}">{OSM_ATTRIBUTION}</a>'
 
-# Categorical palette: Tableau 10, then its lighter companions (tab20); more clusters get golden-angle hues.
-CATEGORICAL = [
-    *("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"),
-    *("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"),
-]
-
+TABLEAU10 = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 PROJECTIONS = {"pca": "PCA", "umap": "UMAP", "tsne": "t-SNE"}
 
 POPUP_MIN_PX = 128  # previews narrower than this are shown enlarged by an integer factor in the popup
+POPUP_TILE_PX = 48  # a channel tile in a popup; the composite is shown 3x as large
+POPUP_COLUMNS = 4
+EARTH_RADIUS = 6378137.0  # metres: the sphere of Web Mercator (EPSG:3857)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # <script src="http..."> and <link href="http..."> (any attribute order): things a page would fetch.
 _EXTERNAL_ASSET = re.compile(
@@ -51,21 +63,43 @@ _EXTERNAL_ASSET = re.compile(
 )
 
 
+def hex_rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def srgb_to_lab(rgb) -> np.ndarray:
+    """``(..., 3)`` sRGB 0-255 -> CIELAB (D65): Euclidean distance there is CIE76 delta E."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = linear @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+@cache
+def _palette(n: int) -> tuple[str, ...]:
+    chosen = [srgb_to_lab(hex_rgb(c)) for c in TABLEAU10[:n]]
+    levels = np.arange(0, 256, 17)
+    candidates = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    lab = srgb_to_lab(candidates)
+    usable = (lab[:, 0] >= 35) & (lab[:, 0] <= 85)  # neither near-black nor near-white: legible on white and map
+    candidates, lab = candidates[usable], lab[usable]
+    colors = list(TABLEAU10[:n])
+    nearest = np.full(len(lab), np.inf)
+    for c in chosen:
+        nearest = np.minimum(nearest, np.linalg.norm(lab - c, axis=1))
+    while len(colors) < n:
+        k = int(np.argmax(nearest))  # farthest from every colour so far (first of ties: deterministic)
+        colors.append("#" + "".join(f"{int(v):02x}" for v in candidates[k]))
+        nearest = np.minimum(nearest, np.linalg.norm(lab - lab[k], axis=1))
+    return tuple(colors)
+
+
 def categorical_colors(n: int) -> list[str]:
-    """``n`` distinct colours (hex), the first 20 from tab10/tab20."""
-    colors = list(CATEGORICAL[:n])
-    for i in range(len(colors), n):
-        hue = (i * 137.508) % 360  # golden angle: successive hues stay far apart
-        colors.append(_hsl_hex(hue, 0.65, 0.5 if i % 2 else 0.38))
-    return colors
-
-
-def _hsl_hex(hue: float, sat: float, light: float) -> str:
-    c = (1 - abs(2 * light - 1)) * sat
-    x = c * (1 - abs((hue / 60) % 2 - 1))
-    m = light - c / 2
-    r, g, b = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(hue // 60) % 6]
-    return "#" + "".join(f"{round((v + m) * 255):02x}" for v in (r, g, b))
+    """``n`` distinct colours (hex): Tableau 10, then each next colour the one farthest in CIELAB from all
+    before it (lightness 35-85), so no two are alike: the minimum CIE76 distance stays large as ``n`` grows."""
+    return list(_palette(n))
 
 
 def png_data_uri(png: bytes) -> str:
@@ -128,60 +162,165 @@ def _check_lengths(n: int, **arrays) -> None:
 # --------------------------------------------------------------------------------------------- the map
 
 
-def embedding_map(
-    lon,
-    lat,
-    clusters,
-    previews: Sequence[bytes],
-    out_path: str | Path,
-    title: str = "Location embeddings: k-means clusters",
-    *,
-    tiles: str | None = None,
-    tiles_attr: str | None = None,
-    radius: float = 5.0,
-) -> Path:
-    """Write a self-contained Leaflet map of the locations, coloured by cluster, to ``out_path``.
+@dataclass(frozen=True)
+class BaseLayer:
+    """A picture of the region in Web Mercator (PNG, transparent outside the region) and its WGS84
+    ``bounds`` ``((south, west), (north, east))``: Leaflet stretches it linearly between them."""
 
-    ``lon``/``lat`` are WGS84 degrees, ``clusters`` integer cluster ids and ``previews[i]`` the PNG bytes
-    of location ``i``'s picture, shown in the popup of its marker. ``tiles`` is an optional tile URL (or
-    folium tile name) for a background; by default there is none, so the page needs no network. The map
-    is fitted to the points and carries the OpenStreetMap attribution.
-    """
-    import folium
-    from branca.element import Element, MacroElement
-    from folium.template import Template
+    png: bytes
+    bounds: tuple[tuple[float, float], tuple[float, float]]
 
+
+@dataclass(frozen=True)
+class Marker:
+    """One point of a map page: where, how it looks and what its tooltip and popup say (HTML)."""
+
+    lat: float
+    lon: float
+    fill: str
+    tooltip: str
+    popup: str
+    popup_width: int = 300
+    radius: float = 5.0
+    stroke: str = "#222222"
+    weight: float = 1.0
+    label: str | None = None  # a permanent label beside the marker (e.g. a rank)
+
+
+def _mercator(lon, lat):
+    """WGS84 degrees -> Web Mercator metres (EPSG:3857, as Leaflet's default CRS)."""
+    lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
+    return np.radians(lon) * EARTH_RADIUS, np.log(np.tan(np.pi / 4 + np.radians(lat) / 2)) * EARTH_RADIUS
+
+
+def _mercator_inverse(x, y):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return np.degrees(x / EARTH_RADIUS), np.degrees(2 * np.arctan(np.exp(y / EARTH_RADIUS)) - np.pi / 2)
+
+
+def warp_to_mercator(image: np.ndarray, grid, step: int) -> tuple[np.ndarray, tuple[tuple[float, float], ...]]:
+    """Resample ``image`` (``(h, w, 4)`` RGBA over ``grid`` at ``step`` mosaic px per pixel) into Web
+    Mercator: every output pixel centre is mapped back into the grid (nearest pixel; transparent outside).
+    Returns the picture and its WGS84 bounds ``((south, west), (north, east))``."""
+    from pyproj import Transformer
+
+    h, w = image.shape[:2]
+    t = np.linspace(0.0, 1.0, 65)
+    cols = np.concatenate([t * grid.width, t * grid.width, np.zeros_like(t), np.full_like(t, grid.width)])
+    rows = np.concatenate([np.zeros_like(t), np.full_like(t, grid.height), t * grid.height, t * grid.height])
+    mx, my = _mercator(*grid.pixel_to_lonlat(cols, rows))
+    x0, x1, y0, y1 = mx.min(), mx.max(), my.min(), my.max()
+    size = max(x1 - x0, y1 - y0) / max(h, w)  # metres per output pixel: about the overview's pixel count
+    out_w, out_h = max(1, round((x1 - x0) / size)), max(1, round((y1 - y0) / size))
+    xs = x0 + (np.arange(out_w) + 0.5) * (x1 - x0) / out_w
+    ys = y1 - (np.arange(out_h) + 0.5) * (y1 - y0) / out_h
+    gx, gy = np.meshgrid(xs, ys)
+    to_grid = Transformer.from_crs("EPSG:3857", grid.crs, always_xy=True)
+    col, row = grid.xy_to_pixel(*to_grid.transform(gx, gy))
+    col, row = np.floor(col / step).astype(np.int64), np.floor(row / step).astype(np.int64)
+    ok = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    out = np.zeros((out_h, out_w, image.shape[2]), np.uint8)
+    out[ok] = image[row[ok], col[ok]]
+    (west, east), (south, north) = _mercator_inverse([x0, x1], [y0, y1])
+    return out, ((float(south), float(west)), (float(north), float(east)))
+
+
+def region_base_layer(mosaic_path: str | Path, max_px: int = 2048) -> BaseLayer:
+    """The mosaic's composite (light land, blue water and sea) as a Web Mercator :class:`BaseLayer`."""
+    from loc2vec.preview import composite, overview, overview_step, png_bytes, region_inside
+    from loc2vec.store.mosaic import open_mosaic
+
+    store = open_mosaic(mosaic_path)
+    grid, step = store.grid, overview_step(store.grid, max_px)
+    inside = region_inside(grid, step)
+    rgb = composite(overview(store, max_px), list(store.attrs["channel_names"]), inside=inside)
+    rgba = np.dstack([rgb, np.where(inside, 255, 0).astype(np.uint8)])
+    picture, bounds = warp_to_mercator(rgba, grid, step)
+    return BaseLayer(png_bytes(picture), bounds)
+
+
+def _check_points(lon, lat) -> tuple[np.ndarray, np.ndarray]:
     lon = np.asarray(lon, dtype=np.float64).reshape(-1)
     lat = np.asarray(lat, dtype=np.float64).reshape(-1)
-    clusters = np.asarray(clusters).reshape(-1)
-    n = lon.shape[0]
-    if n == 0:
-        raise ConfigError("embedding_map needs at least one location")
-    _check_lengths(n, lat=lat, clusters=clusters, previews=previews)
+    if lon.shape[0] == 0:
+        raise ConfigError("a map needs at least one location")
+    _check_lengths(lon.shape[0], lat=lat)
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         raise ConfigError("lon/lat must be finite")
     if (np.abs(lat) > 90).any() or (np.abs(lon) > 180).any():
         raise ConfigError("lon/lat must be WGS84 degrees (|lon| <= 180, |lat| <= 90)")
-    if not np.issubdtype(clusters.dtype, np.integer):
-        if not np.array_equal(clusters, np.round(clusters)):
-            raise ConfigError(f"clusters must be integer ids, got {clusters.dtype}")
-        clusters = clusters.astype(np.int64)
+    return lon, lat
 
-    ids, counts = np.unique(clusters, return_counts=True)
-    color_of = dict(zip(ids.tolist(), categorical_colors(len(ids)), strict=True))
 
-    class _Script(MacroElement):
-        """A method call on the parent's Leaflet object: ``code`` is appended to its variable name."""
+def popup_picture(png: bytes, channel_names: Sequence[str] | None, alt: str) -> tuple[str, int]:
+    """The popup's picture as HTML and its width in px.
 
-        _template = Template(
-            "{% macro script(this, kwargs) %}{{ this._parent.get_name() }}{{ this.code }}{% endmacro %}"
+    Without ``channel_names`` the PNG is shown as it is (enlarged when small). With them, it is a strip of
+    ``len(channel_names) + 1`` square tiles (:func:`loc2vec.preview.channel_strip`): the composite is shown
+    large and the channels in a 4-column grid, each tile labelled with its channel's full name. The PNG is
+    embedded once, as a CSS variable the tiles take their part of.
+    """
+    width, height = png_size(png)
+    uri = png_data_uri(png)
+    if channel_names is None:
+        scale = max(1, POPUP_MIN_PX // width)  # small previews are enlarged, pixel for pixel
+        w, h = width * scale, height * scale
+        return f'<img src="{uri}" width="{w}" height="{h}" alt="{html.escape(alt)}">', w
+    n = len(channel_names) + 1
+    if width != n * height:
+        raise ConfigError(f"a channel strip of {n} tiles must be {n * height} x {height} px, got {width} x {height}")
+    tile, big = POPUP_TILE_PX, POPUP_TILE_PX * 3
+
+    def part(j: int, size: int, cls: str) -> str:
+        return (
+            f'<i class="{cls}" style="width:{size}px;height:{size}px;background-size:{n * size}px {size}px;'
+            f'background-position:-{j * size}px 0"></i>'
         )
 
-        def __init__(self, code: str) -> None:
-            super().__init__()
-            self._name = "Loc2vecScript"
-            self.code = code
+    tiles = "".join(
+        f'<figure class="l2v-tile">{part(j, tile, "l2v-part")}<figcaption>{_breakable(name)}</figcaption></figure>'
+        for j, name in enumerate(channel_names)
+    )
+    grid_w = POPUP_COLUMNS * 76  # .l2v-tile's width
+    picture = (
+        f'<div class="l2v-picture" role="img" aria-label="{html.escape(alt)}" style="--l2v-strip:url({uri})">'
+        f'<figure class="l2v-tile l2v-composite">{part(n - 1, big, "l2v-part")}<figcaption>composite</figcaption>'
+        f'</figure><div class="l2v-grid" style="width:{grid_w}px">{tiles}</div></div>'
+    )
+    return picture, big + grid_w + 16
 
+
+def _script_element(code: str):
+    """A folium element appending ``code`` to its parent's Leaflet variable (e.g. ``.bindPopup(...)``)."""
+    from branca.element import MacroElement
+    from folium.template import Template
+
+    element = MacroElement()
+    element._name = "Loc2vecScript"
+    element._template = Template(
+        "{% macro script(this, kwargs) %}{{ this._parent.get_name() }}{{ this.code }}{% endmacro %}"
+    )
+    element.code = code
+    return element
+
+
+def leaflet_page(
+    markers: Sequence[Marker],
+    legend: str,
+    out_path: str | Path,
+    title: str,
+    *,
+    base_layer: BaseLayer | None = None,
+    tiles: str | None = None,
+    tiles_attr: str | None = None,
+) -> Path:
+    """Write a self-contained Leaflet page: the optional ``base_layer`` (an image overlay, embedded) and
+    ``tiles``, one circle marker per :class:`Marker`, ``legend`` (HTML) in a box, fitted to the markers."""
+    import folium
+    from branca.element import Element
+
+    lat = np.array([m.lat for m in markers])
+    lon = np.array([m.lon for m in markers])
     fmap = folium.Map(location=[float(lat.mean()), float(lon.mean())], zoom_start=13, tiles=None, control_scale=True)
     # No CDN links: Leaflet is inlined below and folium's other defaults (jQuery, Bootstrap, awesome-markers)
     # are not used by circle markers, tooltips and string popups. Instance attributes, so folium's
@@ -190,7 +329,14 @@ def embedding_map(
     fmap.default_css = []
     if tiles:
         folium.TileLayer(tiles=tiles, attr=tiles_attr or OSM_ATTRIBUTION_HTML, name="tiles").add_to(fmap)
-    fmap.add_child(_Script(f".attributionControl.addAttribution({_js_string(OSM_ATTRIBUTION_HTML)});"))
+    if base_layer is not None:
+        bounds = [list(base_layer.bounds[0]), list(base_layer.bounds[1])]
+        options = {"opacity": 1.0, "interactive": False, "className": "l2v-base", "alt": "rendered region"}
+        code = (
+            f"L.imageOverlay({_js_string(png_data_uri(base_layer.png))}, {json.dumps(bounds)}, {json.dumps(options)})"
+        )
+        fmap.add_child(_script_element(f";\n{code}.addTo({fmap.get_name()});"))
+    fmap.add_child(_script_element(f".attributionControl.addAttribution({_js_string(OSM_ATTRIBUTION_HTML)});"))
 
     root = fmap.get_root()
     root.title = html.escape(title)
@@ -198,29 +344,20 @@ def embedding_map(
     root.header.add_child(Element(_inline_style(css) + _inline_script(js)), name="leaflet_inline")
     root.header.add_child(Element(_inline_style(_MAP_CSS)), name="loc2vec_map_css")
 
-    for i in range(n):
-        cid = int(clusters[i])
-        color = color_of[cid]
-        width, height = png_size(previews[i])
-        scale = max(1, POPUP_MIN_PX // width)  # small previews are enlarged, pixel for pixel
-        width, height = width * scale, height * scale
-        popup = (
-            f'<div class="l2v-popup"><img src="{png_data_uri(previews[i])}" width="{width}" height="{height}"'
-            f' alt="preview of location {i}"><div>location {i} · cluster {cid}<br>'
-            f"{lat[i]:.5f}, {lon[i]:.5f}</div></div>"
-        )
+    for m in markers:
         marker = folium.CircleMarker(
-            location=[float(lat[i]), float(lon[i])],
-            radius=radius,
-            color="#222222",
-            weight=1,
+            location=[m.lat, m.lon],
+            radius=m.radius,
+            color=m.stroke,
+            weight=m.weight,
             fill=True,
-            fill_color=color,
+            fill_color=m.fill,
             fill_opacity=0.9,
-            tooltip=f"cluster {cid}",
         )
-        options = json.dumps({"maxWidth": max(300, width + 40), "minWidth": min(width, 300)})
-        marker.add_child(_Script(f".bindPopup({_js_string(popup)}, {options});"))
+        tip = {"permanent": True, "direction": "right", "className": "l2v-label"} if m.label else {}
+        options = json.dumps({"maxWidth": max(300, m.popup_width + 40), "minWidth": min(m.popup_width, 300)})
+        marker.add_child(_script_element(f".bindPopup({_js_string(m.popup)}, {options});"))
+        marker.add_child(_script_element(f".bindTooltip({_js_string(m.label or m.tooltip)}, {json.dumps(tip)});"))
         marker.add_to(fmap)
 
     pad = 0.0005  # degrees: a single point (or a line of points) still gets a sensible view
@@ -229,24 +366,142 @@ def embedding_map(
         padding=(20, 20),
         max_zoom=18,
     )
+    box = (
+        f'<div id="l2v-legend" class="l2v-legend"><div class="l2v-title">{html.escape(title)}</div>{legend}'
+        f'<div class="l2v-attr">Map data {OSM_ATTRIBUTION_HTML}</div></div>'
+    )
+    root.html.add_child(Element(box), name="loc2vec_legend")
+    return _write_page(root.render(), out_path)
 
+
+def _breakable(name: str) -> str:
+    """``name`` as HTML that may wrap after ``_`` (channel names are snake_case)."""
+    return html.escape(name).replace("_", "_<wbr>")
+
+
+def _swatch(color: str, cls: str = "l2v-swatch") -> str:
+    return f'<span class="{cls}" style="background:{color}"></span>'
+
+
+def embedding_map(
+    lon,
+    lat,
+    clusters,
+    previews: Sequence[bytes],
+    out_path: str | Path,
+    title: str = "Location embeddings: k-means clusters",
+    *,
+    channel_names: Sequence[str] | None = None,
+    base_layer: BaseLayer | None = None,
+    tiles: str | None = None,
+    tiles_attr: str | None = None,
+    radius: float = 5.0,
+) -> Path:
+    """Write a self-contained Leaflet map of the locations, coloured by cluster, to ``out_path``.
+
+    ``lon``/``lat`` are WGS84 degrees, ``clusters`` integer cluster ids and ``previews[i]`` the PNG bytes
+    of location ``i``'s picture, shown in the popup of its marker (a channel strip, labelled, when
+    ``channel_names`` are given: see :func:`popup_picture`). ``base_layer`` (e.g. :func:`region_base_layer`)
+    is drawn under the points; ``tiles`` is an optional tile URL (or folium tile name) for a background
+    fetched from the network. The legend lists cluster ids and counts.
+    """
+    lon, lat = _check_points(lon, lat)
+    clusters = np.asarray(clusters).reshape(-1)
+    n = lon.shape[0]
+    _check_lengths(n, clusters=clusters, previews=previews)
+    if not np.issubdtype(clusters.dtype, np.integer):
+        if not np.array_equal(clusters, np.round(clusters)):
+            raise ConfigError(f"clusters must be integer ids, got {clusters.dtype}")
+        clusters = clusters.astype(np.int64)
+
+    ids, counts = np.unique(clusters, return_counts=True)
+    color_of = dict(zip(ids.tolist(), categorical_colors(len(ids)), strict=True))
+    markers = []
+    for i in range(n):
+        cid = int(clusters[i])
+        picture, width = popup_picture(previews[i], channel_names, f"preview of location {i}")
+        popup = (
+            f'<div class="l2v-popup"><div class="l2v-head">location {i} · cluster {cid} · '
+            f"{lat[i]:.5f}, {lon[i]:.5f}</div>{picture}</div>"
+        )
+        markers.append(Marker(float(lat[i]), float(lon[i]), color_of[cid], f"cluster {cid}", popup, width, radius))
     rows = "".join(
-        f'<tr><td><span class="l2v-swatch" style="background:{color_of[c]}"></span></td>'
-        f'<td class="l2v-num">{c}</td><td class="l2v-num">{k}</td></tr>'
+        f'<tr><td>{_swatch(color_of[c])}</td><td class="l2v-num">{c}</td><td class="l2v-num">{k}</td></tr>'
         for c, k in zip(ids.tolist(), counts.tolist(), strict=True)
     )
     legend = (
-        f'<div id="l2v-legend" class="l2v-legend"><div class="l2v-title">{html.escape(title)}</div>'
         f"<div>{n} locations, {len(ids)} clusters</div>"
         f"<table><thead><tr><th></th><th>cluster</th><th>count</th></tr></thead><tbody>{rows}</tbody></table>"
-        f'<div class="l2v-attr">Map data {OSM_ATTRIBUTION_HTML}</div></div>'
     )
-    root.html.add_child(Element(legend), name="loc2vec_legend")
-    return _write_page(root.render(), out_path)
+    return leaflet_page(markers, legend, out_path, title, base_layer=base_layer, tiles=tiles, tiles_attr=tiles_attr)
+
+
+QUERY_COLOR = "#ffffff"
+RESULT_COLOR = "#d62728"
+
+
+def similar_map(
+    query: tuple[float, float],
+    found,
+    previews: Sequence[bytes],
+    out_path: str | Path,
+    title: str,
+    *,
+    channel_names: Sequence[str] | None = None,
+    base_layer: BaseLayer | None = None,
+) -> Path:
+    """Write the map of a similarity query: the query ``(lat, lon)`` as a large white marker and each row
+    of ``found`` (columns ``rank``, ``lat``, ``lon``, ``embedding_distance``, ``ground_km``, optionally
+    ``kind``/``landuse_class``) labelled with its rank; tooltips, popups and the legend's table give the
+    embedding and ground distances. ``previews``: the query's picture first, then one per row."""
+    _check_lengths(len(found) + 1, previews=previews)
+    q_lat, q_lon = query
+    _check_points([q_lon, *found["lon"]], [q_lat, *found["lat"]])
+    picture, width = popup_picture(previews[0], channel_names, "preview of the query")
+    head = f"query · {q_lat:.5f}, {q_lon:.5f}"
+    markers = [
+        Marker(
+            q_lat,
+            q_lon,
+            QUERY_COLOR,
+            head,
+            f'<div class="l2v-popup"><div class="l2v-head">{head}</div>{picture}</div>',
+            width,
+            radius=10,
+            stroke="#000000",
+            weight=4,
+            label="query",
+        )
+    ]
+    rows = [
+        f'<tr class="l2v-query"><td>{_swatch(QUERY_COLOR, "l2v-swatch l2v-swatch-query")}</td><td>query</td>'
+        f'<td class="l2v-num">—</td><td class="l2v-num">0.000</td><td>{q_lat:.5f}, {q_lon:.5f}</td></tr>'
+    ]
+    for i, row in enumerate(found.itertuples(index=False), start=1):
+        what = " · ".join(str(v) for v in (getattr(row, "kind", ""), getattr(row, "landuse_class", "")) if v)
+        text = f"rank {row.rank} · embedding distance {row.embedding_distance:.4f} · {row.ground_km:.3f} km away"
+        picture, width = popup_picture(previews[i], channel_names, f"preview of rank {row.rank}")
+        popup = (
+            f'<div class="l2v-popup"><div class="l2v-head">{html.escape(text)}<br>{row.lat:.5f}, {row.lon:.5f}'
+            f"{' · ' + html.escape(what) if what else ''}</div>{picture}</div>"
+        )
+        markers.append(Marker(float(row.lat), float(row.lon), RESULT_COLOR, text, popup, width, 7, label=str(row.rank)))
+        rows.append(
+            f'<tr><td>{_swatch(RESULT_COLOR)}</td><td class="l2v-num">{row.rank}</td>'
+            f'<td class="l2v-num">{row.embedding_distance:.4f}</td><td class="l2v-num">{row.ground_km:.3f}</td>'
+            f"<td>{html.escape(what)}</td></tr>"
+        )
+    legend = (
+        f"<div>query and {len(found)} most similar places</div><table><thead><tr><th></th><th>rank</th>"
+        "<th>embedding distance</th><th>ground km</th><th></th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+    return leaflet_page(markers, legend, out_path, title, base_layer=base_layer)
 
 
 _MAP_CSS = """
 .leaflet-container { background: #eef0f2; }
+.l2v-base { image-rendering: auto; }
 .l2v-legend { position: fixed; top: 10px; right: 10px; z-index: 1000; max-height: 80vh; overflow: auto;
   background: rgba(255,255,255,0.93); padding: 8px 10px; border-radius: 4px; box-shadow: 0 1px 5px rgba(0,0,0,0.4);
   font: 12px/1.4 "Helvetica Neue", Arial, sans-serif; }
@@ -256,9 +511,20 @@ _MAP_CSS = """
 .l2v-legend td { padding: 1px 6px; }
 .l2v-legend .l2v-num { text-align: right; font-variant-numeric: tabular-nums; }
 .l2v-swatch { display: inline-block; width: 12px; height: 12px; border-radius: 50%; border: 1px solid #222; }
+.l2v-swatch-query { width: 14px; height: 14px; border: 3px solid #000; box-sizing: border-box; }
 .l2v-legend .l2v-attr { margin-top: 6px; color: #555; }
-.l2v-popup img { display: block; image-rendering: pixelated; margin-bottom: 4px; }
+.l2v-label { font: bold 12px/1.2 "Helvetica Neue", Arial, sans-serif; padding: 1px 4px; }
 .l2v-popup { font: 12px/1.4 "Helvetica Neue", Arial, sans-serif; }
+.l2v-popup .l2v-head { margin-bottom: 6px; }
+.l2v-popup > img { display: block; image-rendering: pixelated; }
+.l2v-picture { display: flex; align-items: flex-start; gap: 12px; }
+.l2v-grid { display: flex; flex-wrap: wrap; }
+.l2v-tile { margin: 0; padding: 0 0 4px; width: 76px; text-align: center; }
+.l2v-tile figcaption { font-size: 11px; line-height: 1.2; width: 100%; overflow-wrap: anywhere; color: #222; }
+.l2v-tile.l2v-composite { width: auto; }
+.l2v-composite figcaption { font-weight: bold; }
+.l2v-part { display: block; margin: 0 auto 2px; background-image: var(--l2v-strip); background-repeat: no-repeat;
+  image-rendering: pixelated; outline: 1px solid #aaa; }
 """
 
 
@@ -317,7 +583,6 @@ def projector(
     When umap-learn is not available UMAP is left out and the page says so.
     """
     import plotly.graph_objects as go
-    from plotly.colors import qualitative
 
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] < 3 or x.shape[1] < 2:
@@ -347,8 +612,7 @@ def projector(
     groups = {label: [] for label in sorted(set(labels))}
     for i, label in enumerate(labels):
         groups[label].append(i)
-    palette = qualitative.Plotly + qualitative.D3 + qualitative.Alphabet
-    colors = palette if len(groups) <= len(palette) else categorical_colors(len(groups))
+    colors = categorical_colors(len(groups))
     members = [np.asarray(idx) for idx in groups.values()]
 
     first = coords[methods[0]]
@@ -360,7 +624,7 @@ def projector(
                 y=first[idx, 1].tolist(),
                 mode="markers",
                 name=label,
-                marker={"size": 7, "color": colors[k % len(colors)], "line": {"width": 0.5, "color": "#333"}},
+                marker={"size": 7, "color": colors[k], "line": {"width": 0.5, "color": "#333"}},
                 customdata=[[uris[i], int(i)] for i in idx],
                 hovertemplate=f"<b>{html.escape(label)}</b><br>point %{{customdata[1]}}<extra></extra>",
             )

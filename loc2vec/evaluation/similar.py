@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -46,9 +48,10 @@ def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10,
     return found[["rank", "lat", "lon", "kind", "landuse_class", "embedding_distance", "ground_km"]]
 
 
-def write_similar_map(manifest: IndexManifest, found: pd.DataFrame, lat: float, lon: float, out_path) -> None:
-    """A map of the query (cluster 0) and its nearest places (cluster 1), each with its preview."""
-    from loc2vec.evaluation.maps import embedding_map
+def write_similar_map(manifest: IndexManifest, found: pd.DataFrame, lat: float, lon: float, out_path) -> Path:
+    """A map of the query and its ranked nearest places (embedding and ground distances) over the
+    region's composite, each with its labelled channels (:func:`loc2vec.evaluation.maps.similar_map`)."""
+    from loc2vec.evaluation.maps import region_base_layer, similar_map
     from loc2vec.evaluation.stage import previews
 
     reader = CropReader.from_store(manifest.mosaic_path)
@@ -57,12 +60,12 @@ def write_similar_map(manifest: IndexManifest, found: pd.DataFrame, lat: float, 
     cols, rows = reader.grid.lonlat_to_pixel(lons, lats)
     xy = np.column_stack(reader.grid.pixel_to_xy(cols, rows))
     crop_px = TrainConfig(**manifest.model_config).crop_px
-    clusters = np.array([0] + [1] * len(found))
-    embedding_map(
-        lons,
-        lats,
-        clusters,
-        previews(reader, xy, crop_px, cell=28),
+    return similar_map(
+        (lat, lon),
+        found,
+        previews(reader, xy, crop_px),
         out_path,
-        title=f"Places most like ({lat:.5f}, {lon:.5f}): query = cluster 0",
+        title=f"Places most like ({lat:.5f}, {lon:.5f})",
+        channel_names=reader.channel_names,
+        base_layer=region_base_layer(manifest.mosaic_path),
     )

@@ -136,14 +136,15 @@ class MapsManifest:
     clusters: int
 
 
-def previews(reader: CropReader, xy: np.ndarray, crop_px: int, cell: int) -> list[bytes]:
+def previews(reader: CropReader, xy: np.ndarray, crop_px: int, cell: int = 48) -> list[bytes]:
+    """Each location's channel strip (:func:`loc2vec.preview.channel_strip`) as PNG, for map popups."""
     from loc2vec.evaluation.embedders import crops_at
-    from loc2vec.preview import channel_panel, png_bytes
+    from loc2vec.preview import channel_strip, png_bytes
 
     out = []
     for start in range(0, len(xy), 256):
         crops = crops_at(reader, xy[start : start + 256], crop_px).transpose(0, 3, 1, 2)
-        out += [png_bytes(channel_panel(c[None], reader.channel_names, cell=cell)) for c in crops]
+        out += [png_bytes(channel_strip(c, reader.channel_names, cell=cell)) for c in crops]
     return out
 
 
@@ -155,7 +156,8 @@ def _thumbnails(reader: CropReader, xy: np.ndarray, crop_px: int, size: int = 64
 
     out = []
     for crop in crops_at(reader, xy, crop_px):
-        picture = Image.fromarray(composite(crop.transpose(2, 0, 1))).resize((size, size), Image.NEAREST)
+        picture = composite(crop.transpose(2, 0, 1), reader.channel_names)
+        picture = Image.fromarray(picture).resize((size, size), Image.NEAREST)
         out.append(png_bytes(np.asarray(picture)))
     return out
 
@@ -169,10 +171,11 @@ def build_maps(
     max_projector_points: int = 800,
     seed: int = 0,
 ) -> MapsManifest:
-    """The cluster map of the grid (click: 12-channel preview) and the projector of test locations."""
+    """The cluster map of the grid over the region's composite (click: labelled channels) and the
+    projector of test locations."""
     from sklearn.cluster import KMeans
 
-    from loc2vec.evaluation.maps import embedding_map, projector
+    from loc2vec.evaluation.maps import embedding_map, projector, region_base_layer
 
     reader = CropReader.from_store(model.mosaic_path)
     crop_px = model.train_config().crop_px
@@ -187,9 +190,11 @@ def build_maps(
         grid["lon"].to_numpy(),
         grid["lat"].to_numpy(),
         labels,
-        previews(reader, grid[["x", "y"]].to_numpy(), crop_px, cell=28),
+        previews(reader, grid[["x", "y"]].to_numpy(), crop_px),
         out / "embedding_map.html",
         title=f"loc2vec v{model.model_version}: k-means clusters of the embedding",
+        channel_names=reader.channel_names,
+        base_layer=region_base_layer(model.mosaic_path),
     )
     test = frame[(frame["kind"] == "location") & (frame["split"] == "test")]
     test = test.iloc[np.sort(rng.permutation(len(test))[:max_projector_points])]

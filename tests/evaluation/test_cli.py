@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 
 import geopandas as gpd
 import numpy as np
@@ -66,6 +67,13 @@ def test_similar_prints_neighbours_and_writes_a_map(run_dir, capsys):
     lines = [line for line in out if line.strip() and not line.startswith("[loc2vec")]
     assert lines[0].split()[:3] == ["rank", "lat", "lon"] and len(lines) == 6
     assert out_map.stat().st_size > 10_000
+    page = out_map.read_text(encoding="utf-8")  # query, ranks and distances over the region's composite
+    assert "L.imageOverlay(" in page and ">query</td>" in page and "cluster" not in page
+    shown = re.findall(r"rank (\d+) · embedding distance ([\d.]+) · ([\d.]+) km away", page)
+    printed = [(int(row.split()[0]), float(row.split()[-2]), float(row.split()[-1])) for row in lines[1:]]
+    assert [int(r) for r, _, _ in shown] == [r for r, _, _ in printed]
+    for (_, dist, km), (_, want_dist, want_km) in zip(shown, printed, strict=True):
+        assert float(dist) == pytest.approx(want_dist, abs=1e-4) and float(km) == pytest.approx(want_km, abs=1e-3)
     assert main(["similar", "--lat", "48.85", "--lon", "2.35", "--data-dir", str(run_dir)]) == 1  # outside
 
 

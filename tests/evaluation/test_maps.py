@@ -217,3 +217,144 @@ def test_projector_with_all_three_projections(sample, tmp_path):
     assert "UMAP is left out" not in page
     umap_xy = project(sample.embeddings, "umap", seed=0)
     np.testing.assert_allclose(umap_xy, project(sample.embeddings, "umap", seed=0))
+
+
+# ------------------------------------------------------------------- base layer, popups, similar map
+
+
+def _lab_min_distance(colors: list[str]) -> float:
+    lab = maps.srgb_to_lab([maps.hex_rgb(c) for c in colors])
+    d = np.linalg.norm(lab[:, None] - lab[None], axis=-1)
+    return float(d[~np.eye(len(colors), dtype=bool)].min())
+
+
+def test_class_colours_are_far_apart_in_cielab():
+    # the old palettes (tab20's light companions, plotly + D3 concatenated) came within CIE76 delta E 11-17
+    for n in (2, 10, 15, 20, 40):
+        colors = categorical_colors(n)
+        assert len(colors) == n and all(re.fullmatch(r"#[0-9a-f]{6}", c) for c in colors)
+        assert _lab_min_distance(colors) >= 25, n
+    assert categorical_colors(12)[:10] == categorical_colors(10)  # stable as classes are added
+
+
+def test_projector_colours_every_label_distinctly(sample, tmp_path):
+    labels = [f"class {i % 15}" for i in range(len(sample.labels))]
+    page = projector(sample.embeddings, labels, sample.previews, tmp_path / "p.html", methods=("pca",)).read_text()
+    data, _ = _figure(page)
+    colors = [t["marker"]["color"] for t in data]
+    assert len(colors) == 15 and _lab_min_distance(colors) >= 25
+
+
+@pytest.fixture(scope="module")
+def region(monaco_mosaic):
+    """The Monaco test mosaic: its base layer, reader and overview."""
+    from loc2vec.data.crops import CropReader
+    from loc2vec.preview import overview, overview_step
+    from loc2vec.store.mosaic import open_mosaic
+
+    _, mosaic = monaco_mosaic
+    store = open_mosaic(mosaic.path)
+    layer = maps.region_base_layer(mosaic.path, max_px=512)
+    return layer, CropReader.from_store(mosaic.path), overview(store, 512), overview_step(store.grid, 512)
+
+
+def _overlay_pixel(layer, lon: float, lat: float) -> np.ndarray:
+    """The overlay's pixel under (lon, lat) as Leaflet places it: linear in Web Mercator between bounds."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(__import__("io").BytesIO(layer.png)))
+    (south, west), (north, east) = layer.bounds
+    merc_y = lambda la: np.log(np.tan(np.pi / 4 + np.radians(la) / 2))  # noqa: E731
+    fx = (lon - west) / (east - west)
+    fy = (merc_y(north) - merc_y(lat)) / (merc_y(north) - merc_y(south))
+    return image[int(fy * image.shape[0]), int(fx * image.shape[1])]
+
+
+def _only_channel_pixel(ov: np.ndarray, channel: int, r: int = 2) -> tuple[int, int]:
+    """An overview pixel whose (2r+1)² neighbourhood has ``channel`` at 255 and no other channel."""
+    from scipy import ndimage
+
+    alone = (ov[channel] == 255) & (np.delete(ov, channel, axis=0).max(axis=0) == 0)
+    rows, cols = np.nonzero(ndimage.minimum_filter(alone.astype(np.uint8), size=2 * r + 1))
+    assert len(rows), f"no clean patch of channel {channel}"
+    return int(rows[len(rows) // 2]), int(cols[len(cols) // 2])
+
+
+def test_base_layer_lines_up_with_the_points(region):
+    from loc2vec.preview import PALETTE, WATER
+
+    layer, reader, ov, step = region
+    names = reader.channel_names
+    assert layer.png.startswith(b"\x89PNG")
+    for channel in ("water", "landuse", "buildings"):
+        color = WATER if channel == "water" else PALETTE[names.index(channel)]
+        row, col = _only_channel_pixel(ov, names.index(channel))
+        lon, lat = reader.grid.pixel_to_lonlat((col + 0.5) * step, (row + 0.5) * step)
+        pixel = _overlay_pixel(layer, float(lon), float(lat))
+        assert pixel[3] == 255 and tuple(pixel[:3]) == tuple(color.astype(np.uint8)), (channel, pixel)
+    # open sea off Monaco is blue, not the light colour of empty land
+    assert tuple(_overlay_pixel(layer, 7.442, 43.727)[:3]) == tuple(WATER.astype(np.uint8))
+
+
+def _popups(page: str) -> list[str]:
+    return [json.loads(p) for p in re.findall(r'\.bindPopup\(("(?:[^"\\]|\\.)*")', page)]
+
+
+def test_map_has_the_base_layer_and_labelled_channel_popups(region, sample, tmp_path):
+    from loc2vec.evaluation.stage import previews
+
+    layer, reader, _, _ = region
+    cols, rows = reader.grid.lonlat_to_pixel(sample.lon, sample.lat)
+    strips = previews(reader, np.column_stack(reader.grid.pixel_to_xy(cols, rows)), 64)
+    out = tmp_path / "m.html"
+    embedding_map(
+        sample.lon, sample.lat, sample.clusters, strips, out, channel_names=reader.channel_names, base_layer=layer
+    )
+    page = out.read_text()
+    _assert_offline(page)
+    overlay = re.search(r'L\.imageOverlay\("data:image/png;base64,([^"]+)", (\[\[.*?\]\]),', page)
+    assert overlay and overlay.group(1) == _b64(layer.png)
+    assert json.loads(overlay.group(2)) == [list(layer.bounds[0]), list(layer.bounds[1])]
+    popups = _popups(page)
+    assert len(popups) == len(sample.lon)
+    for popup in popups:
+        captions = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<figcaption>(.*?)</figcaption>", popup)]
+        assert captions == ["composite", *reader.channel_names]
+        assert popup.count("data:image/png;base64,") == 1  # one strip, shared by the tiles
+
+
+def test_similar_map_marks_the_query_and_ranks_results(region, sample, tmp_path):
+    import pandas as pd
+
+    layer, _, _, _ = region
+    found = pd.DataFrame(
+        {
+            "rank": [1, 2, 3],
+            "lat": sample.lat[1:4],
+            "lon": sample.lon[1:4],
+            "kind": "grid",
+            "landuse_class": ["residential", "commercial", "park"],
+            "embedding_distance": [0.1234, 0.2345, 0.3456],
+            "ground_km": [1.5, 2.25, 3.125],
+        }
+    )
+    page = maps.similar_map(
+        (float(sample.lat[0]), float(sample.lon[0])),
+        found,
+        sample.previews[:4],
+        tmp_path / "s.html",
+        "similar",
+        base_layer=layer,
+    ).read_text()
+    assert "L.imageOverlay(" in page and "cluster" not in page
+    legend = page[page.index('id="l2v-legend"') :]
+    assert ">query</td>" in legend
+    for rank, dist, km in zip([1, 2, 3], ["0.1234", "0.2345", "0.3456"], ["1.500", "2.250", "3.125"], strict=True):
+        assert f'<td class="l2v-num">{rank}</td><td class="l2v-num">{dist}</td><td class="l2v-num">{km}</td>' in legend
+        popup = _popups(page)[rank]
+        assert f"rank {rank} · embedding distance {dist} · {km} km away" in popup
+    # the query: a bigger, thick-ringed white marker, labelled "query"; results labelled with their rank
+    radii = re.findall(r'"radius": (\d+(?:\.\d+)?)', page)
+    assert float(radii[0]) > max(float(r) for r in radii[1:])
+    labels = re.findall(r'\.bindTooltip\("([^"]*)", \{"permanent": true', page)
+    assert labels == ["query", "1", "2", "3"]

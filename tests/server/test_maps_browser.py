@@ -223,10 +223,14 @@ def test_projector_renders_offline(sample, tmp_path):
     assert probe["buttons"] == ["PCA", "t-SNE"], probe
     assert probe["xtitle"] == "t-SNE 1" and probe["after"] != probe["before"], probe
     _assert_not_blank(shot)
-    from plotly.colors import qualitative
-
-    for color in qualitative.Plotly[: len(set(sample.labels))]:
+    for color in categorical_colors(len(set(sample.labels))):
         assert _has_colour(shot, _hex_rgb(color), tolerance=8), f"no point of colour {color} in the screenshot"
+
+
+def _schema_names() -> list[str]:
+    from loc2vec.schema import load_schema
+
+    return [c.name for c in load_schema().channels]
 
 
 def test_the_pipelines_own_pages_render_at_full_size(monaco_run, tmp_path):
@@ -238,8 +242,11 @@ def test_the_pipelines_own_pages_render_at_full_size(monaco_run, tmp_path):
     _assert_no_js_errors(dom, log)
     assert _attribute(dom, "data-l2v-probe")["popup"] is True
     assert len(re.findall(r'<path\b[^>]*class="[^"]*leaflet-interactive', dom)) > 100
-    popup = re.search(r'class="leaflet-popup-content"[^>]*>(.*?)</div>\s*</div>', dom, re.S)
-    assert popup and '<img src="data:image/png;base64,' in popup.group(1)
+    popup = re.search(r'class="leaflet-popup-content"[^>]*>(.*?)</div>\s*</div>\s*<a', dom, re.S)
+    assert popup and re.search(r"--l2v-strip:\s*url\((?:&quot;)?data:image/png;base64,", popup.group(1))
+    captions = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<figcaption>(.*?)</figcaption>", popup.group(1))]
+    assert captions == ["composite", *_schema_names()]
+    assert re.search(r'<img\b[^>]*class="[^"]*l2v-base', dom)  # the region's composite under the points
     _assert_not_blank(shot)
 
     projector_page = sorted((monaco_run / "maps").rglob("projector.html"))[0]
@@ -251,3 +258,93 @@ def test_the_pipelines_own_pages_render_at_full_size(monaco_run, tmp_path):
     assert probe["thumb"].startswith("data:image/png;base64,"), probe
     assert len(re.findall(r'<path\b[^>]*class="point\b', dom)) > 100
     _assert_not_blank(shot)
+
+
+def test_map_over_the_region_renders_its_base_layer_and_labelled_popup(monaco_mosaic, sample, tmp_path):
+    from loc2vec.data.crops import CropReader
+    from loc2vec.evaluation.maps import region_base_layer
+    from loc2vec.evaluation.stage import previews
+    from loc2vec.preview import LAND, WATER
+
+    _, mosaic = monaco_mosaic
+    reader = CropReader.from_store(mosaic.path)
+    cols, rows = reader.grid.lonlat_to_pixel(sample.lon, sample.lat)
+    strips = previews(reader, np.column_stack(reader.grid.pixel_to_xy(cols, rows)), 64)
+    page = embedding_map(
+        sample.lon,
+        sample.lat,
+        sample.clusters,
+        strips,
+        tmp_path / "region_map.html",
+        channel_names=reader.channel_names,
+        base_layer=region_base_layer(mosaic.path, max_px=512),
+    )
+    dom, shot, log = _chromium(_instrument(page, MAP_PROBE), tmp_path)
+    shot.save(tmp_path / "region_map_screenshot.png")  # the artifact to look at when this fails
+    _assert_no_js_errors(dom, log)
+    assert _attribute(dom, "data-l2v-probe")["popup"] is True
+    assert re.search(r'<img\b[^>]*src="data:image/png;base64,[^"]+"[^>]*class="[^"]*l2v-base', dom) or re.search(
+        r'<img\b[^>]*class="[^"]*l2v-base[^"]*"[^>]*src="data:image/png;base64,', dom
+    )
+    popup = re.search(r'class="leaflet-popup-content"[^>]*>(.*?)</div>\s*</div>\s*<a', dom, re.S)
+    assert popup, "no open popup"
+    captions = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<figcaption>(.*?)</figcaption>", popup.group(1))]
+    assert captions == ["composite", *reader.channel_names]
+    _assert_not_blank(shot)
+    # the rendered region is under the points: light land and blue sea fill the screen, not a grey void
+    assert _has_colour(shot, LAND.astype(int), tolerance=3) and _has_colour(shot, WATER.astype(int), tolerance=3)
+
+
+def test_maps_server_serves_pages_on_localhost(tmp_path):
+    import os
+    import signal
+    import socket
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from loc2vec.evaluation.serve_maps import page_url
+
+    page = tmp_path / "maps" / "v1-abc" / "embedding_map.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html><body>a map</body></html>", encoding="utf-8")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "secret.pt").write_text("weights")
+    with socket.socket() as probe:  # a free port, handed to the server like LOC2VEC_MAPS_PORT would be
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "LOC2VEC_MAPS_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loc2vec.evaluation.serve_maps", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()
+        url = page_url(page, tmp_path, f"http://127.0.0.1:{port}")
+        assert url == f"http://127.0.0.1:{port}/maps/v1-abc/embedding_map.html"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200 and b"a map" in response.read()
+        for other in ("models/secret.pt", "maps/../models/secret.pt", ""):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/{other}", timeout=10)
+            assert refused.value.code == 404
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    assert proc.returncode is not None
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/maps/v1-abc/embedding_map.html", timeout=2)
+
+
+def test_maps_links_default_to_the_local_server(monkeypatch, tmp_path):
+    from loc2vec.evaluation.serve_maps import maps_base_url, page_url
+
+    monkeypatch.delenv("LOC2VEC_MAPS_URL", raising=False)
+    monkeypatch.setenv("LOC2VEC_MAPS_PORT", "9123")
+    assert maps_base_url() == "http://127.0.0.1:9123"
+    monkeypatch.setenv("LOC2VEC_MAPS_URL", "https://maps.example.org/loc2vec/")
+    assert page_url(tmp_path / "maps" / "p.html", tmp_path) == "https://maps.example.org/loc2vec/maps/p.html"
