@@ -58,7 +58,9 @@ class Browser:
             if time.monotonic() > deadline:
                 shot = self.shot("timeout")
                 missing = [t for t in texts if t not in body]
-                pytest.fail(f"{self.driver.current_url}: {missing} not shown after {timeout:.0f} s ({shot}):\n{body[:3000]}")
+                pytest.fail(
+                    f"{self.driver.current_url}: {missing} not shown after {timeout:.0f} s ({shot}):\n{body[:3000]}"
+                )
             time.sleep(0.5)
 
     def button(self, label: str, timeout: float = 30.0):
