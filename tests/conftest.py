@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,13 @@ def _isolated_data_dir(tmp_path_factory, monkeypatch):
     yield data_dir
     # mlflow.set_tracking_uri exports the URI to the environment: keep it from leaking into later tests
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 TRAIN_REGION = (7.405, 43.722, 7.445, 43.752)  # Monaco proper, ~3.2 x 3.3 km
@@ -72,8 +81,14 @@ def monaco_run(tmp_path_factory):
     bbox = ",".join(map(str, TRAIN_REGION))
     args = ["run", "--pbf", str(MONACO), "--bbox", bbox, "--out", str(out), "--epochs", "1", "--seeds", "2"]
     console = io.StringIO()  # what the user sees, for the tests of the closing summary
+    # the UIs' addresses the links in Dagster and MLflow will point to (tests/server/test_ui_after_a_run.py)
+    ports = {name: free_port() for name in ("dagster", "mlflow", "maps")}
+    (out / "ui_ports.json").write_text(json.dumps(ports))
     with pytest.MonkeyPatch.context() as env:  # session fixtures run before the per-test isolation above
         env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.setenv("LOC2VEC_DAGSTER_UI", f"http://127.0.0.1:{ports['dagster']}")
+        env.setenv("LOC2VEC_MLFLOW_UI", f"http://127.0.0.1:{ports['mlflow']}")
+        env.setenv("LOC2VEC_MAPS_URL", f"http://127.0.0.1:{ports['maps']}")
         with contextlib.redirect_stdout(console):
             assert main(args) == 0
         os.environ.pop("MLFLOW_TRACKING_URI", None)

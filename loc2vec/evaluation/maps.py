@@ -335,7 +335,7 @@ def leaflet_page(
         code = (
             f"L.imageOverlay({_js_string(png_data_uri(base_layer.png))}, {json.dumps(bounds)}, {json.dumps(options)})"
         )
-        fmap.add_child(_script_element(f";\n{code}.addTo({fmap.get_name()});"))
+        fmap.add_child(_script_element(f";\nvar {fmap.get_name()}_base = {code}.addTo({fmap.get_name()});"))
     fmap.add_child(_script_element(f".attributionControl.addAttribution({_js_string(OSM_ATTRIBUTION_HTML)});"))
 
     root = fmap.get_root()
@@ -344,6 +344,7 @@ def leaflet_page(
     root.header.add_child(Element(_inline_style(css) + _inline_script(js)), name="leaflet_inline")
     root.header.add_child(Element(_inline_style(_MAP_CSS)), name="loc2vec_map_css")
 
+    points = folium.FeatureGroup(name="locations").add_to(fmap)
     for m in markers:
         marker = folium.CircleMarker(
             location=[m.lat, m.lon],
@@ -358,7 +359,15 @@ def leaflet_page(
         options = json.dumps({"maxWidth": max(300, m.popup_width + 40), "minWidth": min(m.popup_width, 300)})
         marker.add_child(_script_element(f".bindPopup({_js_string(m.popup)}, {options});"))
         marker.add_child(_script_element(f".bindTooltip({_js_string(m.label or m.tooltip)}, {json.dumps(tip)});"))
-        marker.add_to(fmap)
+        marker.add_to(points)
+    # a switch for each layer, so the region under the points can be seen
+    overlays = {"locations": points.get_name()}
+    if base_layer is not None:
+        overlays = {"rendered region (OSM)": f"{fmap.get_name()}_base", **overlays}
+    entries = ", ".join(f"{_js_string(label)}: {var}" for label, var in overlays.items())
+    points.add_child(
+        _script_element(f";\nL.control.layers(null, {{{entries}}}, {{collapsed: false, position: "topleft"}}).addTo({fmap.get_name()});")
+    )
 
     pad = 0.0005  # degrees: a single point (or a line of points) still gets a sensible view
     fmap.fit_bounds(

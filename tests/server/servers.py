@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 180.0
@@ -58,12 +57,6 @@ class DagsterDev:
             raise AssertionError(f"GraphQL HTTP {e.code}: {e.read().decode(errors='replace')[:2000]}") from e
         assert not payload.get("errors"), f"GraphQL errors: {payload['errors']}"
         return payload["data"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen:
@@ -224,13 +217,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def dagster_ui(env: dict[str, str], log: Path, daemon: bool = True) -> Iterator[DagsterDev]:
+def dagster_ui(env: dict[str, str], log: Path, daemon: bool = True, port: int | None = None) -> Iterator[DagsterDev]:
     """What `make ui` runs (`dagster dev` started from DAGSTER_HOME over workspace.yaml), or with
     ``daemon=False`` the webserver alone; yields once the code location has loaded."""
     home = Path(env["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    port = free_port()
+    port = port or free_port()
     exe = [sys.executable, "-m", "dagster", "dev"] if daemon else [sys.executable, "-m", "dagster_webserver"]
     cmd = [*exe, "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
     proc = start(cmd, env, log, cwd=home)
@@ -266,6 +259,19 @@ def mlflow_ui(backend_store_uri: str, port: int, log: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", proc, log)
+        yield url
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def maps_server(data_dir: Path, port: int, log: Path) -> Iterator[str]:
+    """`make maps`'s server over ``data_dir`` on 127.0.0.1:``port``; yields its URL."""
+    cmd = [sys.executable, "-m", "loc2vec.evaluation.serve_maps", "--dir", str(data_dir), "--port", str(port)]
+    proc = start(cmd, clean_env(), log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/maps/", proc, log)
         yield url
     finally:
         stop(proc)
