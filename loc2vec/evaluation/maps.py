@@ -366,7 +366,10 @@ def leaflet_page(
         overlays = {"rendered region (OSM)": f"{fmap.get_name()}_base", **overlays}
     entries = ", ".join(f"{_js_string(label)}: {var}" for label, var in overlays.items())
     points.add_child(
-        _script_element(f";\nL.control.layers(null, {{{entries}}}, {{collapsed: false, position: "topleft"}}).addTo({fmap.get_name()});")
+        _script_element(
+            f";\nL.control.layers(null, {{{entries}}}, {{collapsed: false, position: 'topleft'}})"
+            f".addTo({fmap.get_name()});"
+        )
     )
 
     pad = 0.0005  # degrees: a single point (or a line of points) still gets a sensible view
