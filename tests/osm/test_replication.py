@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import http.server
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +34,7 @@ from loc2vec.osm.replication import (
     update_extract,
     write_change,
 )
-from tests.conftest import HELSINKI, KOTKA, free_port
+from tests.conftest import HELSINKI, KOTKA, ROOT, free_port
 
 SHARED = Path("/work/shared/data")
 MINUTELY_2013 = SHARED / "minutely_2013-08-04_000466354_osm2pgsql.osc.gz"
@@ -410,3 +415,47 @@ def test_source_url_forms(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="neither a URL nor an existing directory"):
         source_url(tmp_path / "missing")
     assert isinstance(REGION, BBox)
+
+
+def _writing(directory: Path) -> bool:
+    """Whether a non-empty temporary file (the new extract being written) is in ``directory``."""
+    for entry in os.scandir(directory):
+        with contextlib.suppress(FileNotFoundError):  # swapped in meanwhile
+            if entry.name.endswith(".tmp") and entry.stat().st_size:
+                return True
+    return False
+
+
+def test_a_kill_while_writing_leaves_the_extract_as_it_was(tmp_path: Path) -> None:
+    """SIGKILL the update once its new file is being written: the extract is still the old one."""
+    extract = tmp_path / "region" / "helsinki.osm.pbf"
+    extract.parent.mkdir()
+    shutil.copy(HELSINKI, extract)
+    repl = tmp_path / "repl"
+    publish_diff(repl, MINUTELY_2013, _when(2))
+    sha = file_sha256(extract)
+    code = (
+        "from datetime import UTC, datetime\n"
+        "from loc2vec.osm.files import header_bounds\n"
+        "from loc2vec.osm.replication import ReplicationState, update_extract\n"
+        f"update_extract({str(extract)!r}, {str(repl)!r}, header_bounds({str(extract)!r}),\n"
+        "               start=ReplicationState(0, datetime(2024, 1, 1, tzinfo=UTC)))\n"
+    )
+    for _ in range(3):  # the write lasts long enough to be seen; retry should one be missed
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+        try:
+            while proc.poll() is None:
+                if _writing(extract.parent):
+                    proc.kill()
+                    break
+        finally:
+            proc.kill()
+            proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            break
+        assert proc.returncode == 0
+        shutil.copy(HELSINKI, extract)
+    assert proc.returncode == -signal.SIGKILL
+    assert file_sha256(extract) == sha and extract_state(extract) is None
+    result = update_extract(extract, repl, header_bounds(extract) or REGION, start=START)  # a rerun works
+    assert result is not None and extract_state(extract) == result.current
