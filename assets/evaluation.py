@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from assets.metadata import markdown_table
+from assets.metadata import markdown_table, osm_time_tags
 from loc2vec import tracking
 from loc2vec.data.locations import SamplesManifest
 from loc2vec.evaluation.metrics import METRICS
@@ -21,6 +21,7 @@ from loc2vec.evaluation.stage import (
 )
 from loc2vec.io import json_text, write_atomic
 from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.render.mosaic import MosaicManifest
 from loc2vec.training.run import ModelManifest
 from resources import MlflowTracking, ProjectStorage
 
@@ -37,9 +38,13 @@ def embeddings(
     trained_model: ModelManifest,
     sample_locations: SamplesManifest,
     osm_features: FeaturesManifest,
+    raster_mosaic: MosaicManifest,
     storage: ProjectStorage,
 ):
-    manifest = build_embeddings(trained_model, sample_locations, osm_features, storage.path("embeddings"))
+    # cut from the current mosaic: after an OSM update the same model embeds the updated region
+    manifest = build_embeddings(
+        trained_model, sample_locations, osm_features, storage.path("embeddings"), mosaic=raster_mosaic
+    )
     vectors = manifest.vectors()
     storage.prune("embeddings", manifest.path)
     yield dg.Output(
@@ -47,6 +52,9 @@ def embeddings(
         metadata={
             "points": markdown_table(["kind", "count"], list(manifest.counts.items())),
             "dim": manifest.dim,
+            "model_version": manifest.model_version,
+            "mosaic_version": manifest.mosaic_version,
+            **osm_time_tags(manifest),
             "path": dg.MetadataValue.path(manifest.path),
         },
     )

@@ -21,3 +21,11 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def osm_time_tags(source) -> dict[str, str]:
+    """``osm_sequence``/``osm_timestamp`` of a manifest (features, mosaic, embeddings) that records the
+    extract's replication state; empty when the extract records none."""
+    if getattr(source, "osm_sequence", None) is None:
+        return {}
+    return {"osm_sequence": str(source.osm_sequence), "osm_timestamp": str(source.osm_timestamp)}

@@ -5,19 +5,43 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from assets.metadata import counts_table
-from loc2vec.osm.files import check_osm_file, file_sha256
+from assets.metadata import counts_table, osm_time_tags
+from loc2vec.lock import DataDirLock
+from loc2vec.osm.files import check_osm_file, extract_bounds, file_sha256
 from loc2vec.osm.layers import FeaturesManifest, build_feature_layers
+from loc2vec.osm.replication import extract_state, osm_data_version, sync_extract
 from resources import OsmSource, ProjectStorage
 
 
 @dg.observable_source_asset(
-    description="The OSM extract; its data version is the SHA-256 of the file's content.",
+    description="The OSM extract. With a replication source (LOC2VEC_REPLICATION_URL) observing it first "
+    "applies the pending diffs to the project's copy, kept to the region. Data version: replication "
+    "sequence and timestamp (when the extract records them) and the file's SHA-256.",
     group_name="osm",
 )
-def osm_source(osm: OsmSource) -> dg.DataVersion:
-    path = check_osm_file(osm.path)
-    return dg.DataVersion(file_sha256(path))
+def osm_source(osm: OsmSource, storage: ProjectStorage) -> dg.ObserveResult:
+    extract = osm.extract(storage.data_dir)
+    update = None
+    if osm.replication_url:
+        region = osm.region() or extract_bounds(osm.path)
+        with DataDirLock(extract.parent, command="osm_source: apply replication diffs"):
+            update = sync_extract(osm.path, extract, osm.replication_url, region, osm.replication_start)
+    path = check_osm_file(extract)
+    state, sha = extract_state(path), file_sha256(path)
+    metadata = {
+        "osm_sequence": state.sequence if state else None,
+        "osm_timestamp": state.timestamp.isoformat() if state else None,
+        "osm_sha256": sha,
+        "extract": dg.MetadataValue.path(str(path)),
+    }
+    if update is not None:
+        metadata |= {
+            "diffs_applied": update.diffs_applied,
+            "objects_in_diffs": update.objects_in_diffs,
+            "objects_kept_in_region": update.objects_kept,
+            "changed_bbox": str(update.changed_bbox),
+        }
+    return dg.ObserveResult(data_version=dg.DataVersion(osm_data_version(state, sha)), metadata=metadata)
 
 
 class OsmFeaturesConfig(dg.Config):
@@ -42,7 +66,11 @@ def osm_features(
     storage: ProjectStorage,
 ) -> dg.Output[FeaturesManifest]:
     manifest, stats = build_feature_layers(
-        osm.path, osm.schema(), storage.path("features"), bbox=osm.region(), node_index=config.node_index
+        osm.extract(storage.data_dir),
+        osm.schema(),
+        storage.path("features"),
+        bbox=osm.region(),
+        node_index=config.node_index,
     )
     context.log.info(f"imported {stats.total} features in {stats.seconds:.2f} s")
     pruned = storage.prune("features", Path(manifest.path).parent)
@@ -58,6 +86,7 @@ def osm_features(
             "seconds": round(stats.seconds, 3),
             "node_index": stats.node_index,
             "osm_sha256": manifest.osm_sha256,
+            **osm_time_tags(manifest),
             "schema": manifest.schema_name,
             "path": dg.MetadataValue.path(manifest.path),
             "pruned_old_versions": len(pruned),

@@ -5,7 +5,7 @@ import os
 import dagster as dg
 import numpy as np
 
-from assets.metadata import markdown_table
+from assets.metadata import markdown_table, osm_time_tags
 from assets.progress import progress_extra
 from loc2vec.data.crops import CropReader
 from loc2vec.grid import block_keys, check_blocks_per_side
@@ -113,6 +113,7 @@ def raster_mosaic(context: dg.AssetExecutionContext, raster_blocks: dict[str, Mo
             "chunks_written": report.chunks_written,
             "chunks_total": report.chunks_total,
             "mosaic_version": first.version,
+            **osm_time_tags(first),
             "store": dg.MetadataValue.path(first.path),
             "preview": dg.MetadataValue.md(markdown_image(png_bytes(panel), "12 channels at 4 locations")),
             "region": dg.MetadataValue.md(markdown_image(png_bytes(picture), "region composite")),

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from assets.metadata import markdown_table
+from assets.metadata import markdown_table, osm_time_tags
 from assets.progress import progress_extra
 from loc2vec.data.crops import CropReader
 from loc2vec.data.locations import SamplesManifest, build_sample_locations, split_table
@@ -162,6 +162,7 @@ def trained_model(
             "dagster_run_id": context.run.run_id,
             "dagster_run_url": mlflow_tracking.dagster_run_url(context.run.run_id),
             "git_commit": git_commit(PROJECT_ROOT),
+            **osm_time_tags(osm_features),
         },
         model_name=mlflow_tracking.model_name,
         experiment=mlflow_tracking.experiment,
@@ -187,6 +188,7 @@ def trained_model(
                 mlflow_tracking.model_url(manifest.model_name, manifest.model_version)
             ),
             "device": spec.describe(),
+            **osm_time_tags(osm_features),
             "weights": dg.MetadataValue.path(manifest.weights_path),
             "pruned_old_versions": len(pruned),
         },

@@ -7,12 +7,18 @@ whenever the daemon runs (``make ui``) and evaluates the assets' ``AutomationCon
 new data version of the source flows through import, rendering, training and evaluation.
 """
 
+import os
+
 import dagster as dg
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
 from loc2vec.osm.files import file_sha256
+from loc2vec.osm.replication import ReplicationError, extract_state, source_state
 from pipelines.jobs import observe_osm_job
-from resources import OsmSource
+from resources import OsmSource, ProjectStorage
+
+# how often the sensor looks at the source (seconds; $LOC2VEC_OSM_CHECK_SECONDS, read when the code loads)
+CHECK_SECONDS = max(30, int(os.environ.get("LOC2VEC_OSM_CHECK_SECONDS", "600")))
 
 OSM_SOURCE = dg.AssetKey("osm_source")
 
@@ -26,12 +32,15 @@ def last_observed_version(instance: dg.DagsterInstance) -> str | None:
 
 @dg.sensor(
     job=observe_osm_job,
-    minimum_interval_seconds=600,
+    minimum_interval_seconds=CHECK_SECONDS,
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Observes osm_source when the extract's content hash changes (the switch that makes "
-    "OSM updates flow downstream, with osm_follow_automation running).",
+    description="Observes osm_source when the source has news: a new replication sequence "
+    "(LOC2VEC_REPLICATION_URL; the observation applies the diffs), else a new content hash of the extract. "
+    "The switch that makes OSM updates flow downstream, with osm_follow_automation running.",
 )
-def osm_update_sensor(context: dg.SensorEvaluationContext, osm: OsmSource):
+def osm_update_sensor(context: dg.SensorEvaluationContext, osm: OsmSource, storage: ProjectStorage):
+    if osm.replication_url:
+        return _replication_request(context, osm, storage)
     if not osm.path.is_file():
         return dg.SkipReason(f"extract {osm.path} not found")
     digest = file_sha256(osm.path)
@@ -43,6 +52,24 @@ def osm_update_sensor(context: dg.SensorEvaluationContext, osm: OsmSource):
         return dg.SkipReason(f"extract unchanged ({digest[:12]})")
     context.update_cursor(digest)
     return dg.RunRequest(run_key=digest, tags={"osm_sha256": digest})
+
+
+def _replication_request(context: dg.SensorEvaluationContext, osm: OsmSource, storage: ProjectStorage):
+    """A run observing (= updating) the source when the replication source is ahead of the project's copy."""
+    try:
+        newest = source_state(osm.replication_url)
+    except ReplicationError as exc:
+        return dg.SkipReason(f"replication source not readable: {exc}")
+    copy = osm.extract(storage.data_dir)
+    current = extract_state(copy) if copy.exists() else None
+    known = current.sequence if current else osm.replication_start
+    if known is not None and newest.sequence <= known:
+        return dg.SkipReason(f"up to date at sequence {known}")
+    context.update_cursor(str(newest.sequence))
+    return dg.RunRequest(
+        run_key=f"osm-sequence-{newest.sequence}",
+        tags={"osm_sequence": str(newest.sequence), "osm_timestamp": newest.timestamp.isoformat()},
+    )
 
 
 osm_follow_automation = dg.AutomationConditionSensorDefinition(

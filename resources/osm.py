@@ -27,16 +27,43 @@ class OsmSource(dg.ConfigurableResource):
         default=None,
         description="Channel schema JSON ($LOC2VEC_SCHEMA); default: the packaged 12-channel schema.",
     )
+    replication_url: str | None = Field(
+        default=None,
+        description="OSM replication source ($LOC2VEC_REPLICATION_URL): base URL with state.txt and "
+        "AAA/BBB/CCC.osc.gz diffs, or a local directory of that layout. Set: the pipeline imports its own "
+        "copy of the extract (<data_dir>/osm/), kept current with the diffs, kept to the region.",
+    )
+    replication_start: int | None = Field(
+        default=None,
+        description="Replication sequence the extract corresponds to, when its header records none "
+        "($LOC2VEC_REPLICATION_START).",
+    )
 
     @classmethod
     def from_env(cls) -> OsmSource:
         """The source as the environment sets it: ``dg.EnvVar`` for each variable that is set, so the UI
         shows where a value comes from; defaults for the others."""
-        return cls(**env_fields({"pbf_path": "LOC2VEC_PBF", "bbox": "LOC2VEC_BBOX", "schema_path": "LOC2VEC_SCHEMA"}))
+        return cls(
+            **env_fields(
+                {
+                    "pbf_path": "LOC2VEC_PBF",
+                    "bbox": "LOC2VEC_BBOX",
+                    "schema_path": "LOC2VEC_SCHEMA",
+                    "replication_url": "LOC2VEC_REPLICATION_URL",
+                    "replication_start": "LOC2VEC_REPLICATION_START",
+                }
+            )
+        )
 
     @property
     def path(self) -> Path:
+        """The configured extract (with a replication source: the copy's starting point)."""
         return Path(self.pbf_path)
+
+    def extract(self, data_dir: str | Path) -> Path:
+        """The extract the pipeline imports: the configured file, or with a replication source the
+        project's copy of it in ``<data_dir>/osm/`` (created from the file by the first update)."""
+        return Path(data_dir) / "osm" / self.path.name if self.replication_url else self.path
 
     def region(self) -> BBox | None:
         return BBox.parse(self.bbox) if self.bbox else None

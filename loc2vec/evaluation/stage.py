@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import geopandas as gpd
@@ -20,6 +20,7 @@ from loc2vec.evaluation.protocol import ProtocolSpec, build_points, grid_points
 from loc2vec.evaluation.run import evaluate_embeddings
 from loc2vec.io import write_atomic, write_geoparquet, write_json
 from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.render.mosaic import MosaicManifest
 from loc2vec.training.run import ModelManifest
 
 
@@ -29,6 +30,11 @@ class EmbeddingsManifest:
     model_version: str
     dim: int
     counts: dict[str, int]
+    # the mosaic the crops were cut from and the extract's replication state (lineage); None: the model's
+    mosaic_path: str | None = None
+    mosaic_version: str | None = None
+    osm_sequence: int | None = None
+    osm_timestamp: str | None = None
 
     def read(self) -> gpd.GeoDataFrame:
         return gpd.read_parquet(self.path)
@@ -49,9 +55,14 @@ def build_embeddings(
     features: FeaturesManifest,
     out_dir: str | Path,
     grid_spacing_m: float = 100.0,
+    mosaic: MosaicManifest | None = None,
 ) -> EmbeddingsManifest:
-    """Embed every protocol point and a regular grid over the region; write GeoParquet."""
-    reader = CropReader.from_store(model.mosaic_path)
+    """Embed every protocol point and a regular grid over the region, cut from ``mosaic`` (the current one;
+    default: the model's); write GeoParquet whose rows name the mosaic version and OSM sequence."""
+    mosaic_path = mosaic.path if mosaic is not None else model.mosaic_path
+    mosaic_version = mosaic.version if mosaic is not None else model.mosaic_version
+    osm_sequence = mosaic.osm_sequence if mosaic is not None else None
+    reader = CropReader.from_store(mosaic_path)
     points = protocol_points(samples, features, reader)
     grid = grid_points(reader, grid_spacing_m).assign(kind="grid", split="", category="", landuse_class="")
     grid["point_id"] = np.arange(len(grid)) + len(points)
@@ -60,10 +71,22 @@ def build_embeddings(
     crop_px = model.train_config().crop_px
     vectors = encode(encoder, reader, frame[["x", "y"]].to_numpy(), crop_px)
     frame["embedding"] = list(vectors)
+    frame["mosaic_version"] = mosaic_version
+    frame["osm_sequence"] = pd.array([osm_sequence] * len(frame), dtype="Int64")
     geo = gpd.GeoDataFrame(frame, geometry=gpd.points_from_xy(frame["lon"], frame["lat"]), crs="EPSG:4326")
-    path = write_geoparquet(geo, Path(out_dir) / f"embeddings-v{model.model_version}-{model.run_id[:8]}.parquet")
+    name = f"embeddings-v{model.model_version}-{model.run_id[:8]}-{mosaic_version[:8]}.parquet"
+    path = write_geoparquet(geo, Path(out_dir) / name)
     counts = {k: int(v) for k, v in frame["kind"].value_counts().items()}
-    return EmbeddingsManifest(str(path), model.model_version, int(vectors.shape[1]), counts)
+    return EmbeddingsManifest(
+        str(path),
+        model.model_version,
+        int(vectors.shape[1]),
+        counts,
+        mosaic_path=mosaic_path,
+        mosaic_version=mosaic_version,
+        osm_sequence=osm_sequence,
+        osm_timestamp=mosaic.osm_timestamp if mosaic is not None else None,
+    )
 
 
 def evaluate_stage(model: ModelManifest, embeddings: EmbeddingsManifest, out_path: str | Path) -> dict:
@@ -85,6 +108,8 @@ class IndexManifest:
     model_weights: str
     model_config: dict
     report: dict
+    mosaic_version: str | None = None  # lineage: the mosaic the embeddings were cut from, its OSM sequence
+    osm_sequence: int | None = None
 
 
 def build_similarity_index(model: ModelManifest, embeddings: EmbeddingsManifest, out_dir: str | Path) -> IndexManifest:
@@ -98,7 +123,14 @@ def build_similarity_index(model: ModelManifest, embeddings: EmbeddingsManifest,
     ids = pd.DataFrame(frame[["point_id", "kind", "split", "lon", "lat", "x", "y", "category", "landuse_class"]])
     ids_path = write_atomic(out / "points.parquet", lambda tmp: ids.to_parquet(tmp, index=False))
     manifest = IndexManifest(
-        str(index_path), str(ids_path), model.mosaic_path, model.weights_path, model.config, asdict(report)
+        str(index_path),
+        str(ids_path),
+        embeddings.mosaic_path or model.mosaic_path,
+        model.weights_path,
+        model.config,
+        asdict(report),
+        mosaic_version=embeddings.mosaic_version,
+        osm_sequence=embeddings.osm_sequence,
     )
     write_json(asdict(manifest), out / "manifest.json")
     return manifest
@@ -116,7 +148,8 @@ def load_index_manifest(path: str | Path) -> IndexManifest:
     except ValueError as exc:
         raise InputDataError(f"{path} is not a similarity index manifest (not JSON: {exc})") from None
     expected = {f.name for f in fields(IndexManifest)}
-    if not isinstance(values, dict) or set(values) != expected:
+    required = {f.name for f in fields(IndexManifest) if f.default is MISSING}
+    if not isinstance(values, dict) or not required <= set(values) <= expected:
         found = sorted(values) if isinstance(values, dict) else type(values).__name__
         raise InputDataError(
             f"{path} is not a similarity index manifest: expected the keys {sorted(expected)}, found {found}"

@@ -12,6 +12,7 @@ from loc2vec.geo import BBox
 from loc2vec.io import write_geoparquet, write_json
 from loc2vec.osm.files import file_sha256
 from loc2vec.osm.importer import ImportStats, import_features
+from loc2vec.osm.replication import extract_state
 from loc2vec.schema import ChannelSchema, load_schema
 
 
@@ -29,6 +30,8 @@ class FeaturesManifest:
     version: str
     n_features: int
     features_per_channel: dict[str, int]
+    osm_sequence: int | None = None  # the extract's replication state, when its header records one
+    osm_timestamp: str | None = None
 
     @property
     def region(self) -> BBox:
@@ -59,6 +62,7 @@ def build_feature_layers(
     """Import ``pbf_path`` and write ``<out_root>/<version>/features.parquet`` (atomically)."""
     frame, stats = import_features(pbf_path, schema, bbox=bbox, node_index=node_index)
     sha = file_sha256(pbf_path)
+    state = extract_state(pbf_path)
     version = layers_version(sha, schema, stats.bbox)
     out_dir = Path(out_root) / version
     schema_path = write_json(schema.source, out_dir / "channels.json")
@@ -74,5 +78,7 @@ def build_feature_layers(
         version=version,
         n_features=stats.total,
         features_per_channel=stats.features_per_channel,
+        osm_sequence=state.sequence if state else None,
+        osm_timestamp=state.timestamp.isoformat() if state else None,
     )
     return manifest, stats

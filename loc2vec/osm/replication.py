@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import math
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -679,3 +681,78 @@ def write_change(old: str | Path, new: str | Path, out_osc: str | Path) -> Chang
                     modified += 1
                 a, b = next(olds, None), next(news, None)
     return ChangeCounts(created, modified, deleted)
+
+
+# --- a project's copy of an extract, followed over time ----------------------------------------------
+
+
+def source_state_at(url: str | Path, sequence: int) -> ReplicationState:
+    """The state (sequence, timestamp) of one sequence of the source."""
+    with _Server(source_url(url)) as server:
+        return server.state(sequence)
+
+
+def ledger_path(extract: str | Path) -> Path:
+    """The JSON-lines record of every update applied to ``extract`` (beside it)."""
+    path = Path(extract)
+    return path.with_name(f"{path.name}.updates.jsonl")
+
+
+def sync_extract(
+    source: str | Path, copy: str | Path, url: str | Path, region: BBox, start_sequence: int | None = None
+) -> UpdateResult | None:
+    """Bring ``copy`` (created from ``source`` if missing) up to date with ``url``, kept to ``region``, and
+    record the update in its ledger. ``start_sequence``: the sequence ``source`` is at when its header
+    records none."""
+    copy = Path(copy)
+    if not copy.exists():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(copy) as tmp:
+            shutil.copyfile(check_complete(source), tmp)
+    start = None
+    if extract_state(copy) is None and start_sequence is not None:
+        start = source_state_at(url, start_sequence)
+    result = update_extract(copy, url, region, start=start)
+    if result is not None:
+        record = {
+            "sequence": result.current.sequence,
+            "timestamp": result.current.timestamp.isoformat(),
+            "previous_sequence": result.previous.sequence,
+            "diffs_applied": result.diffs_applied,
+            "objects_in_diffs": result.objects_in_diffs,
+            "objects_kept": result.objects_kept,
+            "changed_bbox": _corners(result.changed_bbox) if result.changed_bbox else None,
+            "sha256": result.sha256,
+        }
+        with ledger_path(copy).open("a") as ledger:
+            ledger.write(json.dumps(record) + "\n")
+    return result
+
+
+def changed_share(extract: str | Path, since_sequence: int | None, region: BBox) -> float:
+    """Share of ``region``'s area covered by the changes applied to ``extract`` after ``since_sequence``
+    (the union of the changed objects' bounding boxes; all recorded changes when None)."""
+    from shapely.geometry import box
+    from shapely.ops import unary_union
+
+    ledger = ledger_path(extract)
+    if not ledger.exists():
+        return 0.0
+    boxes = []
+    for line in ledger.read_text().splitlines():
+        record = json.loads(line)
+        if record["changed_bbox"] and (since_sequence is None or record["sequence"] > since_sequence):
+            boxes.append(box(*record["changed_bbox"]))
+    area = box(*_corners(region))
+    return float(unary_union(boxes).intersection(area).area / area.area) if boxes else 0.0
+
+
+def _corners(b: BBox) -> list[float]:
+    return [b.min_lon, b.min_lat, b.max_lon, b.max_lat]
+
+
+def osm_data_version(state: ReplicationState | None, sha256: str) -> str:
+    """An extract's data version: its replication sequence and timestamp (if it records them) and its hash."""
+    if state is None:
+        return sha256
+    return f"seq {state.sequence} @ {state.timestamp:%Y-%m-%dT%H:%M:%SZ} sha256 {sha256[:16]}"

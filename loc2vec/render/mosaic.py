@@ -56,6 +56,8 @@ class MosaicManifest:
     features_version: str
     osm_sha256: str
     style_hash: str
+    osm_sequence: int | None = None  # the extract's replication state (lineage), when recorded
+    osm_timestamp: str | None = None
 
     @property
     def mosaic_grid(self) -> MosaicGrid:
@@ -142,6 +144,8 @@ def render_mosaic(
             "transform": list(grid.transform),
             "resolution_m": grid.resolution,
             "osm_sha256": features.osm_sha256,
+            "osm_sequence": features.osm_sequence,
+            "osm_timestamp": features.osm_timestamp,
             "features_version": features.version,
             "schema_name": schema.name,
             "style_hash": styles,
@@ -186,5 +190,7 @@ def render_mosaic(
         seconds=seconds,
         features_version=features.version,
         osm_sha256=features.osm_sha256,
+        osm_sequence=features.osm_sequence,
+        osm_timestamp=features.osm_timestamp,
         style_hash=styles,
     )

@@ -52,10 +52,13 @@ def test_a_run_ends_with_metrics_model_outputs_and_next_commands(monaco_run, cap
     assert re.search(r"stage 1/\d+: ingest_job", console) and "trained_model: trained 1/1 epochs" in console
     summary = console[console.index("loc2vec: finished") :]
     doc = json.loads((monaco_run / "evaluation.json").read_text())
+    header = next(line for line in summary.splitlines() if "metric" in line and "model" in line)
+    columns = [c.strip() for c in header.split("┃")[2:-1]]
+    assert columns[0] == "model" and set(columns[1:]) == set(doc["baselines"])
     for metric in METRICS:  # every metric row shows the model's and each baseline's value as in the JSON
         row = next(line for line in summary.splitlines() if f" {metric} " in line)
         cells = [c.strip().rstrip("*") for c in row.split("│")[2:-1]]
-        expected = [doc["model"][metric], *(doc["baselines"][b][metric] for b in doc["baselines"])]
+        expected = [doc["model"][metric] if c == "model" else doc["baselines"][c][metric] for c in columns]
         assert cells == ["n/a" if v != v else f"{v:.3f}" for v in expected], row
     assert "means over 2 runs" in summary
     version = doc["runs"][-1]["model_version"]
