@@ -11,7 +11,12 @@ import dagster as dg  # noqa: E402
 from assets import evaluation, osm, raster, training  # noqa: E402
 from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job  # noqa: E402
 from pipelines.loggers import file_logger, progress_logger  # noqa: E402
-from pipelines.sensors import nightly_osm_refresh, osm_follow_automation, osm_update_sensor  # noqa: E402
+from pipelines.sensors import (  # noqa: E402
+    nightly_osm_refresh,
+    osm_follow_automation,
+    osm_update_sensor,
+    retrain_when_region_changed,
+)
 from resources import MapnikRenderer, MlflowTracking, OsmSource, ProjectStorage, TorchDevice  # noqa: E402
 
 
@@ -46,7 +51,7 @@ def build_definitions(
             evaluation.maps_pages_written,
         ],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
-        sensors=[osm_update_sensor, osm_follow_automation],
+        sensors=[osm_update_sensor, osm_follow_automation, retrain_when_region_changed],
         schedules=[nightly_osm_refresh],
         loggers={"console": dg.colored_console_logger, "file": file_logger, "progress": progress_logger},
         resources={

@@ -12,8 +12,8 @@ import os
 import dagster as dg
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
-from loc2vec.osm.files import file_sha256
-from loc2vec.osm.replication import ReplicationError, extract_state, source_state
+from loc2vec.osm.files import extract_bounds, file_sha256
+from loc2vec.osm.replication import ReplicationError, changed_share, extract_state, source_state
 from pipelines.jobs import observe_osm_job
 from resources import OsmSource, ProjectStorage
 
@@ -69,6 +69,41 @@ def _replication_request(context: dg.SensorEvaluationContext, osm: OsmSource, st
     return dg.RunRequest(
         run_key=f"osm-sequence-{newest.sequence}",
         tags={"osm_sequence": str(newest.sequence), "osm_timestamp": newest.timestamp.isoformat()},
+    )
+
+
+def retrain_share() -> float:
+    """Share of the region that must have changed since the model's OSM sequence to retrain it
+    ($LOC2VEC_RETRAIN_SHARE, default 0.2)."""
+    return float(os.environ.get("LOC2VEC_RETRAIN_SHARE", "0.2"))
+
+
+@dg.sensor(
+    asset_selection=dg.AssetSelection.keys("trained_model"),
+    minimum_interval_seconds=CHECK_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="The retraining policy's share rule: retrains trained_model when the OSM changes applied "
+    "since the model's sequence cover LOC2VEC_RETRAIN_SHARE of the region (replication sources only).",
+)
+def retrain_when_region_changed(context: dg.SensorEvaluationContext, osm: OsmSource, storage: ProjectStorage):
+    if not osm.replication_url:
+        return dg.SkipReason("no replication source (LOC2VEC_REPLICATION_URL)")
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
+    if event is None or event.asset_materialization is None:
+        return dg.SkipReason("no trained model yet")
+    recorded = event.asset_materialization.metadata.get("osm_sequence")
+    since = int(recorded.value) if recorded is not None else None
+    copy = osm.extract(storage.data_dir)
+    current = extract_state(copy) if copy.exists() else None
+    if current is None or (since is not None and current.sequence <= since):
+        return dg.SkipReason(f"the model is at the extract's sequence ({since})")
+    share, threshold = changed_share(copy, since, osm.region() or extract_bounds(osm.path)), retrain_share()
+    if share < threshold:
+        return dg.SkipReason(f"{share:.1%} of the region changed since sequence {since}; retrains at {threshold:.0%}")
+    return dg.RunRequest(
+        run_key=f"retrain-at-sequence-{current.sequence}",
+        asset_selection=[dg.AssetKey("trained_model")],
+        tags={"osm_sequence": str(current.sequence), "changed_share": f"{share:.4f}"},
     )
 
 

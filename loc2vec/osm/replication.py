@@ -711,7 +711,10 @@ def sync_extract(
             shutil.copyfile(check_complete(source), tmp)
     start = None
     if extract_state(copy) is None and start_sequence is not None:
-        start = source_state_at(url, start_sequence)
+        try:
+            start = source_state_at(url, start_sequence)
+        except ReplicationError:  # not published (a source begun after the extract): the next one's time
+            start = ReplicationState(start_sequence, source_state_at(url, start_sequence + 1).timestamp)
     result = update_extract(copy, url, region, start=start)
     if result is not None:
         record = {

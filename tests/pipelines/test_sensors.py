@@ -15,13 +15,29 @@ def test_sensor_requests_a_run_per_new_content_hash(tmp_path):
     shutil.copy(KOTKA, extract)
     osm = OsmSource(pbf_path=str(extract))
     with dg.instance_for_test() as instance:
-        first = osm_update_sensor(dg.build_sensor_context(instance=instance, resources={"osm": osm}))
+        first = osm_update_sensor(
+            dg.build_sensor_context(
+                instance=instance, resources={"osm": osm, "storage": ProjectStorage(data_dir=str(tmp_path / "data"))}
+            )
+        )
         assert isinstance(first, dg.RunRequest)
         cursor = first.run_key
-        same = osm_update_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"osm": osm}))
+        same = osm_update_sensor(
+            dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                resources={"osm": osm, "storage": ProjectStorage(data_dir=str(tmp_path / "data"))},
+            )
+        )
         assert isinstance(same, dg.SkipReason)
         shutil.copy(MONACO_2023, extract)  # "the OSM data updated"
-        changed = osm_update_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"osm": osm}))
+        changed = osm_update_sensor(
+            dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor,
+                resources={"osm": osm, "storage": ProjectStorage(data_dir=str(tmp_path / "data"))},
+            )
+        )
         assert isinstance(changed, dg.RunRequest) and changed.run_key != cursor
 
 
@@ -47,12 +63,18 @@ def test_first_tick_after_a_run_launches_nothing_until_the_extract_changes(tmp_p
     defs = build_definitions(osm, ProjectStorage(data_dir=str(tmp_path / "data")))
     with dg.instance_for_test() as instance:
         assert defs.resolve_job_def("observe_osm_job").execute_in_process(instance=instance).success
-        context = dg.build_sensor_context(instance=instance, resources={"osm": osm})
+        context = dg.build_sensor_context(
+            instance=instance, resources={"osm": osm, "storage": ProjectStorage(data_dir=str(tmp_path / "data"))}
+        )
         first = osm_update_sensor(context)
         assert isinstance(first, dg.SkipReason) and "unchanged" in first.skip_message
         shutil.copy(MONACO_2023, extract)
         changed = osm_update_sensor(
-            dg.build_sensor_context(instance=instance, cursor=context.cursor, resources={"osm": osm})
+            dg.build_sensor_context(
+                instance=instance,
+                cursor=context.cursor,
+                resources={"osm": osm, "storage": ProjectStorage(data_dir=str(tmp_path / "data"))},
+            )
         )
         assert isinstance(changed, dg.RunRequest)
 
