@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -43,17 +44,16 @@ class OsmSource(dg.ConfigurableResource):
     def from_env(cls) -> OsmSource:
         """The source as the environment sets it: ``dg.EnvVar`` for each variable that is set, so the UI
         shows where a value comes from; defaults for the others."""
-        return cls(
-            **env_fields(
-                {
-                    "pbf_path": "LOC2VEC_PBF",
-                    "bbox": "LOC2VEC_BBOX",
-                    "schema_path": "LOC2VEC_SCHEMA",
-                    "replication_url": "LOC2VEC_REPLICATION_URL",
-                    "replication_start": "LOC2VEC_REPLICATION_START",
-                }
-            )
+        text = env_fields(
+            {
+                "pbf_path": "LOC2VEC_PBF",
+                "bbox": "LOC2VEC_BBOX",
+                "schema_path": "LOC2VEC_SCHEMA",
+                "replication_url": "LOC2VEC_REPLICATION_URL",
+            }
         )
+        start = os.environ.get("LOC2VEC_REPLICATION_START")
+        return cls(**text, **({"replication_start": dg.EnvVar.int("LOC2VEC_REPLICATION_START")} if start else {}))
 
     @property
     def path(self) -> Path:

@@ -104,3 +104,50 @@ def test_in_process_runs_are_listed_under_their_jobs(tmp_path):
             dg.RunsFilter(job_name="observe_osm_job", tags={REPOSITORY_LABEL_TAG: "__repository__@loc2vec"})
         )
         assert [run.run_id for run in listed] == [run_id]
+
+
+def test_replication_settings_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LOC2VEC_REPLICATION_URL", str(tmp_path / "replication"))
+    monkeypatch.setenv("LOC2VEC_REPLICATION_START", "41")
+    osm = OsmSource.from_env().process_config_and_initialize()
+    assert (osm.replication_url, osm.replication_start) == (str(tmp_path / "replication"), 41)
+    assert osm.extract(tmp_path / "data") == tmp_path / "data" / "osm" / osm.path.name  # the project's copy
+
+
+def test_sensor_on_a_replication_source_asks_once_per_new_sequence(tmp_path):
+    from datetime import UTC, datetime
+
+    from loc2vec.osm.replication import publish_diff, sync_extract
+    from tests.conftest import free_port
+    from tests.osm.test_replication import _diff_of_edits
+
+    source = tmp_path / "replication"
+    _, diff, _ = _diff_of_edits(tmp_path)
+    publish_diff(source, diff, datetime(2026, 11, 30, tzinfo=UTC))
+    osm = OsmSource(pbf_path=str(KOTKA), replication_url=str(source), replication_start=0)
+    storage = ProjectStorage(data_dir=str(tmp_path / "data"))
+    with dg.instance_for_test() as instance:
+
+        def tick(source: OsmSource):
+            return osm_update_sensor(
+                dg.build_sensor_context(instance=instance, resources={"osm": source, "storage": storage})
+            )
+
+        first = tick(osm)
+        assert isinstance(first, dg.RunRequest) and first.run_key == "osm-sequence-1"
+        sync_extract(osm.path, osm.extract(storage.data_dir), source, osm_region(osm), 0)  # what the run does
+        again = osm_update_sensor(
+            dg.build_sensor_context(instance=instance, resources={"osm": osm, "storage": storage})
+        )
+        assert isinstance(again, dg.SkipReason) and "up to date at sequence 1" in again.skip_message
+        down = OsmSource(pbf_path=str(KOTKA), replication_url=f"http://127.0.0.1:{free_port()}/minute/")
+        skipped = osm_update_sensor(
+            dg.build_sensor_context(instance=instance, resources={"osm": down, "storage": storage})
+        )
+        assert isinstance(skipped, dg.SkipReason) and "not readable" in skipped.skip_message
+
+
+def osm_region(osm: OsmSource):
+    from loc2vec.osm.files import extract_bounds
+
+    return osm.region() or extract_bounds(osm.path)
