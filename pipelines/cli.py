@@ -31,9 +31,14 @@ MAKE_NEXT = [
 ]
 
 
-def _run_next(out: Path, pbf: str, bbox: str | None) -> list[tuple[str, str]]:
-    """What to open after ``loc2vec run --out OUT``: the same targets pointed at OUT."""
+def _run_next(
+    out: Path, pbf: str, bbox: str | None, replication: str | None = None, start: int | None = None
+) -> list[tuple[str, str]]:
+    """What to open after ``loc2vec run --out OUT``: the same targets pointed at OUT (and its region)."""
     region = f"LOC2VEC_PBF={pbf}" + (f" LOC2VEC_BBOX={bbox}" if bbox else "")
+    if replication:
+        region += f" LOC2VEC_REPLICATION_URL={replication}"
+        region += f" LOC2VEC_REPLICATION_START={start}" if start is not None else ""
     return [
         (f"{region} LOC2VEC_DATA_DIR={out} DAGSTER_HOME={out}/dagster_home make ui", MAKE_NEXT[0][1]),
         (f"LOC2VEC_DATA_DIR={out} make mlflow-ui", MAKE_NEXT[1][1]),
@@ -59,15 +64,24 @@ def _print_summary(pipeline, main, evaluation: dict, next_commands, started: flo
     summary.render(display().console)
 
 
-def _definitions(pbf: str, bbox: str | None, data_dir: Path, n_models: int = 1):
-    """Definitions on ``pbf`` writing into ``data_dir``, keeping at least ``n_models`` versions of each output."""
+def _definitions(
+    pbf: str,
+    bbox: str | None,
+    data_dir: Path,
+    n_models: int = 1,
+    replication_url: str | None = None,
+    replication_start: int | None = None,
+):
+    """Definitions on ``pbf`` (followed from ``replication_url`` when given) writing into ``data_dir``,
+    keeping at least ``n_models`` versions of each output."""
     from pipelines.definitions import build_definitions
     from resources import OsmSource, ProjectStorage
 
     storage = ProjectStorage(data_dir=str(data_dir))
     if storage.keep_versions < n_models:
         storage = ProjectStorage(data_dir=str(data_dir), keep_versions=n_models)
-    return build_definitions(OsmSource(pbf_path=pbf, bbox=bbox), storage)
+    osm = OsmSource(pbf_path=pbf, bbox=bbox, replication_url=replication_url, replication_start=replication_start)
+    return build_definitions(osm, storage)
 
 
 def _instance(data_dir: Path):
@@ -86,7 +100,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     seeds = [args.seed + i for i in range(args.seeds)]
     split_seeds: list[int | None] = [None] if args.split_seeds == 1 else list(range(args.split_seeds))
     n_models = len(seeds) * len(split_seeds)
-    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, n_models=n_models)
+    replication = (
+        str(Path(args.replication_url).resolve())
+        if args.replication_url and "://" not in args.replication_url
+        else args.replication_url
+    )
+    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, n_models, replication, args.replication_start)
     # a bad file, region, setting or a too small disk fails here, before DIR is created
     preflight(defs, {"main_job": main_job_config(seeds[0], args.epochs, split_seeds[0])}, n_models=n_models)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         document = run_sweep(pipeline, seeds, split_seeds, args.epochs)
         write_json(document, out / "evaluation.json")
         _log(f"wrote {out / 'evaluation.json'}" + (" (means over the runs)" if n_models > 1 else ""))
-        next_commands = _run_next(out, str(Path(args.pbf).resolve()), args.bbox)
+        next_commands = _run_next(out, str(Path(args.pbf).resolve()), args.bbox, replication, args.replication_start)
         _print_summary(pipeline, pipeline.last("main_job"), document, next_commands, started)
     return 0
 
@@ -205,6 +224,12 @@ def parser() -> argparse.ArgumentParser:
         help="output directory: the run's data dir (in place of $LOC2VEC_DATA_DIR), its MLflow store, its Dagster "
         "instance (OUT/dagster_home, in place of $DAGSTER_HOME) and evaluation.json",
     )
+    run.add_argument(
+        "--replication-url",
+        help="follow this OSM replication source (base URL or a directory of diffs): the run imports its own "
+        "copy of the extract brought to the newest sequence (README: Keeping a region up to date)",
+    )
+    run.add_argument("--replication-start", type=int, help="the sequence the extract is at, if its header records none")
     run.add_argument("--epochs", type=int, help="training epochs (default: the asset's default)")
     run.add_argument("--seed", type=int, default=0, help="first training seed")
     run.add_argument("--seeds", type=int, default=1, help="train and evaluate N seeds; report mean and std")

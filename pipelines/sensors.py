@@ -111,7 +111,7 @@ osm_follow_automation = dg.AutomationConditionSensorDefinition(
     "osm_follow_automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=int(os.environ.get("LOC2VEC_AUTOMATION_SECONDS", "30")),
     description="Evaluates the assets' automation conditions (eager: follow a new OSM source version).",
 )
 

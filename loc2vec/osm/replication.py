@@ -698,6 +698,20 @@ def ledger_path(extract: str | Path) -> Path:
     return path.with_name(f"{path.name}.updates.jsonl")
 
 
+def remove_leftovers(extract: str | Path) -> list[Path]:
+    """Delete the temporary files and directories an update killed midway left beside ``extract``
+    (``.<name>.*``). Only call it while holding the lock that serialises updates of ``extract``."""
+    path = Path(extract)
+    removed = []
+    for leftover in path.parent.glob(f".{path.name}.*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
 def sync_extract(
     source: str | Path, copy: str | Path, url: str | Path, region: BBox, start_sequence: int | None = None
 ) -> UpdateResult | None:

@@ -10,7 +10,7 @@ import pytest
 
 from loc2vec.evaluation.metrics import METRICS
 from pipelines.cli import main
-from tests.conftest import MONACO, TRAIN_REGION
+from tests.conftest import KOTKA, MONACO, TRAIN_REGION
 
 BBOX = ",".join(map(str, TRAIN_REGION))
 KEYS = set(METRICS)
@@ -154,8 +154,8 @@ def test_run_config_sets_the_split_seed_only_when_asked():
 @pytest.mark.slow
 def test_run_over_two_draws_of_the_test_blocks(tmp_path):
     out = tmp_path / "draws"
-    # the whole extract: the small test region leaves too few train anchors for some draws
-    args = ["run", "--pbf", str(MONACO), "--out", str(out), "--epochs", "1", "--split-seeds", "2"]
+    # Kotka: small enough to be quick, large enough that either draw leaves train anchors in every split
+    args = ["run", "--pbf", str(KOTKA), "--out", str(out), "--epochs", "1", "--split-seeds", "2"]
     assert main(args) == 0
     doc = json.loads((out / "evaluation.json").read_text())
     runs = doc["runs"]

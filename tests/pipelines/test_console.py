@@ -59,7 +59,7 @@ def test_a_run_ends_with_metrics_model_outputs_and_next_commands(monaco_run, cap
         row = next(line for line in summary.splitlines() if f" {metric} " in line)
         cells = [c.strip().rstrip("*") for c in row.split("│")[2:-1]]
         expected = [doc["model"][metric] if c == "model" else doc["baselines"][c][metric] for c in columns]
-        assert cells == ["n/a" if v != v else f"{v:.3f}" for v in expected], row
+        assert cells == ["n/a" if v is None or v != v else f"{v:.3f}" for v in expected], row
     assert "means over 2 runs" in summary
     version = doc["runs"][-1]["model_version"]
     assert f"loc2vec-encoder version {version}" in summary

@@ -2,8 +2,11 @@
 
 The first run imports the project's copy of the extract brought to sequence 1; the lineage of the model
 version (MLflow tags), the mosaic and every embedding row names that sequence. Sequence 2 then arrives:
-observing the source applies it, the automation asks for a new import and not for a new model, and the
-refreshed embeddings, cut by the same model from the new mosaic, carry sequence 2 (slow: one training).
+observing the source applies it; the Dagster UI (headless Chromium, screenshots in test-artifacts/) shows
+trained_model's lineage back to osm_source, the assets downstream of the source stale, the sequence on
+the source's observation and on the model's materialization with its MLflow link. The automation asks
+for a new import and not for a new model, and the refreshed embeddings, cut by the same model from the
+new mosaic, carry sequence 2 (slow: one training).
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ import pytest
 from loc2vec.osm.replication import extract_state, publish_diff, write_change
 from loc2vec.store.mosaic import open_mosaic
 from pipelines.definitions import build_definitions
-from pipelines.runner import Pipeline, main_job_config
+from pipelines.runner import Pipeline, main_job_config, open_instance
 from pipelines.sensors import retrain_when_region_changed
 from resources import OsmSource, ProjectStorage
 from tests.conftest import KOTKA
 from tests.osm.test_replication import _diff_of_edits
+from tests.server.browser import browser, needs_chromium
+from tests.server.servers import clean_env, dagster_ui
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server, needs_chromium]
+
+STALE = """{ assetNodes { assetKey { path } staleStatus } }"""
 
 
 def _retag_buildings(src: Path, dst: Path, n: int = 5) -> list[int]:
@@ -42,7 +49,28 @@ def _retag_buildings(src: Path, dst: Path, n: int = 5) -> list[int]:
     return changed
 
 
-def test_osm_sequence_flows_to_model_and_embeddings_and_a_diff_does_not_retrain(tmp_path):
+def _check_the_ui(env: dict[str, str], log: Path, test_name: str, model_run_id: str) -> None:
+    """After sequence 2 was observed: lineage, staleness and the sequences as the UI shows them."""
+    with dagster_ui(env, log, daemon=False) as server, browser(test_name) as page:
+        stale = {"/".join(n["assetKey"]["path"]): n["staleStatus"] for n in server.graphql(STALE)["assetNodes"]}
+        assert stale["osm_features"] == "STALE" and stale["trained_model"] == "STALE", stale
+        page.open(f"{server.url}/assets/trained_model?view=lineage&lineageScope=upstream&lineageDepth=10")
+        page.dismiss_dagster_welcome()
+        page.wait_text("osm_source", "osm_features", "raster_mosaic", "sample_locations", "trained_model")
+        page.shot("1-trained-model-lineage")
+        page.open(f"{server.url}/assets/osm_features")
+        page.wait_text("Upstream data version")  # Dagster's stale cause: the source has a new version
+        page.shot("2-osm-features-stale")
+        page.open(f"{server.url}/assets/osm_source")
+        page.wait_text("osm_sequence", "seq 2 @")
+        page.shot("3-osm-source-sequence-2")
+        page.open(f"{server.url}/assets/trained_model")
+        page.wait_text("osm_sequence", "mlflow_run")
+        assert any(href.endswith(f"/runs/{model_run_id}") for href in page.links().values())
+        page.shot("4-trained-model-sequence-1")
+
+
+def test_osm_sequence_flows_to_model_and_embeddings_and_a_diff_does_not_retrain(tmp_path, request):
     extract = tmp_path / "kotka.osm.pbf"
     shutil.copy(KOTKA, extract)
     source = tmp_path / "replication"
@@ -52,7 +80,8 @@ def test_osm_sequence_flows_to_model_and_embeddings_and_a_diff_does_not_retrain(
     data_dir = tmp_path / "data"
     defs = build_definitions(osm, ProjectStorage(data_dir=str(data_dir)))
 
-    with dg.instance_for_test() as instance, Pipeline(defs, instance, log=lambda _: None) as pipeline:
+    home = tmp_path / "dagster_home"
+    with open_instance(home) as instance, Pipeline(defs, instance, log=lambda _: None) as pipeline:
         main = pipeline.run_stages({"main_job": main_job_config(epochs=1)})["main_job"]
         copy = osm.extract(data_dir)
         assert extract_state(copy).sequence == 1 and extract.read_bytes() == KOTKA.read_bytes()  # own copy
@@ -75,6 +104,14 @@ def test_osm_sequence_flows_to_model_and_embeddings_and_a_diff_does_not_retrain(
         quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
         pipeline.run_job("observe_osm_job")
         assert extract_state(copy).sequence == 2
+        env = clean_env(
+            DAGSTER_HOME=str(home),
+            LOC2VEC_DATA_DIR=str(data_dir),
+            LOC2VEC_PBF=str(extract),
+            LOC2VEC_REPLICATION_URL=str(source),
+            LOC2VEC_REPLICATION_START="0",
+        )
+        _check_the_ui(env, tmp_path / "webserver.log", request.node.name, model.run_id)
         wanted = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=quiet.cursor)
         assert wanted.get_num_requested(dg.AssetKey("osm_features")) == 1
         assert wanted.get_num_requested(dg.AssetKey("trained_model")) == 0  # the retraining policy

@@ -5,12 +5,13 @@ then ``osm_follow_automation`` (on by default) materializes the mosaic from the 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 
+from pipelines.definitions import build_definitions
+from pipelines.runner import open_instance
+from resources import OsmSource, ProjectStorage
 from tests.conftest import KOTKA
 from tests.server.browser import browser, needs_chromium
 from tests.server.servers import clean_env, dagster_ui
@@ -35,11 +36,15 @@ def _materializations(server, asset: str) -> list[dict]:
 def test_materialize_the_render_partitions_from_the_ui(tmp_path_factory, request):
     base = tmp_path_factory.mktemp("ui-backfill")
     home, data = base / "dagster_home", base / "data"
-    env = clean_env(DAGSTER_HOME=str(home), LOC2VEC_DATA_DIR=str(data), LOC2VEC_PBF=str(KOTKA))
-    home.mkdir()
-    # the import is done first, as an earlier run would have done it; the UI's part is the rendering
-    importer = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "pipelines.definitions"]
-    subprocess.run([*importer, "--select", "osm_features"], env=env, cwd=home, check=True, capture_output=True)
+    # the automation sensor looks every 10 s instead of 30 (the test waits for it)
+    env = clean_env(
+        DAGSTER_HOME=str(home), LOC2VEC_DATA_DIR=str(data), LOC2VEC_PBF=str(KOTKA), LOC2VEC_AUTOMATION_SECONDS="10"
+    )
+    # the import is done first, in the same instance, as an earlier run would have done it; the UI's part
+    # is the rendering
+    defs = build_definitions(OsmSource(pbf_path=str(KOTKA)), ProjectStorage(data_dir=str(data)))
+    with open_instance(home) as instance:
+        assert defs.resolve_job_def("ingest_job").execute_in_process(instance=instance).success
 
     with dagster_ui(env, base / "dagster_dev.log") as server, browser(request.node.name) as page:
         page.open(f"{server.url}/automation")
