@@ -18,6 +18,8 @@ LINEAGE_LABELS = {
     "region": "region (extract)",
     "osm_bbox": "bounding box",
     "osm_sha256": "OSM file SHA-256",
+    "osm_sequence": "OSM replication sequence",
+    "osm_timestamp": "OSM replication timestamp",
     "mosaic_version": "mosaic version",
     "samples_version": "split / sample version",
     "dagster_run_id": "Dagster run",
