@@ -10,6 +10,7 @@ from loc2vec import tracking
 from loc2vec.data.locations import SamplesManifest
 from loc2vec.evaluation.metrics import METRICS
 from loc2vec.evaluation.run import MAIN_METRIC
+from loc2vec.evaluation.serve_maps import page_url
 from loc2vec.evaluation.stage import (
     EmbeddingsManifest,
     IndexManifest,
@@ -166,8 +167,6 @@ def maps(
     trained_model: ModelManifest, embeddings: EmbeddingsManifest, storage: ProjectStorage
 ) -> dg.Output[MapsManifest]:
     out_dir = _model_dir(storage, "maps", trained_model)
-    from loc2vec.evaluation.serve_maps import page_url
-
     manifest = build_maps(trained_model, embeddings, out_dir)
     storage.prune("maps", out_dir)
     # http links (browsers refuse file:// from the UI): `make maps` serves them, $LOC2VEC_MAPS_URL overrides

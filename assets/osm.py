@@ -7,7 +7,7 @@ from pydantic import Field
 
 from assets.metadata import counts_table, osm_time_tags
 from loc2vec.lock import DataDirLock
-from loc2vec.osm.files import check_osm_file, extract_bounds, file_sha256
+from loc2vec.osm.files import check_osm_file, file_sha256
 from loc2vec.osm.layers import FeaturesManifest, build_feature_layers
 from loc2vec.osm.replication import extract_state, osm_data_version, remove_leftovers, sync_extract
 from resources import OsmSource, ProjectStorage
@@ -23,10 +23,9 @@ def osm_source(osm: OsmSource, storage: ProjectStorage) -> dg.ObserveResult:
     extract = osm.extract(storage.data_dir)
     update = None
     if osm.replication_url:
-        region = osm.region() or extract_bounds(osm.path)
         with DataDirLock(extract.parent, command="osm_source: apply replication diffs"):
             remove_leftovers(extract)  # of an update killed midway: it restarts from the untouched extract
-            update = sync_extract(osm.path, extract, osm.replication_url, region, osm.replication_start)
+            update = sync_extract(osm.path, extract, osm.replication_url, osm.followed_region(), osm.replication_start)
     path = check_osm_file(extract)
     state, sha = extract_state(path), file_sha256(path)
     metadata = {

@@ -303,13 +303,21 @@ def fail_orphaned_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> list[
     return marked
 
 
+def alias_holder(tracking_uri: str, name: str, alias: str = "champion"):
+    """The version of model ``name`` that holds ``alias`` (None when no version holds it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(tracking_uri).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
 def promote_if_better(
     tracking_uri: str, name: str, version: str, metric: str, value: float, alias: str = "champion"
 ) -> bool:
     """Give ``version`` the alias when it beats the current holder on ``metric`` (stored as a version tag);
     the champion status section of the version descriptions says why (and since when)."""
-    from mlflow.exceptions import MlflowException
-
     registry = client(tracking_uri)
     registry.set_model_version_tag(name, version, metric, str(value))
 
@@ -319,10 +327,7 @@ def promote_if_better(
     if math.isnan(value):  # a version that could not be scored never becomes champion
         status(f"not promoted: `{metric}` could not be scored")
         return False
-    try:
-        current = registry.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        current = None
+    current = alias_holder(tracking_uri, name, alias)
     if current is not None and str(current.version) == str(version):
         return True  # already the champion: its status stands
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -94,17 +94,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on ``--pbf``; writes ``OUT/evaluation.json`` (mean ± std with ``--seeds`` or
     ``--split-seeds``: every training seed on every draw of the held-out blocks)."""
     from loc2vec.io import write_json
+    from loc2vec.osm.replication import source_url
     from pipelines.runner import Pipeline, main_job_config, preflight, run_sweep
 
     out = Path(args.out).resolve()
     seeds = [args.seed + i for i in range(args.seeds)]
     split_seeds: list[int | None] = [None] if args.split_seeds == 1 else list(range(args.split_seeds))
     n_models = len(seeds) * len(split_seeds)
-    replication = (
-        str(Path(args.replication_url).resolve())
-        if args.replication_url and "://" not in args.replication_url
-        else args.replication_url
-    )
+    # a URL, or a directory as an absolute file:// URL (the next commands run from other directories)
+    replication = source_url(args.replication_url) if args.replication_url else None
     defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, n_models, replication, args.replication_start)
     # a bad file, region, setting or a too small disk fails here, before DIR is created
     preflight(defs, {"main_job": main_job_config(seeds[0], args.epochs, split_seeds[0])}, n_models=n_models)

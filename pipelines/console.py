@@ -55,9 +55,6 @@ class ConsoleDisplay:
         line = f"[{self.prefix} {time.strftime('%H:%M:%S')}] {text}"
         (self._bars.console if self._bars else self.console).print(line, markup=False, highlight=False)
 
-    def stage(self, index: int, total: int, label: str) -> None:
-        self.message(f"stage {index}/{total}: {label}")
-
     def progress(self, task: str, done: int, total: int, text: str | None = None) -> None:
         """``task`` has done ``done`` of ``total`` steps; ``text`` is the asset's own message."""
         if self.interactive:
@@ -65,7 +62,9 @@ class ConsoleDisplay:
                 self.message(text)
             self._bar(task, done, total)
             return
-        state = self._plain.get(task) or self._plain.setdefault(task, _PlainTask(started=self.clock()))
+        if task not in self._plain:
+            self._plain[task] = _PlainTask(started=self.clock())
+        state = self._plain[task]
         quarters = 4 if total <= 0 else min(4, done * 4 // total)
         if quarters == state.printed_quarters and not text:
             return

@@ -12,7 +12,7 @@ import os
 import dagster as dg
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
-from loc2vec.osm.files import extract_bounds, file_sha256
+from loc2vec.osm.files import file_sha256
 from loc2vec.osm.replication import ReplicationError, changed_share, extract_state, source_state
 from pipelines.jobs import observe_osm_job
 from resources import OsmSource, ProjectStorage
@@ -97,7 +97,7 @@ def retrain_when_region_changed(context: dg.SensorEvaluationContext, osm: OsmSou
     current = extract_state(copy) if copy.exists() else None
     if current is None or (since is not None and current.sequence <= since):
         return dg.SkipReason(f"the model is at the extract's sequence ({since})")
-    share, threshold = changed_share(copy, since, osm.region() or extract_bounds(osm.path)), retrain_share()
+    share, threshold = changed_share(copy, since, osm.followed_region()), retrain_share()
     if share < threshold:
         return dg.SkipReason(f"{share:.1%} of the region changed since sequence {since}; retrains at {threshold:.0%}")
     return dg.RunRequest(

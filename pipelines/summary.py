@@ -88,12 +88,8 @@ class RunSummary:
 
 
 def champion_version(tracking_uri: str, model_name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(tracking.client(tracking_uri).get_model_version_by_alias(model_name, CHAMPION).version)
-    except MlflowException:
-        return None
+    holder = tracking.alias_holder(tracking_uri, model_name, CHAMPION)
+    return None if holder is None else str(holder.version)
 
 
 def example_place(index: IndexManifest) -> tuple[float, float]:

@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field
 
 from loc2vec.geo import BBox
+from loc2vec.osm.files import extract_bounds
 from loc2vec.schema import ChannelSchema, load_schema
 from resources.paths import DEFAULT_PBF, env_fields
 
@@ -67,6 +68,10 @@ class OsmSource(dg.ConfigurableResource):
 
     def region(self) -> BBox | None:
         return BBox.parse(self.bbox) if self.bbox else None
+
+    def followed_region(self) -> BBox:
+        """The region replication diffs are kept to: the configured bbox, else the extract's bounds."""
+        return self.region() or extract_bounds(self.path)
 
     def schema(self) -> ChannelSchema:
         return load_schema(self.schema_path)

@@ -738,7 +738,7 @@ def sync_extract(
             "diffs_applied": result.diffs_applied,
             "objects_in_diffs": result.objects_in_diffs,
             "objects_kept": result.objects_kept,
-            "changed_bbox": _corners(result.changed_bbox) if result.changed_bbox else None,
+            "changed_bbox": list(result.changed_bbox.as_tuple()) if result.changed_bbox else None,
             "sha256": result.sha256,
         }
         with ledger_path(copy).open("a") as ledger:
@@ -760,12 +760,8 @@ def changed_share(extract: str | Path, since_sequence: int | None, region: BBox)
         record = json.loads(line)
         if record["changed_bbox"] and (since_sequence is None or record["sequence"] > since_sequence):
             boxes.append(box(*record["changed_bbox"]))
-    area = box(*_corners(region))
+    area = box(*region.as_tuple())
     return float(unary_union(boxes).intersection(area).area / area.area) if boxes else 0.0
-
-
-def _corners(b: BBox) -> list[float]:
-    return [b.min_lon, b.min_lat, b.max_lon, b.max_lat]
 
 
 def osm_data_version(state: ReplicationState | None, sha256: str) -> str:

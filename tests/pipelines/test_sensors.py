@@ -135,7 +135,7 @@ def test_sensor_on_a_replication_source_asks_once_per_new_sequence(tmp_path):
 
         first = tick(osm)
         assert isinstance(first, dg.RunRequest) and first.run_key == "osm-sequence-1"
-        sync_extract(osm.path, osm.extract(storage.data_dir), source, osm_region(osm), 0)  # what the run does
+        sync_extract(osm.path, osm.extract(storage.data_dir), source, osm.followed_region(), 0)  # what the run does
         again = osm_update_sensor(
             dg.build_sensor_context(instance=instance, resources={"osm": osm, "storage": storage})
         )
@@ -145,9 +145,3 @@ def test_sensor_on_a_replication_source_asks_once_per_new_sequence(tmp_path):
             dg.build_sensor_context(instance=instance, resources={"osm": down, "storage": storage})
         )
         assert isinstance(skipped, dg.SkipReason) and "not readable" in skipped.skip_message
-
-
-def osm_region(osm: OsmSource):
-    from loc2vec.osm.files import extract_bounds
-
-    return osm.region() or extract_bounds(osm.path)
