@@ -127,3 +127,6 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for name in ("torch._export", "torch.export", "torch._dynamo", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A Ctrl-C that lands while SQLAlchemy closes a pooled connection is logged by the pool with a
+    # traceback; the interrupted run already ends in one line, so the pool's report is noise.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
