@@ -57,7 +57,7 @@ def build_definitions(
         resources={
             "osm": osm_source or OsmSource.from_env(),
             "storage": storage,
-            "renderer": renderer or MapnikRenderer(),
+            "renderer": renderer or MapnikRenderer.from_env(),
             "device": device or TorchDevice(),
             "mlflow_tracking": mlflow_tracking or MlflowTracking.from_env(),
             # a path only: nothing is created until a run writes (a refused run leaves no directory behind)

@@ -12,6 +12,7 @@ import pytest
 from loc2vec.errors import ConfigError
 from loc2vec.grid import check_blocks_per_side
 from pipelines.cli import main
+from resources import MapnikRenderer
 from tests.conftest import MONACO, ROOT, TRAIN_REGION
 
 BBOX = ",".join(map(str, TRAIN_REGION))
@@ -110,3 +111,25 @@ def test_similar_refuses_files_that_are_not_an_index_manifest(tmp_path, capsys):
         assert main([*base, str(path)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and str(path) in err[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LOC2VEC_RESOLUTION_M": "abc"}, "LOC2VEC_RESOLUTION_M must be a number, got 'abc'"),
+        ({"LOC2VEC_UNIT_CHUNKS": "1.5"}, "LOC2VEC_UNIT_CHUNKS must be an integer, got '1.5'"),
+        ({"LOC2VEC_UNIT_CHUNKS": "0"}, "LOC2VEC_UNIT_CHUNKS must be > 0"),
+    ],
+)
+def test_render_settings_from_the_environment_are_validated(monkeypatch, env, message):
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=message):
+        MapnikRenderer.from_env()
+
+
+def test_render_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LOC2VEC_RESOLUTION_M", "2.5")
+    monkeypatch.setenv("LOC2VEC_UNIT_CHUNKS", "1")
+    spec = MapnikRenderer.from_env().spec(2)
+    assert (spec.resolution, spec.unit_chunks, spec.chunk, spec.blocks_per_side) == (2.5, 1, 256, 2)

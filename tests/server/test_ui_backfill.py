@@ -1,17 +1,22 @@
 """Rendering launched from the Dagster UI with the daemon running, as a person does it: "Materialize…" on
 ``raster_blocks``, all partitions, "Launch backfill"; the backfill renders every block in its own run,
-then ``osm_follow_automation`` (on by default) materializes the mosaic from the new blocks.
+then ``osm_follow_automation`` (on by default) materializes the mosaic from the new blocks. Every process
+computed the same mosaic version, and the mosaic equals a one-process render, chunk file for chunk file.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import dagster as dg
+import numpy as np
 import pytest
 
+from loc2vec.store.mosaic import open_mosaic
 from pipelines.definitions import build_definitions
-from pipelines.runner import open_instance
-from resources import OsmSource, ProjectStorage
+from pipelines.runner import open_instance, run_pipeline
+from resources import MapnikRenderer, OsmSource, ProjectStorage
 from tests.conftest import KOTKA
 from tests.server.browser import browser, needs_chromium
 from tests.server.servers import clean_env, dagster_ui
@@ -19,6 +24,9 @@ from tests.server.servers import clean_env, dagster_ui
 pytestmark = [pytest.mark.server, pytest.mark.slow, needs_chromium]
 
 BACKFILL_TIMEOUT = 300.0
+# several render units per block on the small Kotka extract (the UI's processes read them from the environment)
+RENDER = {"resolution_m": 2.0, "unit_chunks": 1}
+RENDER_ENV = {"LOC2VEC_RESOLUTION_M": "2.0", "LOC2VEC_UNIT_CHUNKS": "1"}
 
 BACKFILLS = """{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status numPartitions } } } }"""
 MATERIALIZATIONS = """
@@ -33,16 +41,45 @@ def _materializations(server, asset: str) -> list[dict]:
     return server.graphql(MATERIALIZATIONS, {"path": [asset]})["assetOrError"]["assetMaterializations"]
 
 
+def _chunk_files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def _assert_equals_a_one_process_render(home: Path, per_process: Path, one_process_dir: Path) -> None:
+    """Every block's run recorded one mosaic version, the store's; a one-process render gives the same bytes."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.fetch_materializations(dg.AssetKey("raster_blocks"), limit=100).records
+        versions = {r.asset_materialization.metadata["mosaic_version"].value for r in records}
+    assert versions == {per_process.stem}, versions
+    defs = build_definitions(
+        OsmSource(pbf_path=str(KOTKA)), ProjectStorage(data_dir=str(one_process_dir)), MapnikRenderer(**RENDER)
+    )
+    with dg.instance_for_test() as instance:
+        run_pipeline(defs, instance, log=lambda _: None, main_assets=["raster_mosaic"])
+    (one_process,) = list(one_process_dir.glob("mosaic/*.zarr"))
+    assert one_process.name == per_process.name
+    a, b = open_mosaic(per_process), open_mosaic(one_process)
+    assert a.is_complete() and b.is_complete()
+    np.testing.assert_array_equal(a.read(), b.read())
+    assert _chunk_files(per_process / "mosaic") == _chunk_files(one_process / "mosaic")
+
+
 def test_materialize_the_render_partitions_from_the_ui(tmp_path_factory, request):
     base = tmp_path_factory.mktemp("ui-backfill")
     home, data = base / "dagster_home", base / "data"
     # the automation sensor looks every 10 s instead of 30 (the test waits for it)
     env = clean_env(
-        DAGSTER_HOME=str(home), LOC2VEC_DATA_DIR=str(data), LOC2VEC_PBF=str(KOTKA), LOC2VEC_AUTOMATION_SECONDS="10"
+        DAGSTER_HOME=str(home),
+        LOC2VEC_DATA_DIR=str(data),
+        LOC2VEC_PBF=str(KOTKA),
+        LOC2VEC_AUTOMATION_SECONDS="10",
+        **RENDER_ENV,
     )
     # the import is done first, in the same instance, as an earlier run would have done it; the UI's part
     # is the rendering
-    defs = build_definitions(OsmSource(pbf_path=str(KOTKA)), ProjectStorage(data_dir=str(data)))
+    defs = build_definitions(
+        OsmSource(pbf_path=str(KOTKA)), ProjectStorage(data_dir=str(data)), MapnikRenderer(**RENDER)
+    )
     with open_instance(home) as instance:
         assert defs.resolve_job_def("ingest_job").execute_in_process(instance=instance).success
 
@@ -81,3 +118,6 @@ def test_materialize_the_render_partitions_from_the_ui(tmp_path_factory, request
         page.open(f"{server.url}/assets/raster_mosaic")
         page.wait_text("Latest materialization", "coverage")
         page.shot("4-mosaic")
+
+    (per_process,) = list(data.glob("mosaic/*.zarr"))
+    _assert_equals_a_one_process_render(home, per_process, base / "one-process")
