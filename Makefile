@@ -25,10 +25,12 @@ dagster-home:
 run: install dagster-home
 	$(BIN)/python -m pipelines.cli pipeline
 
-## Run the tests (fast + slow + server tests; what CI runs).
+## Run the tests (fast + slow + server tests; what CI runs), on TEST_WORKERS processes (pytest-xdist;
+## the tests sharing one expensive fixture run on the same worker: tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not server"

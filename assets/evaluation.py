@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
+from assets.automation import eager_except
 from assets.metadata import markdown_table, osm_time_tags
 from loc2vec import tracking
 from loc2vec.data.locations import SamplesManifest
@@ -28,7 +29,9 @@ from resources import MlflowTracking, ProjectStorage
 
 
 @dg.asset(
-    automation_condition=dg.AutomationCondition.eager(),
+    # follows the model and the mosaic; the features are read for the evaluation points, and a new
+    # version of them always comes before a new mosaic, which the embeddings then wait for
+    automation_condition=eager_except("osm_features"),
     group_name="evaluation",
     kinds={"pytorch", "parquet"},
     description="Embedding of every evaluation point (locations, POIs) and of a grid over the region.",
@@ -56,7 +59,7 @@ def embeddings(
             "model_version": manifest.model_version,
             "mosaic_version": manifest.mosaic_version,
             **osm_time_tags(manifest),
-            "path": dg.MetadataValue.path(manifest.path),
+            "embeddings_file": dg.MetadataValue.path(manifest.path),
         },
     )
     norms = np.linalg.norm(vectors, axis=1)
@@ -70,10 +73,12 @@ def embeddings(
 
 
 @dg.asset(
-    automation_condition=dg.AutomationCondition.eager(),
+    # the model's evaluation: re-run for a new model, not for embeddings refreshed after an OSM diff
+    automation_condition=eager_except("embeddings"),
     group_name="evaluation",
     kinds={"sklearn", "mlflow"},
-    description="Metrics on held-out test blocks for the model and baselines computed in the same run.",
+    description="Metrics on held-out test blocks for the model and baselines computed in the same run "
+    "(re-run when the model changes, not for an OSM diff).",
     code_version="1",
 )
 def evaluation(
@@ -106,7 +111,7 @@ def evaluation(
             "n_test_pois": result["n_test_pois"],
             "main_metric": f"{MAIN_METRIC} = {result['model'][MAIN_METRIC]:.4f}",
             "champion": promoted,
-            "path": dg.MetadataValue.path(str(path)),
+            "evaluation_file": dg.MetadataValue.path(str(path)),
             "mlflow_run": dg.MetadataValue.url(
                 mlflow_tracking.run_url(trained_model.experiment_id, trained_model.run_id)
             ),

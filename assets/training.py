@@ -79,7 +79,7 @@ def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, stora
             "leak_distance_m": round(report.leak_distance_m, 1),
             "min_test_train_m": round(report.min_test_train_m, 1),
             "busy_share": round(float(frame["busy"].mean()), 4),
-            "path": dg.MetadataValue.path(manifest.path),
+            "samples_file": dg.MetadataValue.path(manifest.path),
             "pruned_old_versions": len(pruned),
         },
     )

@@ -3,8 +3,9 @@ automation sensor that carries a new source version downstream.
 
 The one switch is ``osm_update_sensor`` (off by default; turn it on in the UI, or start the schedule):
 it *observes* ``osm_source`` when the extract's hash changes. ``osm_follow_automation`` runs by default
-whenever the daemon runs (``make ui``) and evaluates the assets' ``AutomationCondition.eager()``, so a
-new data version of the source flows through import, rendering, training and evaluation.
+whenever the daemon runs (``make ui``) and evaluates the assets' automation conditions, so a new data
+version of the source flows through import, rendering, embeddings, index, maps and evaluation; the model
+follows its retraining policy (``assets.training.RETRAIN_POLICY`` and ``retrain_when_region_changed``).
 """
 
 import os

@@ -94,3 +94,24 @@ def monaco_run(tmp_path_factory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     (out / "console.txt").write_text(console.getvalue())
     return out
+
+
+# The fixtures one expensive result is shared through: every test using one runs on the same xdist worker.
+SHARED_SESSION_FIXTURES = ("monaco_run",)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` (``make test``), keep what a fixture shares on one worker: a
+    module whose tests use ``monaco_run`` joins that fixture's group, a module with module-scoped fixtures
+    is its own group; other tests are spread one by one."""
+    by_module: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
+    for module, members in by_module.items():
+        fixtures = [d for item in members for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        shared = sorted({d.argname for d in fixtures if d.argname in SHARED_SESSION_FIXTURES})
+        group = shared[0] if shared else module if any(d.scope == "module" for d in fixtures) else None
+        if group:
+            for item in members:
+                item.add_marker(pytest.mark.xdist_group(group))

@@ -89,6 +89,7 @@ class UpdateResult:
     objects_kept: int  # of those, the ones applied to the extract (the rest lie outside the region)
     sha256: str  # of the updated extract
     changed_bbox: BBox | None  # lon/lat extent (old and new) of the kept changes; None when none was kept
+    changed_area_wkt: str | None = None  # union of each kept change's padded box (old and new), lon/lat WKT
 
     @property
     def remaining(self) -> int:
@@ -243,21 +244,49 @@ def extract_state(pbf: str | Path) -> ReplicationState | None:
 
 # --- updating an extract ----------------------------------------------------------------------------
 
+# each changed object's box is padded by this much (degrees, ~10 m) in the footprint the ledger records
+FOOTPRINT_PAD_DEG = 1e-4
+
 
 class _Extent:
-    """A running lon/lat bounding box."""
+    """A running lon/lat bounding box; with ``pieces``, also each object's own box (its footprint)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pieces: bool = False) -> None:
         self.box = [math.inf, math.inf, -math.inf, -math.inf]
+        self.pieces: list[tuple[float, float, float, float]] | None = [] if pieces else None
 
     def add(self, lon: float, lat: float) -> None:
         b = self.box
         b[0], b[1], b[2], b[3] = min(b[0], lon), min(b[1], lat), max(b[2], lon), max(b[3], lat)
+        if self.pieces is not None:
+            self.pieces.append((lon, lat, lon, lat))
 
     def add_box(self, other: list[float] | None) -> None:
         if other and other[0] <= other[2]:
-            self.add(other[0], other[1])
-            self.add(other[2], other[3])
+            b = self.box
+            b[0], b[1], b[2], b[3] = min(b[0], other[0]), min(b[1], other[1]), max(b[2], other[2]), max(b[3], other[3])
+            if self.pieces is not None:
+                self.pieces.append((other[0], other[1], other[2], other[3]))
+
+    def add_extent(self, other: _Extent) -> None:
+        """Another extent's box, and its pieces where it kept them."""
+        if other.pieces is None or self.pieces is None:
+            self.add_box(other.box)
+            return
+        for piece in other.pieces:
+            self.add_box(list(piece))
+
+    def area_wkt(self) -> str | None:
+        """The union of the pieces, each padded by ``FOOTPRINT_PAD_DEG``, as WKT (None when empty)."""
+        if not self.pieces:
+            return None
+        from shapely import wkt
+        from shapely.geometry import box
+        from shapely.ops import unary_union
+
+        pad = FOOTPRINT_PAD_DEG
+        area = unary_union([box(a - pad, b - pad, c + pad, d + pad) for a, b, c, d in self.pieces])
+        return wkt.dumps(area, rounding_precision=6)
 
     def bbox(self) -> BBox | None:
         b = self.box
@@ -303,7 +332,7 @@ class _Scan:
         self.deleted_nodes = {i for i, loc in diff.nodes.items() if loc is None}
         self.present: dict[str, set[int]] = {"n": set(), "w": set(), "r": set()}
         self.locations: dict[int, tuple[float, float]] = {}  # extract locations of nodes the diff needs
-        self.old_extent = _Extent()  # where extract objects the diff changes were
+        self.old_extent = _Extent(pieces=True)  # where extract objects the diff changes were
         self.way_boxes: dict[int, list[float]] = {}  # extents of extract ways that diff relations use
         self.used_by_staying: set[int] = set()  # diff nodes that unchanged extract ways use
         self.conflicts: list[tuple[int, int]] = []  # (way, node): an unchanged way uses a deleted node
@@ -370,6 +399,7 @@ class _Selection:
     ways: set[int]
     relations: set[int]
     extent: BBox | None
+    footprint_wkt: str | None  # union of the changed objects' padded boxes (lon/lat)
 
     @property
     def count(self) -> int:
@@ -395,9 +425,10 @@ def _select(diff: _DiffIndex, scan: _Scan, region: BBox) -> _Selection:
         i for i, refs in diff.ways.items() if i in present["w"] or (refs and any(inside(location(r)) for r in refs))
     }
     conflicts = list(scan.conflicts)
-    extent = _Extent()
-    extent.add_box(scan.old_extent.box)
+    extent = _Extent(pieces=True)
+    extent.add_extent(scan.old_extent)
     for i in ways:
+        way = _Extent()
         for ref in diff.ways[i] or ():
             if ref in diff.nodes:
                 nodes.add(ref)
@@ -405,7 +436,8 @@ def _select(diff: _DiffIndex, scan: _Scan, region: BBox) -> _Selection:
                     conflicts.append((i, ref))
             loc = location(ref)
             if loc is not None:
-                extent.add(*loc)
+                way.add(*loc)
+        extent.add_box(way.box)
     if conflicts:
         way, node = conflicts[0]
         raise ReplicationError(
@@ -441,7 +473,7 @@ def _select(diff: _DiffIndex, scan: _Scan, region: BBox) -> _Selection:
                     extent.add(*loc)
             elif t == "w" and ref not in diff.ways:
                 extent.add_box(scan.way_boxes.get(ref))
-    return _Selection(nodes, ways, relations, extent.bbox())
+    return _Selection(nodes, ways, relations, extent.bbox(), extent.area_wkt())
 
 
 class _Keep(osmium.SimpleHandler):
@@ -572,6 +604,7 @@ def update_extract(
         objects_kept=selection.count,
         sha256=sha,
         changed_bbox=selection.extent,
+        changed_area_wkt=selection.footprint_wkt,
     )
 
 
@@ -739,6 +772,7 @@ def sync_extract(
             "objects_in_diffs": result.objects_in_diffs,
             "objects_kept": result.objects_kept,
             "changed_bbox": list(result.changed_bbox.as_tuple()) if result.changed_bbox else None,
+            "changed_area": result.changed_area_wkt,
             "sha256": result.sha256,
         }
         with ledger_path(copy).open("a") as ledger:
@@ -748,20 +782,26 @@ def sync_extract(
 
 def changed_share(extract: str | Path, since_sequence: int | None, region: BBox) -> float:
     """Share of ``region``'s area covered by the changes applied to ``extract`` after ``since_sequence``
-    (the union of the changed objects' bounding boxes; all recorded changes when None)."""
+    (the union of the changed objects' padded boxes; all recorded changes when None). Ledger lines
+    written before footprints were recorded count with their whole bounding box."""
+    from shapely import wkt
     from shapely.geometry import box
     from shapely.ops import unary_union
 
     ledger = ledger_path(extract)
     if not ledger.exists():
         return 0.0
-    boxes = []
+    areas = []
     for line in ledger.read_text().splitlines():
         record = json.loads(line)
-        if record["changed_bbox"] and (since_sequence is None or record["sequence"] > since_sequence):
-            boxes.append(box(*record["changed_bbox"]))
+        if since_sequence is not None and record["sequence"] <= since_sequence:
+            continue
+        if record.get("changed_area"):
+            areas.append(wkt.loads(record["changed_area"]))
+        elif record["changed_bbox"]:
+            areas.append(box(*record["changed_bbox"]))
     area = box(*region.as_tuple())
-    return float(unary_union(boxes).intersection(area).area / area.area) if boxes else 0.0
+    return float(unary_union(areas).intersection(area).area / area.area) if areas else 0.0
 
 
 def osm_data_version(state: ReplicationState | None, sha256: str) -> str:

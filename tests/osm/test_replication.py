@@ -18,6 +18,8 @@ from typing import Any
 
 import osmium
 import pytest
+import shapely.geometry
+import shapely.wkt
 from osmium.osm import mutable
 
 from loc2vec.errors import ConfigError, InputDataError
@@ -27,10 +29,12 @@ from loc2vec.osm.replication import (
     ReplicationError,
     ReplicationState,
     SourceUnreachableError,
+    changed_share,
     extract_state,
     publish_diff,
     source_state,
     source_url,
+    sync_extract,
     update_extract,
     write_change,
 )
@@ -459,3 +463,39 @@ def test_a_kill_while_writing_leaves_the_extract_as_it_was(tmp_path: Path) -> No
     assert file_sha256(extract) == sha and extract_state(extract) is None
     result = update_extract(extract, repl, header_bounds(extract) or REGION, start=START)  # a rerun works
     assert result is not None and extract_state(extract) == result.current
+
+
+def test_changed_share_counts_the_changed_objects_not_the_box_around_them(tmp_path: Path) -> None:
+    """Five buildings retagged far apart: the ledger's footprint is five small areas, so the share the
+    retraining policy reads stays small, where the box spanning them would cover most of the region."""
+    edited = tmp_path / "retagged.osm.pbf"
+    changed: list[tuple[float, float, float, float]] = []
+    with osmium.SimpleWriter(str(edited)) as writer:
+        for obj in osmium.FileProcessor(str(KOTKA)).with_locations():
+            if obj.type_str() == "w" and "building" in obj.tags and obj.id % 97 == 0 and len(changed) < 5:
+                if not all(n.location.valid() for n in obj.nodes):
+                    writer.add(obj)
+                    continue
+                lons = [n.location.lon for n in obj.nodes if n.location.valid()]
+                lats = [n.location.lat for n in obj.nodes if n.location.valid()]
+                changed.append((min(lons), min(lats), max(lons), max(lats)))
+                obj = obj.replace(tags={t.k: t.v for t in obj.tags} | {"shop": "bakery"}, version=obj.version + 1)
+            writer.add(obj)
+    osc = tmp_path / "retag.osc.gz"
+    assert write_change(KOTKA, edited, osc) == (0, 5, 0)
+    repl = tmp_path / "repl"
+    publish_diff(repl, osc, _when(2))
+    copy = tmp_path / "copy" / "kotka.osm.pbf"
+
+    result = sync_extract(KOTKA, copy, repl, REGION, start_sequence=0)
+
+    assert result is not None and result.changed_area_wkt is not None
+    footprint = shapely.wkt.loads(result.changed_area_wkt)
+    for piece in changed:  # every changed building lies in the footprint
+        assert footprint.covers(shapely.geometry.box(*piece))
+    region = shapely.geometry.box(*REGION.as_tuple())
+    spanning = shapely.geometry.box(*result.changed_bbox.as_tuple()).intersection(region).area / region.area
+    share = changed_share(copy, 0, REGION)
+    assert share == pytest.approx(footprint.intersection(region).area / region.area)
+    assert 0 < share < 0.05 < spanning
+    assert changed_share(copy, 1, REGION) == 0.0  # nothing changed since sequence 1
