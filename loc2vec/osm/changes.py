@@ -260,9 +260,9 @@ def scan_changes(old_extract: str | Path, diffs: Sequence[str | Path]) -> Object
 
     relations = set(diff.relations)
     for i, entry in old.relations.items():
-        if i not in relations and is_area(entry):
-            if any((t == "w" and ref in ways) or (t == "n" and ref in moved) for t, ref, _ in entry[0]):
-                relations.add(i)
+        uses = any((t == "w" and ref in ways) or (t == "n" and ref in moved) for t, ref, _ in entry[0])
+        if i not in relations and is_area(entry) and uses:
+            relations.add(i)
     member_ways = {
         ref
         for i in relations
@@ -273,7 +273,11 @@ def scan_changes(old_extract: str | Path, diffs: Sequence[str | Path]) -> Object
     }
     created = sum(
         1
-        for table, present in ((diff.nodes, present_nodes), (diff.ways, present_ways), (diff.relations, present_relations))
+        for table, present in (
+            (diff.nodes, present_nodes),
+            (diff.ways, present_ways),
+            (diff.relations, present_relations),
+        )
         for i, entry in table.items()
         if entry is not None and i not in present
     )
@@ -348,7 +352,9 @@ def change_footprint(
         area = shapely.union_all(shapely.buffer(projected, margin, quad_segs=4))
     else:
         area = shapely.Polygon()
-    extent = shapely.box(grid.x0, grid.y0 - grid.height * grid.resolution, grid.x0 + grid.width * grid.resolution, grid.y0)
+    extent = shapely.box(
+        grid.x0, grid.y0 - grid.height * grid.resolution, grid.x0 + grid.width * grid.resolution, grid.y0
+    )
     area = area.intersection(extent)
     n_objects = changes.counts.created + changes.counts.modified + changes.counts.deleted
     if n_objects and not changes.in_extract and area.is_empty:

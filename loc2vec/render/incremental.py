@@ -125,9 +125,7 @@ def refresh_mosaic(
     if not same_layout or len(todo) == len(grid.units()):
         manifest = render_mosaic(features, spec, root)
         changed = changed_windows(old, open_mosaic(manifest.path), grid.units()) if same_layout else _whole(grid)
-        return MosaicRefresh(
-            manifest, previous.path, grid.units(), 0, True, changed, time.perf_counter() - started
-        )
+        return MosaicRefresh(manifest, previous.path, grid.units(), 0, True, changed, time.perf_counter() - started)
 
     if not target.exists():
         root.mkdir(parents=True, exist_ok=True)
