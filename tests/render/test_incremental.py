@@ -1,0 +1,135 @@
+"""Copy-on-write mosaic refresh: only the touched units are rendered, the result equals a full render."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from loc2vec.errors import InputDataError
+from loc2vec.osm.changes import change_footprint
+from loc2vec.osm.layers import build_feature_layers, refresh_feature_layers
+from loc2vec.render.incremental import refresh_mosaic
+from loc2vec.render.mosaic import MosaicManifest, render_mosaic
+from loc2vec.render.renderer import ChannelRenderer
+from loc2vec.schema import load_schema
+from loc2vec.store.mosaic import open_mosaic
+from loc2vec.store.retention import prune_versions
+from tests.conftest import KOTKA
+from tests.render.incremental_case import SPEC, kotka_case
+
+
+def _files(path: str | Path) -> dict[str, str]:
+    root = Path(path)
+    return {
+        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*") if f.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    c = kotka_case(tmp_path_factory.mktemp("incremental"))
+    features = refresh_feature_layers(c.features, c.footprint.changes, c.edits.edited, c.root / "features")
+    full_features, _ = build_feature_layers(c.edits.edited, load_schema(), c.root / "full" / "features")
+    full = render_mosaic(full_features, SPEC, c.root / "full" / "mosaic")
+    return c, features, full
+
+
+def _previous_in(tmp_path: Path, mosaic: MosaicManifest) -> MosaicManifest:
+    """A private copy of the previous version under ``tmp_path/mosaic``."""
+    target = tmp_path / "mosaic" / Path(mosaic.path).name
+    shutil.copytree(mosaic.path, target)
+    return MosaicManifest(**{**mosaic.to_dict(), "path": str(target)})
+
+
+def test_only_touched_units_are_rendered_and_the_result_equals_a_full_render(case, tmp_path: Path) -> None:
+    c, features, full = case
+    previous = _previous_in(tmp_path, c.mosaic)
+    before = _files(previous.path)
+    units = c.footprint.units
+    assert 0 < len(units) < len(c.grid.units())
+
+    refresh = refresh_mosaic(previous, features, SPEC, units, tmp_path / "mosaic")
+
+    assert not refresh.full_render and refresh.rendered_units == sorted(units)
+    assert refresh.shared_units == len(c.grid.units()) - len(units)
+    assert refresh.manifest.version == full.version != c.mosaic.version
+    assert _files(refresh.manifest.path) == _files(full.path)  # every chunk and metadata file, byte for byte
+    assert _files(previous.path) == before  # the previous version is untouched and readable
+    assert open_mosaic(previous.path).is_complete()
+    # the changed pixels lie in the rendered units, and they really differ
+    old, new = open_mosaic(previous.path), open_mosaic(refresh.manifest.path)
+    assert refresh.changed
+    for w in refresh.changed:
+        assert any(c.grid.unit_window(*u).row0 <= w.row0 < c.grid.unit_window(*u).row1 for u in units)
+        a = old.mosaic[:, w.row0 : w.row1, w.col0 : w.col1]
+        b = new.mosaic[:, w.row0 : w.row1, w.col0 : w.col1]
+        assert (a != b).any()
+    # shared chunks are hard links, not copies
+    chunk = next(p for p in Path(previous.path, "mosaic").rglob("*") if p.is_file() and p.parent.name != "mosaic")
+    twin = Path(refresh.manifest.path, chunk.relative_to(previous.path))
+    assert twin.stat().st_ino == chunk.stat().st_ino or twin.read_bytes() == chunk.read_bytes()
+    # idempotent: asked again, the version in place is returned
+    again = refresh_mosaic(previous, features, SPEC, units, tmp_path / "mosaic")
+    assert again.manifest.path == refresh.manifest.path and again.changed == refresh.changed
+
+
+def test_pruning_the_previous_version_leaves_the_new_one_whole(case, tmp_path: Path) -> None:
+    c, features, full = case
+    previous = _previous_in(tmp_path, c.mosaic)
+    refresh = refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
+    removed = prune_versions(tmp_path, "mosaic", keep=1, protect=[refresh.manifest.path])
+    assert [p.name for p in removed] == [Path(previous.path).name] and not Path(previous.path).exists()
+    assert _files(refresh.manifest.path) == _files(full.path)
+
+
+def test_a_diff_touching_every_unit_degrades_to_a_full_render(case, tmp_path: Path) -> None:
+    c, features, full = case
+    previous = _previous_in(tmp_path, c.mosaic)
+    refresh = refresh_mosaic(previous, features, SPEC, c.grid.units(), tmp_path / "mosaic")
+    assert refresh.full_render and refresh.shared_units == 0
+    assert refresh.rendered_units == c.grid.units() and refresh.manifest.rendered_units == len(c.grid.units())
+    assert _files(refresh.manifest.path) == _files(full.path)
+
+
+def test_a_refresh_killed_midway_leaves_the_previous_version_and_completes_next_time(
+    case, tmp_path: Path, monkeypatch
+) -> None:
+    c, features, full = case
+    previous = _previous_in(tmp_path, c.mosaic)
+    before = _files(previous.path)
+    calls = []
+
+    def dies_on_the_second_unit(self, window):
+        calls.append(window)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, window)
+
+    real = ChannelRenderer.render
+    monkeypatch.setattr(ChannelRenderer, "render", dies_on_the_second_unit)
+    with pytest.raises(KeyboardInterrupt):
+        refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
+    monkeypatch.undo()
+    assert _files(previous.path) == before
+    assert not (tmp_path / "mosaic" / f"{full.version}.zarr").exists()  # nothing half-made under a version name
+    assert list((tmp_path / "mosaic").glob(".*.staging"))  # what a kill leaves
+
+    refresh = refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
+    assert _files(refresh.manifest.path) == _files(full.path)
+    assert not list((tmp_path / "mosaic").glob(".*.staging"))
+
+
+def test_bad_input_leaves_the_current_version_intact(case, tmp_path: Path) -> None:
+    c, _, _ = case
+    previous = _previous_in(tmp_path, c.mosaic)
+    before = _files(tmp_path)
+    bad = tmp_path / "bad.osc.gz"
+    bad.write_bytes(gzip.compress(b"<osmChange><create><way id='1'><nd ref=")[:-4])
+    with pytest.raises(InputDataError, match=r"bad\.osc\.gz"):
+        change_footprint(KOTKA, [bad], c.grid, load_schema())
+    assert _files(tmp_path) == {**before, "bad.osc.gz": hashlib.sha256(bad.read_bytes()).hexdigest()}
+    assert open_mosaic(previous.path).is_complete()
