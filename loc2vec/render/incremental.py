@@ -32,7 +32,6 @@ from loc2vec.render.mosaic import (
     mosaic_version,
     plan_grid,
     render_mosaic,
-    renderer_for,
     store_attrs,
 )
 from loc2vec.render.styles import style_hash
@@ -94,6 +93,50 @@ def _whole(grid: MosaicGrid) -> list[Window]:
     return [Window(0, grid.height, 0, grid.width)]
 
 
+def _layout_matches(old: MosaicStore, grid: MosaicGrid, names: list[str], styles: str) -> bool:
+    return old.grid == grid and list(old.attrs["channel_names"]) == names and old.attrs.get("style_hash") == styles
+
+
+def share_unchanged_units(
+    previous: MosaicManifest,
+    features: FeaturesManifest,
+    spec: MosaicSpec,
+    units: list[tuple[int, int]],
+    out_root: str | Path,
+) -> Path | None:
+    """Create the version of ``features`` under ``out_root`` from ``previous``: every file hard-linked, the new
+    version's attributes, and ``units`` marked not done, so that ``render_mosaic`` (whole, or per block as the
+    render partitions run it) renders exactly those units and skips the rest. Returns its path, or None when
+    the grid, channels or styles changed (render the new version in full instead).
+
+    Published atomically (staged in ``.<version>.zarr.staging``, then renamed); a version already in place is
+    left as it is, and a staging directory left by a killed run is removed."""
+    schema = features.schema()
+    grid = plan_grid(features, spec)
+    styles = style_hash(schema, grid.resolution, f"epsg:{grid.crs_epsg}")
+    if not _layout_matches(open_mosaic(previous.path), grid, schema.names, styles):
+        return None
+    version = mosaic_version(features, grid, styles)
+    root = Path(out_root)
+    target = root / f"{version}.zarr"
+    staging = root / f".{version}.zarr{STAGING}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    if target.exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    _link_tree(Path(previous.path), staging)
+    store = create_or_open(staging, grid, schema.names, attrs={})
+    store.group.attrs.update(store_attrs(features, grid, styles, version))
+    for unit in units:
+        store.units_done[unit[0], unit[1]] = 0  # a new file: the previous version's mark stays
+    try:
+        os.rename(staging, target)
+    except OSError:  # another run published the same version first: same content
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 def refresh_mosaic(
     previous: MosaicManifest,
     features: FeaturesManifest,
@@ -102,69 +145,29 @@ def refresh_mosaic(
     out_root: str | Path,
 ) -> MosaicRefresh:
     """The mosaic of ``features`` (the feature layers after a diff) as a new version under ``out_root``, made
-    from ``previous`` by re-rendering ``units`` (the diff's footprint) and sharing every other unit.
+    from ``previous`` by re-rendering ``units`` (the diff's footprint) and sharing every other unit
+    (``share_unchanged_units``, then ``render_mosaic``).
 
-    Degrades to a full render when ``units`` covers the whole grid or the grid or styles changed. Idempotent:
-    a version already in place is returned as it is; a staging directory left by a killed run is removed.
-    The previous version is never written to."""
+    Degrades to a full render when ``units`` covers the whole grid or the grid or styles changed. Resumable:
+    a run killed midway leaves the previous version as it was and the new one with its unrendered units
+    marked not done, which the next call renders. The previous version is never written to."""
     started = time.perf_counter()
-    schema = features.schema()
     grid = plan_grid(features, spec)
-    styles = style_hash(schema, grid.resolution, f"epsg:{grid.crs_epsg}")
-    version = mosaic_version(features, grid, styles)
-    root = Path(out_root)
-    target = root / f"{version}.zarr"
     old = open_mosaic(previous.path)
-    same_layout = old.grid == grid and list(old.attrs["channel_names"]) == schema.names
-    same_layout = same_layout and old.attrs.get("style_hash") == styles
-    todo = sorted(set(map(tuple, units)))
-    staging = root / f".{version}.zarr{STAGING}"
-    if staging.exists():
-        shutil.rmtree(staging)
-
-    if not same_layout or len(todo) == len(grid.units()):
-        manifest = render_mosaic(features, spec, root)
-        changed = changed_windows(old, open_mosaic(manifest.path), grid.units()) if same_layout else _whole(grid)
+    todo = sorted({(int(r), int(c)) for r, c in units})
+    full = len(todo) == len(grid.units())
+    target = None if full else share_unchanged_units(previous, features, spec, todo, out_root)
+    manifest = render_mosaic(features, spec, out_root)  # every unit not marked done
+    new = open_mosaic(manifest.path)
+    if target is None:
+        changed = changed_windows(old, new, grid.units()) if old.grid == grid else _whole(grid)
         return MosaicRefresh(manifest, previous.path, grid.units(), 0, True, changed, time.perf_counter() - started)
-
-    if not target.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        _link_tree(Path(previous.path), staging)
-        store = create_or_open(staging, grid, schema.names, attrs={})
-        store.group.attrs.update(store_attrs(features, grid, styles, version))
-        if todo:
-            renderer = renderer_for(features, grid, todo)
-            for unit in todo:
-                store.write_unit(unit, renderer.render(grid.unit_window(*unit)))
-        try:
-            os.rename(staging, target)
-        except OSError:  # another run published the same version first: same content
-            shutil.rmtree(staging, ignore_errors=True)
-    new = open_mosaic(target)
-    if not new.is_complete():  # left by a full render that was killed: finish it
-        render_mosaic(features, spec, root)
-    manifest = MosaicManifest(
-        path=str(target),
-        version=version,
-        grid=grid.to_dict(),
-        channel_names=schema.names,
-        block=None,
-        rendered_units=len(todo),
-        skipped_units=len(grid.units()) - len(todo),
-        seconds=time.perf_counter() - started,
-        features_version=features.version,
-        osm_sha256=features.osm_sha256,
-        osm_sequence=features.osm_sequence,
-        osm_timestamp=features.osm_timestamp,
-        style_hash=styles,
-    )
-    changed = changed_windows(old, new, todo)
     return MosaicRefresh(
         manifest,
         previous.path,
         todo,
         len(grid.units()) - len(todo),
         False,
-        changed,
+        changed_windows(old, new, todo),
         time.perf_counter() - started,
     )

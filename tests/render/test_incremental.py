@@ -55,6 +55,7 @@ def test_only_touched_units_are_rendered_and_the_result_equals_a_full_render(cas
     refresh = refresh_mosaic(previous, features, SPEC, units, tmp_path / "mosaic")
 
     assert not refresh.full_render and refresh.rendered_units == sorted(units)
+    assert refresh.manifest.rendered_units == len(units)
     assert refresh.shared_units == len(c.grid.units()) - len(units)
     assert refresh.manifest.version == full.version != c.mosaic.version
     assert _files(refresh.manifest.path) == _files(full.path)  # every chunk and metadata file, byte for byte
@@ -115,12 +116,13 @@ def test_a_refresh_killed_midway_leaves_the_previous_version_and_completes_next_
         refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
     monkeypatch.undo()
     assert _files(previous.path) == before
-    assert not (tmp_path / "mosaic" / f"{full.version}.zarr").exists()  # nothing half-made under a version name
-    assert list((tmp_path / "mosaic").glob(".*.staging"))  # what a kill leaves
+    half = open_mosaic(tmp_path / "mosaic" / f"{full.version}.zarr")  # marked incomplete: checks keep it out
+    assert half.done_mask().sum() == len(c.grid.units()) - len(c.footprint.units) + 1
 
     refresh = refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
+    assert refresh.manifest.rendered_units == len(c.footprint.units) - 1  # the unit done before is kept
     assert _files(refresh.manifest.path) == _files(full.path)
-    assert not list((tmp_path / "mosaic").glob(".*.staging"))
+    assert _files(previous.path) == before
 
 
 def test_bad_input_leaves_the_current_version_intact(case, tmp_path: Path) -> None:
