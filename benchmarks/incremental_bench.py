@@ -2,7 +2,9 @@
 (footprint, feature layers, mosaic, embeddings, index) against a full rebuild from the updated extract.
 
 Run ``python -m benchmarks.incremental_bench``. For each diff size (``--edits``, default 1, 10, 100 edited
-buildings, seeded, all inside the spatial block holding Monaco proper, of a 2 x 2 split), both sides start
+buildings, seeded) and each layout of the edits (``cluster``: within about 650 x 650 m of Monaco's centre,
+like one mapper's changeset; ``block``: anywhere in the spatial block holding Monaco proper, of a 2 x 2
+split, 6 x 6 km), both sides start
 from the same state: the feature layers, mosaic, grid embeddings and IVF index of the extract *before* the
 diff, on disk. The process is pinned to one core (``render_bench.pin_to_one_core``) and both sides are
 timed in the same run, the full rebuild right after the incremental refresh of the same diff.
@@ -40,6 +42,7 @@ from benchmarks.render_bench import pin_to_one_core
 ROOT = Path(__file__).resolve().parents[1]
 PBF = ROOT / "data" / "osm" / "monaco_region_2016.osm.pbf"
 MONACO_CENTRE = (7.4246, 43.7384)  # lon, lat
+CLUSTER_DEG = (0.004, 0.003)  # half-width and half-height of the "cluster" layout: about 650 x 650 m
 SPACING_M = 100.0
 BLOCKS_PER_SIDE = 2
 
@@ -189,6 +192,7 @@ def check(inc: dict, ful: dict) -> tuple[bool, bool, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edits", type=int, nargs="+", default=[1, 10, 100], help="edited buildings per diff")
+    ap.add_argument("--layouts", nargs="+", default=["cluster", "block"], choices=["cluster", "block"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -196,6 +200,7 @@ def main(argv=None) -> int:
     import torch
 
     from loc2vec.evaluation.index import build_ivf, save_index
+    from loc2vec.geo import BBox
     from loc2vec.models.encoders import build_encoder, save_encoder
     from loc2vec.osm.edits import edit_buildings
     from loc2vec.osm.layers import build_feature_layers
@@ -242,20 +247,27 @@ def main(argv=None) -> int:
             table=table,
             index_path=index_path,
         )
-        for n in args.edits:
-            work = tmp / f"edits-{n}"
-            edits = edit_buildings(PBF, work / "osm", within, n, seed=args.seed)
-            inc_t, inc = incremental(state, edits, work / "incremental")
-            full_t, ful = full(state, edits, work / "full")
-            same_mosaic, same_embeddings, diff = check(inc, ful)
-            failed |= not (same_mosaic and same_embeddings)
-            rows.append((n, edits, inc_t, inc, full_t, same_mosaic, same_embeddings, diff, len(ful["table"])))
-            print(
-                f"  {n} edits: incremental {inc_t['total'].wall:.2f} s, full {full_t['total'].wall:.2f} s; "
-                f"mosaic identical {same_mosaic}, embeddings equal {same_embeddings} (max |diff| {diff:.1e})",
-                flush=True,
-            )
-            shutil.rmtree(work / "full" / "mosaic", ignore_errors=True)
+        lon, lat = MONACO_CENTRE
+        boxes = {
+            "cluster": BBox(lon - CLUSTER_DEG[0], lat - CLUSTER_DEG[1], lon + CLUSTER_DEG[0], lat + CLUSTER_DEG[1]),
+            "block": within,
+        }
+        for layout in args.layouts:
+            for n in args.edits:
+                work = tmp / f"{layout}-{n}"
+                edits = edit_buildings(PBF, work / "osm", boxes[layout], n, seed=args.seed)
+                inc_t, inc = incremental(state, edits, work / "incremental")
+                full_t, ful = full(state, edits, work / "full")
+                same_mosaic, same_embeddings, diff = check(inc, ful)
+                failed |= not (same_mosaic and same_embeddings)
+                rows.append((layout, n, inc_t, inc, full_t, same_mosaic, same_embeddings, diff, len(ful["table"])))
+                print(
+                    f"  {layout}, {n} edits: incremental {inc_t['total'].wall:.2f} s, "
+                    f"full {full_t['total'].wall:.2f} s; "
+                    f"mosaic identical {same_mosaic}, embeddings equal {same_embeddings} (max |diff| {diff:.1e})",
+                    flush=True,
+                )
+                shutil.rmtree(work, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -263,22 +275,22 @@ def main(argv=None) -> int:
         "\n| edited buildings | diff objects | units rendered | points re-embedded | incremental s (CPU s) "
         "| full rebuild s (CPU s) | speed-up wall (CPU) | identical |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for n, _, inc_t, inc, full_t, same_mosaic, same_emb, diff, points in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for layout, n, inc_t, inc, full_t, same_mosaic, same_emb, diff, points in rows:
         ratio, ratio_cpu = full_t["total"].wall / inc_t["total"].wall, full_t["total"].cpu / inc_t["total"].cpu
         print(
-            f"| {n} | {inc['objects']} | {inc['rendered']} of {len(state['grid'].units())} | "
+            f"| {layout} | {n} | {inc['objects']} | {inc['rendered']} of {len(state['grid'].units())} | "
             f"{inc['reembedded']} (+{inc['removed']} removed) of {points} | {inc_t['total'].wall:.2f} "
             f"({inc_t['total'].cpu:.2f}) | {full_t['total'].wall:.2f} ({full_t['total'].cpu:.2f}) | "
             f"**{ratio:.0f}×** ({ratio_cpu:.0f}×) | mosaic {'yes' if same_mosaic else 'NO'}, embeddings "
             f"{'yes' if same_emb else 'NO'} (max diff {diff:.0e}) |"
         )
     print("\nparts, wall s (incremental | full):")
-    for n, _, inc_t, _, full_t, *_ in rows:
+    for layout, n, inc_t, _, full_t, *_ in rows:
         a = ", ".join(f"{k} {v.wall:.2f}" for k, v in inc_t.items() if k != "total")
         b = ", ".join(f"{k} {v.wall:.2f}" for k, v in full_t.items() if k != "total")
-        print(f"  {n} edits: {a} | {b}")
-    headline = [r for r in rows if r[0] <= 10]
+        print(f"  {layout}, {n} edits: {a} | {b}")
+    headline = [r for r in rows if r[1] <= 10]
     if headline:
         worst = min(r[4]["total"].wall / r[2]["total"].wall for r in headline)
         print(
