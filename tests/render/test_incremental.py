@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +20,10 @@ from loc2vec.osm.changes import change_footprint
 from loc2vec.osm.layers import build_feature_layers, refresh_feature_layers
 from loc2vec.render.incremental import refresh_mosaic
 from loc2vec.render.mosaic import MosaicManifest, render_mosaic
-from loc2vec.render.renderer import ChannelRenderer
 from loc2vec.schema import load_schema
 from loc2vec.store.mosaic import open_mosaic
 from loc2vec.store.retention import prune_versions
-from tests.conftest import KOTKA
+from tests.conftest import KOTKA, ROOT
 from tests.render.incremental_case import SPEC, kotka_case
 
 
@@ -96,35 +101,6 @@ def test_a_diff_touching_every_unit_degrades_to_a_full_render(case, tmp_path: Pa
     assert _files(refresh.manifest.path) == _files(full.path)
 
 
-def test_a_refresh_killed_midway_leaves_the_previous_version_and_completes_next_time(
-    case, tmp_path: Path, monkeypatch
-) -> None:
-    c, features, full = case
-    previous = _previous_in(tmp_path, c.mosaic)
-    before = _files(previous.path)
-    calls = []
-
-    def dies_on_the_second_unit(self, window):
-        calls.append(window)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(self, window)
-
-    real = ChannelRenderer.render
-    monkeypatch.setattr(ChannelRenderer, "render", dies_on_the_second_unit)
-    with pytest.raises(KeyboardInterrupt):
-        refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
-    monkeypatch.undo()
-    assert _files(previous.path) == before
-    half = open_mosaic(tmp_path / "mosaic" / f"{full.version}.zarr")  # marked incomplete: checks keep it out
-    assert half.done_mask().sum() == len(c.grid.units()) - len(c.footprint.units) + 1
-
-    refresh = refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
-    assert refresh.manifest.rendered_units == len(c.footprint.units) - 1  # the unit done before is kept
-    assert _files(refresh.manifest.path) == _files(full.path)
-    assert _files(previous.path) == before
-
-
 def test_bad_input_leaves_the_current_version_intact(case, tmp_path: Path) -> None:
     c, _, _ = case
     previous = _previous_in(tmp_path, c.mosaic)
@@ -135,3 +111,58 @@ def test_bad_input_leaves_the_current_version_intact(case, tmp_path: Path) -> No
         change_footprint(KOTKA, [bad], c.grid, load_schema())
     assert _files(tmp_path) == {**before, "bad.osc.gz": hashlib.sha256(bad.read_bytes()).hexdigest()}
     assert open_mosaic(previous.path).is_complete()
+
+
+KILLED_REFRESH = """
+import json, pathlib, sys, time
+from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.render.incremental import refresh_mosaic
+from loc2vec.render.mosaic import MosaicManifest
+from loc2vec.render.renderer import ChannelRenderer
+from tests.render.incremental_case import SPEC
+
+args = json.loads(sys.argv[1])
+real, calls = ChannelRenderer.render, []
+
+def render(self, window):
+    calls.append(window)
+    if len(calls) == 2:  # the first unit is written: wait here to be killed
+        pathlib.Path(args["flag"]).write_text("rendering")
+        time.sleep(120)
+    return real(self, window)
+
+ChannelRenderer.render = render
+refresh_mosaic(
+    MosaicManifest(**args["previous"]), FeaturesManifest(**args["features"]), SPEC,
+    [tuple(u) for u in args["units"]], args["root"],
+)
+"""
+
+
+def test_a_refresh_killed_by_sigkill_midway_completes_on_the_next_run(case, tmp_path: Path) -> None:
+    c, features, full = case
+    previous = _previous_in(tmp_path, c.mosaic)
+    before = _files(previous.path)
+    flag = tmp_path / "rendering"
+    args = {
+        "previous": previous.to_dict(),
+        "features": features.to_dict(),
+        "units": c.footprint.units,
+        "root": str(tmp_path / "mosaic"),
+        "flag": str(flag),
+    }
+    child = subprocess.Popen([sys.executable, "-c", KILLED_REFRESH, json.dumps(args)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not flag.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert flag.exists(), "the refresh never reached its second unit"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert _files(previous.path) == before
+
+    refresh = refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
+    assert refresh.manifest.rendered_units == len(c.footprint.units) - 1
+    assert _files(refresh.manifest.path) == _files(full.path)
