@@ -272,7 +272,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(
-        "\n| edited buildings | diff objects | units rendered | points re-embedded | incremental s (CPU s) "
+        "\n| edits | edited buildings | diff objects | units rendered | points re-embedded | incremental s (CPU s) "
         "| full rebuild s (CPU s) | speed-up wall (CPU) | identical |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
