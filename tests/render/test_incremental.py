@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from loc2vec.errors import InputDataError
+from loc2vec.grid import block_keys
 from loc2vec.osm.changes import change_footprint
 from loc2vec.osm.layers import build_feature_layers, refresh_feature_layers
 from loc2vec.render.incremental import refresh_mosaic
@@ -166,3 +167,18 @@ def test_a_refresh_killed_by_sigkill_midway_completes_on_the_next_run(case, tmp_
     refresh = refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
     assert refresh.manifest.rendered_units == len(c.footprint.units) - 1
     assert _files(refresh.manifest.path) == _files(full.path)
+
+
+@pytest.mark.parametrize("blocks_per_side", [1, 2, 3, 4])
+def test_the_blocks_a_change_touches_are_those_holding_its_units(case, blocks_per_side: int) -> None:
+    c, _, _ = case
+    for key in block_keys(blocks_per_side):
+        units = c.grid.units_of_block(key, blocks_per_side)
+        assert c.grid.blocks_of_units(units, blocks_per_side) == ([key] if units else [])
+    touched = c.grid.blocks_of_units(c.footprint.units, blocks_per_side)
+    expected = [
+        k
+        for k in block_keys(blocks_per_side)
+        if set(c.grid.units_of_block(k, blocks_per_side)) & set(c.footprint.units)
+    ]
+    assert touched == expected
