@@ -25,7 +25,7 @@ from loc2vec.evaluation.incremental import (
 from loc2vec.evaluation.index import build_ivf, measure, update_ivf
 from loc2vec.evaluation.protocol import grid_points
 from loc2vec.evaluation.similar import similar_places
-from loc2vec.evaluation.stage import EmbeddingsManifest, load_index_manifest
+from loc2vec.evaluation.stage import EmbeddingsManifest, build_similarity_index, load_index_manifest
 from loc2vec.grid import Window
 from loc2vec.io import write_geoparquet
 from loc2vec.models.encoders import build_encoder, save_encoder
@@ -177,3 +177,8 @@ def test_manifests_embeddings_and_index_refresh_and_answer_similar(refreshed, tm
     lon, lat = embeddings.read()[["lon", "lat"]].iloc[0]
     found = similar_places(current, lat, lon, k=5)
     assert len(found) == 5 and (found["kind"] == "grid").all()
+    # an HNSW index (ids = row positions = point_id) answers through the same lookup
+    hnsw = build_similarity_index(model, previous, tmp_path / "hnsw")
+    old = similar_places(hnsw, lat, lon, k=5)
+    exact = np.argsort(((_vectors(before) - _vectors(before)[0]) ** 2).sum(axis=1))[:5]
+    assert old["lat"].tolist() == pytest.approx(before["lat"].to_numpy()[exact].tolist())
