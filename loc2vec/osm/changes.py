@@ -15,6 +15,8 @@ covers the fill) and of a relation's member ways, each in its old and its new ge
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,20 @@ from loc2vec.schema import ChannelSchema
 
 AREA_RELATION_TYPES = ("multipolygon", "boundary")  # the relations libosmium assembles into areas
 Member = tuple[str, int, str]  # (type, ref, role)
+
+
+def snapshot_extract(extract: str | Path, dst: str | Path) -> Path:
+    """Keep the extract as it is now at ``dst``: a hard link (a copy where links are impossible). Take it before
+    ``replication.update_extract``, whose atomic swap replaces the name and not the file, to have the
+    pre-change extract ``change_footprint`` needs."""
+    src, target = check_osm_file(extract), Path(dst)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(src, target)
+    except OSError:
+        shutil.copyfile(src, target)
+    return target
 
 
 class ForeignDiffError(InputDataError):

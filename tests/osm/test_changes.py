@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,11 @@ import shapely
 
 from loc2vec.errors import InputDataError
 from loc2vec.geo import to_crs_transformer
-from loc2vec.osm.changes import ForeignDiffError, change_footprint, scan_changes, style_margin_m
+from loc2vec.osm.changes import ForeignDiffError, change_footprint, scan_changes, snapshot_extract, style_margin_m
 from loc2vec.osm.edits import edit_buildings
+from loc2vec.osm.files import file_sha256, header_bounds
 from loc2vec.osm.layers import build_feature_layers, refresh_feature_layers
-from loc2vec.osm.replication import write_change
+from loc2vec.osm.replication import ReplicationState, fetch_diffs, publish_diff, update_extract, write_change
 from loc2vec.render.mosaic import plan_grid
 from loc2vec.schema import load_schema
 from tests.conftest import KOTKA, MONACO
@@ -159,3 +162,31 @@ def test_the_margin_is_derived_from_the_styles() -> None:
     from loc2vec.schema import parse_schema
 
     assert style_margin_m(parse_schema(source), 3.0) == pytest.approx(200.0 + 6.0)
+
+
+def test_a_replication_update_gives_the_pre_change_extract_and_the_diffs_the_refresh_needs(tmp_path: Path) -> None:
+    """The flow the pipeline runs: snapshot, update_extract from a replication directory, fetch the applied
+    diffs, then footprint and feature refresh; the result equals importing the updated copy."""
+    schema = load_schema()
+    copy = tmp_path / "region" / "kotka.osm.pbf"
+    copy.parent.mkdir()
+    shutil.copyfile(KOTKA, copy)
+    features, _ = build_feature_layers(copy, schema, tmp_path / "features")
+    edits = edit_buildings(KOTKA, tmp_path / "edit", south_west_quarter(), 6)
+    repl = tmp_path / "repl"
+    publish_diff(repl, edits.diff, datetime(2024, 1, 2, tzinfo=UTC))
+    before = snapshot_extract(copy, tmp_path / "region" / "kotka.before.osm.pbf")
+
+    result = update_extract(
+        copy, repl, header_bounds(KOTKA), start=ReplicationState(0, datetime(2024, 1, 1, tzinfo=UTC))
+    )
+
+    assert result is not None and file_sha256(before) == file_sha256(KOTKA) != file_sha256(copy)
+    diffs = fetch_diffs(repl, result.previous.sequence + 1, result.current.sequence, tmp_path / "diffs")
+    assert [p.name for p in diffs] == ["000000001.osc.gz"]
+    grid = plan_grid(features, SPEC)
+    footprint = change_footprint(before, diffs, grid, schema)
+    refreshed = refresh_feature_layers(features, footprint.changes, copy, tmp_path / "features")
+    full, _ = build_feature_layers(copy, schema, tmp_path / "full")
+    assert refreshed.version == full.version and refreshed.osm_sequence == 1
+    assert refreshed.read().equals(full.read())
