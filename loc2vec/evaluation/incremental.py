@@ -5,7 +5,9 @@ changed pixel of the new mosaic version (``render.incremental.MosaicRefresh.chan
 point's crop is the same pixels as before, so its embedding is too. The grid of ``protocol.grid_points``
 keeps only "busy" positions (something drawn within ``window_px``): positions near a change are tested
 again, and appear or disappear. Protocol points (locations, POIs) keep their set (the evaluation is not
-re-run for a diff); their embeddings are refreshed like the others. The index is updated in place: the
+re-run for a diff); their embeddings are refreshed like the others. Crops are read per render unit of the
+points (a window of the unit plus a crop's margin), so memory does not grow with the region or with how far
+apart the changes are. The index is updated in place: the
 removed and re-embedded ids are removed, the new vectors added (``index.update_ivf``); ids are the
 embeddings' ``point_id``.
 """
@@ -71,6 +73,16 @@ def _window_around(cols: np.ndarray, rows: np.ndarray, half: float, grid: Mosaic
     return Window(r0, r1, c0, c1)
 
 
+def _readers(mosaic_path: str, grid: MosaicGrid, cols: np.ndarray, rows: np.ndarray, half: float):
+    """Yield ``(indices, reader)`` per render unit holding positions, the reader holding the squares of half-size
+    ``half`` around them: memory bounded by a unit, however far apart the changes are."""
+    n_cols = grid.n_units[1]
+    unit = np.floor(rows / grid.unit_px).astype(np.int64) * n_cols + np.floor(cols / grid.unit_px).astype(np.int64)
+    for u in np.unique(unit):
+        idx = np.flatnonzero(unit == u)
+        yield idx, CropReader.from_store(mosaic_path, window=_window_around(cols[idx], rows[idx], half, grid))
+
+
 def refresh_embedding_table(
     frame: pd.DataFrame,
     encoder,
@@ -109,13 +121,9 @@ def refresh_embedding_table(
     grid_i = np.rint((rows - step / 2) / step).astype(np.int64)
     key = np.where(is_grid, grid_i * len(axis_c) + grid_j, -1)
 
-    need_c = np.concatenate([cols[stale], cand_c])
-    need_r = np.concatenate([rows[stale], cand_r])
-    reader = None
-    if len(need_c):
-        window = _window_around(need_c, need_r, max(crop_half, busy_half), grid)
-        reader = CropReader.from_store(mosaic_path, window=window)
-    busy = busy_mask(reader, cand_c, cand_r, window_px) if len(cand_c) else np.zeros(0, dtype=bool)
+    busy = np.zeros(len(cand_c), dtype=bool)
+    for idx, reader in _readers(mosaic_path, grid, cand_c, cand_r, busy_half):
+        busy[idx] = busy_mask(reader, cand_c[idx], cand_r[idx], window_px)
     present = set(key[is_grid].tolist())
     gone_keys = set(cand_key[~busy].tolist()) & present
     removed_mask = is_grid & np.isin(key, list(gone_keys))
@@ -154,10 +162,12 @@ def refresh_embedding_table(
     todo = np.flatnonzero(stale_kept)
     updated_ids = np.sort(out.loc[todo, "point_id"].to_numpy(np.int64))
     if len(todo):
-        vectors = encode(encoder, reader, out.loc[todo, ["x", "y"]].to_numpy(), crop_px)
+        xy = out.loc[todo, ["x", "y"]].to_numpy()
+        tc, tr = grid.xy_to_pixel(xy[:, 0], xy[:, 1])
         column = out["embedding"].to_list()
-        for i, v in zip(todo.tolist(), vectors, strict=True):
-            column[i] = v
+        for idx, reader in _readers(mosaic_path, grid, tc, tr, crop_half):
+            for i, v in zip(todo[idx].tolist(), encode(encoder, reader, xy[idx], crop_px), strict=True):
+                column[i] = v
         out["embedding"] = column
     # grid rows in the grid's row-major order (other rows first, as written by build_embeddings)
     c2, r2 = grid.xy_to_pixel(out["x"].to_numpy(), out["y"].to_numpy())
