@@ -63,29 +63,42 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
+def _chunk_file(store: MosaicStore, row: int, col: int) -> Path | None:
+    """The file of mosaic chunk (row, col) in a local store with Zarr's default chunk keys, else None."""
+    encoding = store.mosaic.metadata.chunk_key_encoding
+    if getattr(encoding, "name", "") != "default" or getattr(encoding, "separator", "/") != "/":
+        return None
+    root = Path(store.path)
+    return root / "mosaic" / "c" / "0" / str(row) / str(col) if root.is_dir() else None
+
+
+def _same_chunk(old: MosaicStore, new: MosaicStore, row: int, col: int) -> bool:
+    """Whether two versions hold the same bytes for a chunk (both absent: both all zero), without decoding."""
+    a, b = _chunk_file(old, row, col), _chunk_file(new, row, col)
+    if a is None or b is None:
+        return False
+    if a.exists() != b.exists():
+        return False
+    return not a.exists() or a.stat().st_ino == b.stat().st_ino or a.read_bytes() == b.read_bytes()
+
+
 def changed_windows(old: MosaicStore, new: MosaicStore, units: list[tuple[int, int]]) -> list[Window]:
-    """Per chunk of ``units``, the bounding box of the pixels (any channel) that differ between two versions."""
+    """Per chunk of ``units``, the bounding box of the pixels (any channel) that differ between two versions.
+    Chunks whose files hold the same bytes are skipped without decoding."""
     grid = new.grid
     out = []
     for unit in units:
         w = grid.unit_window(*unit)
-        a = old.mosaic[:, w.row0 : w.row1, w.col0 : w.col1]
-        b = new.mosaic[:, w.row0 : w.row1, w.col0 : w.col1]
-        diff = np.any(a != b, axis=0)
-        for r0 in range(0, diff.shape[0], grid.chunk):
-            for c0 in range(0, diff.shape[1], grid.chunk):
-                part = diff[r0 : r0 + grid.chunk, c0 : c0 + grid.chunk]
-                if not part.any():
+        for r0 in range(w.row0, w.row1, grid.chunk):
+            for c0 in range(w.col0, w.col1, grid.chunk):
+                if _same_chunk(old, new, r0 // grid.chunk, c0 // grid.chunk):
                     continue
-                rows, cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
-                out.append(
-                    Window(
-                        w.row0 + r0 + int(rows[0]),
-                        w.row0 + r0 + int(rows[-1]) + 1,
-                        w.col0 + c0 + int(cols[0]),
-                        w.col0 + c0 + int(cols[-1]) + 1,
-                    )
-                )
+                r1, c1 = min(r0 + grid.chunk, w.row1), min(c0 + grid.chunk, w.col1)
+                diff = np.any(old.mosaic[:, r0:r1, c0:c1] != new.mosaic[:, r0:r1, c0:c1], axis=0)
+                if not diff.any():
+                    continue
+                rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+                out.append(Window(r0 + int(rows[0]), r0 + int(rows[-1]) + 1, c0 + int(cols[0]), c0 + int(cols[-1]) + 1))
     return out
 
 
