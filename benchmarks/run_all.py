@@ -5,7 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("benchmarks.import_bench", "benchmarks.render_bench", "benchmarks.train_bench")
+BENCHMARKS = (
+    "benchmarks.import_bench",
+    "benchmarks.render_bench",
+    "benchmarks.train_bench",
+    "benchmarks.incremental_bench",
+)
 
 
 def main() -> int:

@@ -140,6 +140,18 @@ class MosaicGrid:
         c_edges = np.linspace(0, cols, blocks_per_side + 1).round().astype(int)
         return [(r, c) for r in range(r_edges[i], r_edges[i + 1]) for c in range(c_edges[j], c_edges[j + 1])]
 
+    def blocks_of_units(self, units: list[tuple[int, int]], blocks_per_side: int) -> list[str]:
+        """The spatial blocks ('block-I-J', sorted) holding any of ``units``: the render partitions a change
+        touches."""
+        rows, cols = self.n_units
+        r_edges = np.linspace(0, rows, blocks_per_side + 1).round().astype(int)
+        c_edges = np.linspace(0, cols, blocks_per_side + 1).round().astype(int)
+        found = {
+            (int(np.searchsorted(r_edges, r, side="right")) - 1, int(np.searchsorted(c_edges, c, side="right")) - 1)
+            for r, c in units
+        }
+        return [f"block-{i}-{j}" for i, j in sorted(found)]
+
 
 MAX_BLOCKS_PER_SIDE = 16  # 256 render partitions: more gives runs smaller than their start-up cost
 

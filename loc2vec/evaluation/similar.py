@@ -33,11 +33,12 @@ def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10,
     query = encode(load_encoder(manifest.model_weights), reader, np.array([[x, y]]), config.crop_px)
     index = load_index(manifest.index_path)
     points = pd.read_parquet(manifest.ids_path)
+    points = points.set_index(points["point_id"].to_numpy())  # the index's ids (row positions for HNSW)
     wanted = k
     while True:  # widen the search until k results lie beyond min_km (or the index is exhausted)
         distances, ids = index.search(query.astype(np.float32), min(wanted, index.ntotal))
         keep = ids[0] >= 0
-        found = points.iloc[ids[0][keep]].reset_index(drop=True)
+        found = points.loc[ids[0][keep]].reset_index(drop=True)
         found["embedding_distance"] = np.sqrt(np.maximum(distances[0][keep], 0))
         found["ground_km"] = np.hypot(found["x"] - x, found["y"] - y) / 1000.0
         found = found[found["ground_km"] >= min_km].head(k).reset_index(drop=True)

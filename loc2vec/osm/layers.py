@@ -7,9 +7,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 
+from loc2vec.errors import InputDataError
 from loc2vec.geo import BBox
 from loc2vec.io import write_geoparquet, write_json
+from loc2vec.osm.changes import ObjectChanges
 from loc2vec.osm.files import file_sha256
 from loc2vec.osm.importer import ImportStats, import_features
 from loc2vec.osm.replication import extract_state
@@ -82,3 +85,63 @@ def build_feature_layers(
         osm_timestamp=state.timestamp.isoformat() if state else None,
     )
     return manifest, stats
+
+
+def refresh_feature_layers(
+    features: FeaturesManifest, changes: ObjectChanges, new_extract: str | Path, out_root: str | Path
+) -> FeaturesManifest:
+    """The feature layers of ``new_extract`` made from ``features`` (those of the extract before the diff)
+    without re-importing: the rows of the affected objects are dropped and rebuilt from the changed
+    objects alone (``ObjectChanges.write_new_objects``, read by the importer's own pass), in the importer's
+    canonical order. Equal to ``build_feature_layers(new_extract, ...)`` row for row, with the same version."""
+    import tempfile
+
+    import osmium
+    import pandas as pd
+
+    from loc2vec.osm.importer import _Batch, _Collector, _stream
+
+    schema = features.schema()
+    region = features.region
+    with tempfile.TemporaryDirectory(prefix="loc2vec-changed-") as work:
+        small = changes.write_new_objects(Path(work) / "changed.osm.pbf")
+        batch, collector = _Batch(), _Collector(region)
+        _stream(small, schema, "flex_mem", batch, collector, osmium.geom.WKBFactory(), Path(new_extract))
+    rebuilt = collector.frame(schema)
+    frame = features.read()
+    drop = np.zeros(len(frame), dtype=bool)
+    for kind, ids in (("n", changes.nodes), ("w", changes.ways), ("r", changes.relations)):
+        drop |= (frame["osm_type"] == kind).to_numpy() & frame["osm_id"].isin(list(ids)).to_numpy()
+    merged = pd.concat([frame[~drop], rebuilt], ignore_index=True)
+    order = np.lexsort(
+        (
+            merged["channel_index"].to_numpy(),
+            merged["kind"].map({"point": 0, "line": 1, "area": 2}).to_numpy(),
+            merged["osm_id"].to_numpy(),
+            merged["osm_type"].map({"n": 0, "w": 1, "r": 2}).to_numpy(),
+        )
+    )
+    merged = merged.iloc[order].reset_index(drop=True)
+    if merged.empty:
+        raise InputDataError(f"after the diff, region {region} holds no features of schema {schema.name!r}")
+    sha = file_sha256(new_extract)
+    state = extract_state(new_extract)
+    version = layers_version(sha, schema, region)
+    out_dir = Path(out_root) / version
+    schema_path = write_json(schema.source, out_dir / "channels.json")
+    path = write_geoparquet(merged, out_dir / "features.parquet")
+    counts = merged["channel"].value_counts()
+    return FeaturesManifest(
+        path=str(path),
+        schema_path=str(schema_path),
+        bbox=region.as_tuple(),
+        osm_path=str(Path(new_extract).resolve()),
+        osm_sha256=sha,
+        schema_name=schema.name,
+        schema_digest=schema.digest(),
+        version=version,
+        n_features=len(merged),
+        features_per_channel={name: int(counts.get(name, 0)) for name in schema.names},
+        osm_sequence=state.sequence if state else None,
+        osm_timestamp=state.timestamp.isoformat() if state else None,
+    )

@@ -40,6 +40,7 @@ __all__ = [
     "SourceUnreachableError",
     "UpdateResult",
     "extract_state",
+    "fetch_diffs",
     "publish_diff",
     "source_state",
     "source_url",
@@ -214,6 +215,24 @@ class _Server(ReplicationServer):
                 ) from None
             raise self.fault(f"replication diff {seq}", url) from None
         return bytes(data)
+
+
+def fetch_diffs(url: str | Path, first: int, last: int, out_dir: str | Path) -> list[Path]:
+    """Save diffs ``first`` to ``last`` of a source as ``<out_dir>/<sequence>.<type>`` (e.g. ``000000042.osc.gz``)
+    and return their paths in order: the diffs an ``UpdateResult`` applied are ``previous.sequence + 1`` to
+    ``current.sequence``, which ``changes.change_footprint`` reads against the extract before the update."""
+    if first > last:
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with _Server(source_url(url)) as server:
+        for seq in range(first, last + 1):
+            path = out / f"{seq:09d}.{server.diff_type}"
+            data = server.diff(seq, last)
+            write_atomic(path, lambda tmp, data=data: tmp.write_bytes(data))
+            paths.append(path)
+    return paths
 
 
 def source_state(url: str | Path) -> ReplicationState:

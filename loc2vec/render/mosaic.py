@@ -120,6 +120,32 @@ def _features_for(features: FeaturesManifest, grid: MosaicGrid, units, margin_m:
     return frame.to_crs(grid.crs)
 
 
+def store_attrs(features: FeaturesManifest, grid: MosaicGrid, styles: str, version: str) -> dict:
+    """The attributes of a mosaic version's group (georeferencing and lineage)."""
+    return {
+        "crs": f"EPSG:{grid.crs_epsg}",
+        "transform": list(grid.transform),
+        "resolution_m": grid.resolution,
+        "osm_sha256": features.osm_sha256,
+        "osm_sequence": features.osm_sequence,
+        "osm_timestamp": features.osm_timestamp,
+        "features_version": features.version,
+        "schema_name": features.schema_name,
+        "style_hash": styles,
+        "code_version": f"loc2vec {__version__} render {RENDER_CODE_VERSION}",
+        "mosaic_version": version,
+        "attribution": ATTRIBUTION,
+    }
+
+
+def renderer_for(features: FeaturesManifest, grid: MosaicGrid, units: list[tuple[int, int]]) -> ChannelRenderer:
+    """A renderer holding the features ``units`` need (those within Mapnik's buffer plus the widest line)."""
+    schema = features.schema()
+    widest = max(max(c.width_m.values()) for c in schema.channels)
+    margin = BUFFER_PX * grid.resolution + widest
+    return ChannelRenderer(_features_for(features, grid, units, margin), schema, grid)
+
+
 def render_mosaic(
     features: FeaturesManifest,
     spec: MosaicSpec,
@@ -136,23 +162,7 @@ def render_mosaic(
     styles = style_hash(schema, grid.resolution, srs)
     version = mosaic_version(features, grid, styles)
     store = create_or_open(
-        Path(out_root) / f"{version}.zarr",
-        grid,
-        schema.names,
-        attrs={
-            "crs": f"EPSG:{grid.crs_epsg}",
-            "transform": list(grid.transform),
-            "resolution_m": grid.resolution,
-            "osm_sha256": features.osm_sha256,
-            "osm_sequence": features.osm_sequence,
-            "osm_timestamp": features.osm_timestamp,
-            "features_version": features.version,
-            "schema_name": schema.name,
-            "style_hash": styles,
-            "code_version": f"loc2vec {__version__} render {RENDER_CODE_VERSION}",
-            "mosaic_version": version,
-            "attribution": ATTRIBUTION,
-        },
+        Path(out_root) / f"{version}.zarr", grid, schema.names, attrs=store_attrs(features, grid, styles, version)
     )
     units = grid.units() if block is None else grid.units_of_block(block, spec.blocks_per_side)
     stats_rendered = stats_skipped = 0
@@ -160,9 +170,7 @@ def render_mosaic(
     done = store.done_mask()
     todo = [u for u in units if not done[u]]
     if todo:
-        widest = max(max(c.width_m.values()) for c in schema.channels)
-        margin = BUFFER_PX * grid.resolution + widest
-        renderer = ChannelRenderer(_features_for(features, grid, todo, margin), schema, grid)
+        renderer = renderer_for(features, grid, todo)
         written = 0
         if progress is not None:
             progress(0, len(todo))
