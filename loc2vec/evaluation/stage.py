@@ -201,7 +201,7 @@ def build_maps(
     out_dir: str | Path,
     clusters: int = 8,
     max_map_points: int = 1200,
-    max_projector_points: int = 800,
+    max_projector_points: int = 500,
     seed: int = 0,
 ) -> MapsManifest:
     """The cluster map of the grid over the region's composite (click: labelled channels) and the
