@@ -187,3 +187,21 @@ def test_memory_does_not_grow_with_the_mosaic(tmp_path):
     assert memory["growth_mib"] >= raw_large_mib  # the probe sees a mosaic held in memory
     assert grown["large"]["growth_mib"] < budget / 2**20 + 24 < raw_large_mib / 3
     assert grown["large"]["growth_mib"] - grown["small"]["growth_mib"] < 8  # 96 MiB more mosaic: no more memory
+
+
+def test_previews_read_only_the_chunks_under_them(monaco_mosaic):
+    from loc2vec.data.chunked import ChunkedCropReader
+    from loc2vec.preview import busiest_crops
+
+    _, mosaic = monaco_mosaic
+    crops = busiest_crops(mosaic.path, n=4, size=128, seed=0)
+    memory = CropReader.from_store(mosaic.path)  # the same draws from the in-memory reader
+    rng = np.random.default_rng(0)
+    cols = rng.uniform(128, memory.width - 128, 64)
+    rows = rng.uniform(128, memory.height - 128, 64)
+    every, _ = memory.crops_px(cols, rows, 128)
+    busiest = np.argsort(-every.reshape(64, -1).mean(axis=1), kind="stable")[:4]
+    assert np.array_equal(crops, every[busiest].transpose(0, 3, 1, 2)) and crops[0].any()
+    reader = ChunkedCropReader(mosaic.path, 2**26)
+    reader.crops_px(cols, rows, 128)
+    assert reader.cache.misses < int(np.prod(reader.cache.array.cdata_shape))  # not the whole mosaic
