@@ -7,7 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from loc2vec.data.chunked import EMPTY_CHUNK_BYTES, ChunkedCropReader, ReaderConfig, open_reader
+from loc2vec.data.chunked import (
+    EMPTY_CHUNK_BYTES,
+    LOCALITY_TILE_CHUNKS,
+    ChunkedCropReader,
+    ReaderConfig,
+    open_reader,
+)
 from loc2vec.data.crops import CropReader
 from loc2vec.errors import ConfigError
 from loc2vec.grid import MosaicGrid
@@ -131,6 +137,8 @@ def test_locality_order_visits_points_tile_by_tile(store_path):
     chunks = np.stack([rows[order] // CHUNK, cols[order] // CHUNK], axis=1)
     changes = int((np.diff(chunks, axis=0) != 0).any(axis=1).sum())
     assert changes + 1 == len(np.unique(chunks, axis=0))  # each chunk's points come together
+    tiles = (chunks // LOCALITY_TILE_CHUNKS) @ np.array([100, 1])
+    assert (np.diff(tiles) >= 0).all() and len(np.unique(tiles)) == 2  # tile by tile (11 x 8 chunks: 2 tiles)
 
 
 MEMORY_PROBE = """
