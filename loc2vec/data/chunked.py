@@ -73,6 +73,18 @@ class ChunkCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
+    def __getstate__(self) -> dict:
+        """Pickled (a spawned DataLoader worker) without the lock and the chunks: each process fills its own."""
+        state = dict(self.__dict__)
+        del state["_lock"], state["_lru"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lru = cachetools.LRUCache(maxsize=self.max_bytes, getsizeof=self._size)
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
     @staticmethod
     def _size(chunk: np.ndarray) -> int:
         return EMPTY_CHUNK_BYTES if chunk.strides[0] == 0 else chunk.nbytes  # zero chunks are broadcast views

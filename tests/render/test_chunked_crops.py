@@ -213,3 +213,15 @@ def test_previews_read_only_the_chunks_under_them(monaco_mosaic):
     reader = ChunkedCropReader(mosaic.path, 2**26)
     reader.crops_px(cols, rows, 128)
     assert reader.cache.misses < int(np.prod(reader.cache.array.cdata_shape))  # not the whole mosaic
+
+
+def test_reader_pickles_for_spawned_workers(store_path):
+    import pickle
+
+    reader = ChunkedCropReader(store_path, 8 * CHUNK_BYTES)
+    reader.crops_px([100.0], [100.0], 40)
+    copy = pickle.loads(pickle.dumps(reader))
+    assert len(copy.cache) == 0 and copy.cache.max_bytes == reader.cache.max_bytes
+    a, _ = reader.crops_px([120.0, 300.0], [50.0, 240.0], 40, [0.3, 2.0])
+    b, _ = copy.crops_px([120.0, 300.0], [50.0, 240.0], 40, [0.3, 2.0])
+    assert np.array_equal(a, b)
