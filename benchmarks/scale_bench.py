@@ -81,7 +81,7 @@ def stage_samples(mosaic_path: str, version: str, out: str, cache_mib: float) ->
 
     reader = ChunkedCropReader(mosaic_path, int(cache_mib * MIB))
     started = time.perf_counter()
-    manifest, report = build_sample_locations(reader, SplitSpec(spacing_m=90.0, seed=0), version, Path(out))
+    manifest, report = build_sample_locations(reader, SplitSpec(seed=0), version, Path(out))
     return {
         "seconds": time.perf_counter() - started,
         "samples": asdict(manifest),

@@ -39,16 +39,16 @@ class TripletSpec:
     r_context_m: float | None = None
     context_share: float = 0.5
     sampler: str = "uniform"
-    neighbourhood_px: int = 512
-    shuffle_buffer: int = 2048
+    neighbourhood_px: int = 1024
+    shuffle_neighbourhoods: int = 4
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.neighbourhood_px < 1 or self.shuffle_buffer < 1:
+        if self.neighbourhood_px < 1 or self.shuffle_neighbourhoods < 1:
             raise ConfigError(
-                "neighbourhood_px and shuffle_buffer must be >= 1, "
-                f"got {self.neighbourhood_px} and {self.shuffle_buffer}"
+                "neighbourhood_px and shuffle_neighbourhoods must be >= 1, "
+                f"got {self.neighbourhood_px} and {self.shuffle_neighbourhoods}"
             )
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2, got {self.batch_size}")
@@ -143,8 +143,10 @@ class TripletBatches(torch.utils.data.IterableDataset):
         self.order: np.ndarray | None = None  # the epoch's anchors, batch after batch (None: uniform draws)
         if spec.sampler == "neighbourhood":
             cols, rows = reader.grid.xy_to_pixel(self.xy[:, 0], self.xy[:, 1])
-            count = steps * spec.batch_size
-            self.order = neighbourhood_order(cols, rows, count, spec.neighbourhood_px, spec.shuffle_buffer, seed, epoch)
+            count = steps * spec.batch_size  # epoch e takes the draws after epoch e - 1's
+            self.order = neighbourhood_order(
+                cols, rows, epoch * count, count, spec.neighbourhood_px, spec.shuffle_neighbourhoods, seed
+            )
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         spec, grid = self.spec, self.reader.grid

@@ -39,11 +39,11 @@ class TrainConfig:
     patience: int = 4
     seed: int = 0
     num_workers: int = 0
-    # anchor order: "uniform", or "neighbourhood" (grouped by neighbourhoods of neighbourhood_px, mixed through a
-    # shuffle buffer of shuffle_buffer anchors; for mosaics read out of core), see loc2vec.data.sampler
+    # anchor order: "uniform", or "neighbourhood" (squares of neighbourhood_px in a seeded order, the anchors of
+    # shuffle_neighbourhoods of them shuffled together; for mosaics read out of core), see loc2vec.data.sampler
     sampler: str = "uniform"
-    neighbourhood_px: int = 512
-    shuffle_buffer: int = 2048
+    neighbourhood_px: int = 1024
+    shuffle_neighbourhoods: int = 4
     # how crops are read ("auto": in memory when the mosaic fits cache_mib, else through a chunk cache of
     # cache_mib per process); the crops are the same either way, so these two are not part of the digest
     crop_reader: str = "auto"
@@ -87,7 +87,7 @@ class TrainConfig:
             context_share=self.context_share,
             sampler=self.sampler,
             neighbourhood_px=self.neighbourhood_px,
-            shuffle_buffer=self.shuffle_buffer,
+            shuffle_neighbourhoods=self.shuffle_neighbourhoods,
         )
 
     def reader_config(self) -> ReaderConfig:
@@ -126,4 +126,4 @@ class TrainConfig:
 
 
 READER_FIELDS = ("crop_reader", "cache_mib")
-SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_buffer")
+SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
