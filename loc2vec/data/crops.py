@@ -7,6 +7,9 @@ chunks from Zarr and rotating with scipy. Batches come out channels-last ``(N, S
 
 Edges are explicit: ``edge="zero"`` pads outside the mosaic with zeros (reported per crop by
 ``valid_fraction``), ``edge="raise"`` refuses crops that leave it.
+
+``CropGeometry`` holds what every reader shares (the sampling grid, edges, CRS helpers); ``CropReader``
+gathers from the mosaic in memory, ``loc2vec.data.chunked.ChunkedCropReader`` from a bounded chunk cache.
 """
 
 from __future__ import annotations
