@@ -27,7 +27,8 @@ class SamplesManifest:
         return gpd.read_parquet(self.path)
 
     def xy(self, split: str) -> np.ndarray:
-        frame = self.read()
+        """CRS coordinates of the ``split``'s anchors (reads three columns, not the geometries)."""
+        frame = pd.read_parquet(self.path, columns=["x", "y", "split"])
         return frame.loc[frame["split"] == split, ["x", "y"]].to_numpy()
 
     def split_spec(self) -> SplitSpec:
