@@ -127,6 +127,21 @@ class TrainingConfig(dg.Config):
     patience: int = Field(_TRAIN.patience, description="Early-stopping patience in epochs.")
     seed: int = Field(_TRAIN.seed, description="Seed of weights and data order.")
     num_workers: int = Field(_TRAIN.num_workers, description="DataLoader worker processes.")
+    sampler: str = Field(
+        _TRAIN.sampler,
+        description="Anchor order: uniform | neighbourhood (squares of neighbourhood_px in a seeded order, "
+        "shuffled shuffle_neighbourhoods at a time: for mosaics read out of core).",
+    )
+    neighbourhood_px: int = Field(_TRAIN.neighbourhood_px, description="Edge of a sampler neighbourhood (pixels).")
+    shuffle_neighbourhoods: int = Field(
+        _TRAIN.shuffle_neighbourhoods, description="Neighbourhoods whose anchors are shuffled together."
+    )
+    crop_reader: str = Field(
+        _TRAIN.crop_reader,
+        description="auto | memory | chunked: auto holds the mosaic in memory when it fits cache_mib, else reads "
+        "it through a chunk cache (the crops are the same).",
+    )
+    cache_mib: float = Field(_TRAIN.cache_mib, description="Chunk cache budget per process (MiB).")
 
 
 @dg.asset(

@@ -224,3 +224,18 @@ def overview(store, max_px: int = 1024) -> np.ndarray:
 def overview_step(grid, max_px: int = 1024) -> int:
     """Mosaic pixels per overview pixel along each axis."""
     return max(1, int(np.ceil(max(grid.width, grid.height) / max_px)))
+
+
+def busiest_crops(store_path, n: int = 4, size: int = 128, seed: int = 0, cache_mib: float = 64.0) -> np.ndarray:
+    """``(n, C, size, size)`` north-up crops at the ``n`` busiest of 64 seeded candidate locations (previews
+    that show something), read through a small chunk cache: only the chunks under the candidates are read,
+    whatever the mosaic's size."""
+    from loc2vec.data.chunked import ChunkedCropReader
+
+    reader = ChunkedCropReader(store_path, int(cache_mib * 2**20))
+    rng = np.random.default_rng(seed)
+    cols = rng.uniform(size, max(reader.width - size, size + 1), 64)
+    rows = rng.uniform(size, max(reader.height - size, size + 1), 64)
+    crops, _ = reader.crops_px(cols, rows, size)
+    busiest = np.argsort(-crops.reshape(64, -1).mean(axis=1), kind="stable")[:n]
+    return crops[busiest].transpose(0, 3, 1, 2)

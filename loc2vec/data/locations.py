@@ -9,7 +9,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.crops import CropGeometry
 from loc2vec.data.samples import LeakageReport, SplitSpec, leakage_report, sample_locations
 from loc2vec.io import write_geoparquet
 
@@ -27,7 +27,8 @@ class SamplesManifest:
         return gpd.read_parquet(self.path)
 
     def xy(self, split: str) -> np.ndarray:
-        frame = self.read()
+        """CRS coordinates of the ``split``'s anchors (reads three columns, not the geometries)."""
+        frame = pd.read_parquet(self.path, columns=["x", "y", "split"])
         return frame.loc[frame["split"] == split, ["x", "y"]].to_numpy()
 
     def split_spec(self) -> SplitSpec:
@@ -38,7 +39,7 @@ class SamplesManifest:
 
 
 def build_sample_locations(
-    reader: CropReader, spec: SplitSpec, mosaic_version: str, out_dir: str | Path
+    reader: CropGeometry, spec: SplitSpec, mosaic_version: str, out_dir: str | Path
 ) -> tuple[SamplesManifest, LeakageReport]:
     spec = spec.resolved(reader.grid.width * reader.grid.resolution, reader.grid.height * reader.grid.resolution)
     frame = sample_locations(reader, spec)

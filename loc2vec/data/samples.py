@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.crops import CropGeometry
 from loc2vec.errors import ConfigError
 
 SPLITS = ("train", "val", "test", "buffer")
@@ -73,16 +73,23 @@ class SplitSpec:
         return replace(self, block_m=float(min(1500.0, max(600.0, math.sqrt(width_m * height_m / 20.0)))))
 
 
-def channel_presence(reader: CropReader, cols: np.ndarray, rows: np.ndarray, window_px: int = 32) -> np.ndarray:
-    """(N, C) bool: which channels have a drawn pixel in the ``window_px`` window around each position."""
+def channel_presence(reader: CropGeometry, cols: np.ndarray, rows: np.ndarray, window_px: int = 32) -> np.ndarray:
+    """(N, C) bool: which channels have a drawn pixel in the ``window_px`` window around each position
+    (visited in the reader's locality order, tile by tile when it reads out of core)."""
+    cols, rows = np.asarray(cols), np.asarray(rows)
+    order = reader.locality_order(cols, rows)
+    if order is not None:
+        cols, rows = cols[order], rows[order]
     out = np.zeros((len(cols), reader.channels), dtype=bool)
     for start in range(0, len(cols), 512):
         window, _ = reader.crops_px(cols[start : start + 512], rows[start : start + 512], window_px)
         out[start : start + 512] = window.any(axis=(1, 2))
+    if order is not None:
+        out[order] = out.copy()
     return out
 
 
-def busy_mask(reader: CropReader, cols: np.ndarray, rows: np.ndarray, window_px: int = 32) -> np.ndarray:
+def busy_mask(reader: CropGeometry, cols: np.ndarray, rows: np.ndarray, window_px: int = 32) -> np.ndarray:
     """True where the ``window_px`` window around a mosaic pixel position has any drawn pixel."""
     return channel_presence(reader, cols, rows, window_px).any(axis=1)
 
@@ -91,7 +98,7 @@ def _bits(presence: np.ndarray) -> np.ndarray:
     return (presence.astype(np.int64) << np.arange(presence.shape[1])).sum(axis=1)
 
 
-def candidate_anchors(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
+def candidate_anchors(reader: CropGeometry, spec: SplitSpec) -> pd.DataFrame:
     """Jittered grid of candidates with their busy flag (pixel and CRS coordinates)."""
     grid = reader.grid
     rng = np.random.default_rng(spec.seed)
@@ -181,7 +188,7 @@ def apply_buffer(frame: pd.DataFrame, leak_distance: float) -> pd.Series:
     return split
 
 
-def sample_locations(reader: CropReader, spec: SplitSpec) -> pd.DataFrame:
+def sample_locations(reader: CropGeometry, spec: SplitSpec) -> pd.DataFrame:
     """Anchors with block ids and splits; raises ConfigError when train or test ends up empty.
 
     When the region is too small for a spatially separate validation split (fewer than 16 val anchors

@@ -1,12 +1,14 @@
 """Triplet batches cut on the fly from the mosaic, with seeded augmentation.
 
 A batch is ``(anchors, positives, locations)``: uint8 crops of shape (B, S, S, C) and the anchors' CRS
-coordinates (B, 2). Any other anchor's pair in the batch is a negative for in-batch mining, except those
-within ``r_neg_m`` (the loss drops such triplets using ``locations``). A positive is a crop centred
+coordinates (B, 2). Anchors are drawn uniformly (``sampler="uniform"``) or, for mosaics read out of
+core, by neighbourhood through a shuffle buffer (``"neighbourhood"``, :mod:`loc2vec.data.sampler`). Any
+other anchor's pair in the batch is a negative for in-batch mining, except those within ``r_neg_m`` (the
+loss drops such triplets using ``locations``). A positive is a crop centred
 within ``r_pos_m`` of its anchor, or, for a ``context_share`` of the anchors when ``r_context_m`` is
 set, within that wider radius (places further apart that should still look alike). Augmentations:
 any-angle rotation (independent for anchor and positive), small shifts, flips, channel dropout. Batch
-``k`` of epoch ``e`` depends only on ``(seed, e, k)``, so a resumed run sees exactly the same data.
+``k`` of epoch ``e`` depends only on ``(seed, e, k)`` (and the anchors), so a resumed run sees exactly the same data.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.crops import CropGeometry
+from loc2vec.data.sampler import neighbourhood_order
 from loc2vec.errors import ConfigError
+
+SAMPLERS = ("uniform", "neighbourhood")
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,18 @@ class TripletSpec:
     channel_dropout: float = 0.1
     r_context_m: float | None = None
     context_share: float = 0.5
+    sampler: str = "uniform"
+    neighbourhood_px: int = 1024
+    shuffle_neighbourhoods: int = 4
 
     def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.neighbourhood_px < 1 or self.shuffle_neighbourhoods < 1:
+            raise ConfigError(
+                "neighbourhood_px and shuffle_neighbourhoods must be >= 1, "
+                f"got {self.neighbourhood_px} and {self.shuffle_neighbourhoods}"
+            )
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.crop_px < 8:
@@ -110,7 +125,7 @@ class TripletBatches(torch.utils.data.IterableDataset):
 
     def __init__(
         self,
-        reader: CropReader,
+        reader: CropGeometry,
         xy: np.ndarray,
         spec: TripletSpec,
         seed: int,
@@ -125,11 +140,21 @@ class TripletBatches(torch.utils.data.IterableDataset):
         self.reader, self.xy, self.spec = reader, np.asarray(xy, dtype=np.float64), spec
         self.seed, self.epoch, self.steps = seed, epoch, steps
         self.rank, self.world = rank, world
+        self.order: np.ndarray | None = None  # the epoch's anchors, batch after batch (None: uniform draws)
+        if spec.sampler == "neighbourhood":
+            cols, rows = reader.grid.xy_to_pixel(self.xy[:, 0], self.xy[:, 1])
+            count = steps * spec.batch_size  # epoch e takes the draws after epoch e - 1's
+            self.order = neighbourhood_order(
+                cols, rows, epoch * count, count, spec.neighbourhood_px, spec.shuffle_neighbourhoods, seed
+            )
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         spec, grid = self.spec, self.reader.grid
         rng = np.random.default_rng([self.seed, self.epoch, step])
-        idx = rng.choice(len(self.xy), size=spec.batch_size, replace=False)
+        if self.order is None:
+            idx = rng.choice(len(self.xy), size=spec.batch_size, replace=False)
+        else:
+            idx = self.order[step * spec.batch_size : (step + 1) * spec.batch_size]
         n = len(idx)
         cols, rows = grid.xy_to_pixel(self.xy[idx, 0], self.xy[idx, 1])
         shift = rng.uniform(-spec.max_shift_px, spec.max_shift_px, (2, n))
@@ -173,7 +198,7 @@ class TripletBatches(torch.utils.data.IterableDataset):
 
 
 def fixed_triplets(
-    reader: CropReader, xy: np.ndarray, spec: TripletSpec, n: int, seed: int, pool_xy: np.ndarray | None = None
+    reader: CropGeometry, xy: np.ndarray, spec: TripletSpec, n: int, seed: int, pool_xy: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fixed, seeded set of explicit (anchor, positive, negative) crops for validation/evaluation.
 
@@ -184,7 +209,7 @@ def fixed_triplets(
 
 
 def fixed_triplets_with_distances(
-    reader: CropReader, xy: np.ndarray, spec: TripletSpec, n: int, seed: int, pool_xy: np.ndarray | None = None
+    reader: CropGeometry, xy: np.ndarray, spec: TripletSpec, n: int, seed: int, pool_xy: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``fixed_triplets`` (the same crops) and the ground distances (m) of positive and negative from the anchor."""
     rng = np.random.default_rng([seed, 7919])

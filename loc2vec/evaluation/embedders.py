@@ -12,22 +12,40 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.crops import CropGeometry
 
 Embedder = Callable[[np.ndarray], np.ndarray]
 
 
-def crops_at(reader: CropReader, xy: np.ndarray, crop_px: int) -> np.ndarray:
+def crops_at(reader: CropGeometry, xy: np.ndarray, crop_px: int) -> np.ndarray:
     """North-up crops (N, S, S, C) centred at CRS points."""
     cols, rows = reader.grid.xy_to_pixel(xy[:, 0], xy[:, 1])
     crops, _ = reader.crops_px(cols, rows, crop_px)
     return crops
 
 
-@torch.no_grad()
-def encode(model: torch.nn.Module, reader: CropReader, xy: np.ndarray, crop_px: int, batch: int = 256) -> np.ndarray:
+def in_locality_order(
+    reader: CropGeometry, xy: np.ndarray, per_point: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``per_point(xy)`` (one output row per point) computed over the points in the reader's locality order
+    (tile by tile for an out-of-core reader, so each chunk is read about once), rows returned in ``xy``'s order."""
+    order = reader.locality_order(*reader.grid.xy_to_pixel(xy[:, 0], xy[:, 1])) if len(xy) else None
+    if order is None:
+        return per_point(xy)
+    out = per_point(xy[order])
+    result = np.empty_like(out)
+    result[order] = out
+    return result
+
+
+def encode(model: torch.nn.Module, reader: CropGeometry, xy: np.ndarray, crop_px: int, batch: int = 256) -> np.ndarray:
     """Embeddings of the model for CRS points (north-up crops, CPU or the model's device): the encoder's
     ``embed`` representation when it has one, else its output."""
+    return in_locality_order(reader, np.asarray(xy), lambda part: _encode(model, reader, part, crop_px, batch))
+
+
+@torch.no_grad()
+def _encode(model: torch.nn.Module, reader: CropGeometry, xy: np.ndarray, crop_px: int, batch: int) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     out = []
@@ -39,7 +57,11 @@ def encode(model: torch.nn.Module, reader: CropReader, xy: np.ndarray, crop_px: 
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def channel_stats(reader: CropReader, xy: np.ndarray, crop_px: int, batch: int = 512) -> np.ndarray:
+def channel_stats(reader: CropGeometry, xy: np.ndarray, crop_px: int, batch: int = 512) -> np.ndarray:
+    return in_locality_order(reader, np.asarray(xy), lambda part: _channel_stats(reader, part, crop_px, batch))
+
+
+def _channel_stats(reader: CropGeometry, xy: np.ndarray, crop_px: int, batch: int) -> np.ndarray:
     out = []
     for start in range(0, len(xy), batch):
         crops = crops_at(reader, xy[start : start + batch], crop_px).reshape(-1, crop_px * crop_px, reader.channels)

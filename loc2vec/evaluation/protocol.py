@@ -21,7 +21,7 @@ import pandas as pd
 import shapely
 from scipy.spatial import cKDTree
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.crops import CropGeometry
 from loc2vec.data.samples import assign_blocks, busy_mask
 from loc2vec.errors import ConfigError
 
@@ -69,7 +69,7 @@ def _subsample(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame if len(frame) <= n else frame.sample(n=n, random_state=seed).sort_index()
 
 
-def poi_points(features: gpd.GeoDataFrame, reader: CropReader) -> pd.DataFrame:
+def poi_points(features: gpd.GeoDataFrame, reader: CropGeometry) -> pd.DataFrame:
     """POIs inside the mosaic with their first POI key as category: nodes, and areas (at a point inside
     them) except land-cover keys (``leisure=park`` areas are scored by land-use recall). One row per
     OSM object."""
@@ -92,7 +92,7 @@ def poi_points(features: gpd.GeoDataFrame, reader: CropReader) -> pd.DataFrame:
 def build_points(
     samples: pd.DataFrame,
     features: gpd.GeoDataFrame,
-    reader: CropReader,
+    reader: CropGeometry,
     block_m: float,
     leak_distance_m: float,
     spec: ProtocolSpec = ProtocolSpec(),
@@ -129,7 +129,7 @@ def to_geoparquet_frame(points: pd.DataFrame) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(points, geometry=gpd.points_from_xy(points["lon"], points["lat"]), crs="EPSG:4326")
 
 
-def grid_points(reader: CropReader, spacing_m: float, window_px: int = 32) -> pd.DataFrame:
+def grid_points(reader: CropGeometry, spacing_m: float, window_px: int = 32) -> pd.DataFrame:
     """A regular grid over the mosaic, keeping points with something drawn around them."""
     grid = reader.grid
     step = spacing_m / grid.resolution

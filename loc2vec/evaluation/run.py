@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.crops import CropGeometry
 from loc2vec.evaluation.embedders import channel_stats, coordinates, encode
 from loc2vec.evaluation.metrics import METRICS, score
 from loc2vec.models.encoders import build_encoder
@@ -37,7 +37,7 @@ def protocol_radii(config: TrainConfig, resolution: float) -> dict[str, float]:
     }
 
 
-def baseline_embeddings(points: pd.DataFrame, reader: CropReader, config: TrainConfig) -> dict[str, np.ndarray]:
+def baseline_embeddings(points: pd.DataFrame, reader: CropGeometry, config: TrainConfig) -> dict[str, np.ndarray]:
     xy = points[["x", "y"]].to_numpy()
     torch.manual_seed(config.seed)
     untrained = build_encoder(config.encoder, config.embedding_dim, reader.channels)
@@ -51,7 +51,7 @@ def baseline_embeddings(points: pd.DataFrame, reader: CropReader, config: TrainC
 def evaluate_embeddings(
     model_embeddings: np.ndarray,
     points: pd.DataFrame,
-    reader: CropReader,
+    reader: CropGeometry,
     config: TrainConfig,
     seed: int = 0,
 ) -> dict:
@@ -79,7 +79,7 @@ def evaluate_embeddings(
     }
 
 
-def evaluate_model(model: torch.nn.Module, points: pd.DataFrame, reader: CropReader, config: TrainConfig) -> dict:
+def evaluate_model(model: torch.nn.Module, points: pd.DataFrame, reader: CropGeometry, config: TrainConfig) -> dict:
     emb = encode(model, reader, points[["x", "y"]].to_numpy(), config.crop_px)
     return evaluate_embeddings(emb, points, reader, config, seed=config.seed)
 

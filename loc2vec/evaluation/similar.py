@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.chunked import open_reader
 from loc2vec.errors import ConfigError
 from loc2vec.evaluation.embedders import encode
 from loc2vec.evaluation.index import load_index
@@ -24,12 +24,12 @@ def similar_places(manifest: IndexManifest, lat: float, lon: float, k: int = 10,
         raise ConfigError(f"k must be >= 1, got {k}")
     if not min_km >= 0:
         raise ConfigError(f"min_km must be >= 0, got {min_km}")
-    reader = CropReader.from_store(manifest.mosaic_path)
+    config = TrainConfig(**manifest.model_config)
+    reader = open_reader(manifest.mosaic_path, config.reader_config())
     col, row = reader.grid.lonlat_to_pixel(lon, lat)
     if not (0 <= col < reader.width and 0 <= row < reader.height):
         raise ConfigError(f"({lat}, {lon}) lies outside the mosaic's region")
     x, y = reader.grid.pixel_to_xy(col, row)
-    config = TrainConfig(**manifest.model_config)
     query = encode(load_encoder(manifest.model_weights), reader, np.array([[x, y]]), config.crop_px)
     index = load_index(manifest.index_path)
     points = pd.read_parquet(manifest.ids_path)
@@ -55,7 +55,7 @@ def write_similar_map(manifest: IndexManifest, found: pd.DataFrame, lat: float, 
     from loc2vec.evaluation.maps import region_base_layer, similar_map
     from loc2vec.evaluation.stage import previews
 
-    reader = CropReader.from_store(manifest.mosaic_path)
+    reader = open_reader(manifest.mosaic_path, TrainConfig(**manifest.model_config).reader_config())
     lons = np.concatenate([[lon], found["lon"].to_numpy()])
     lats = np.concatenate([[lat], found["lat"].to_numpy()])
     cols, rows = reader.grid.lonlat_to_pixel(lons, lats)

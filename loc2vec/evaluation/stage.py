@@ -11,7 +11,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.chunked import ReaderConfig, open_reader
+from loc2vec.data.crops import CropGeometry
 from loc2vec.data.locations import SamplesManifest
 from loc2vec.errors import InputDataError
 from loc2vec.evaluation.embedders import encode
@@ -44,7 +45,7 @@ class EmbeddingsManifest:
         return np.stack(frame["embedding"].to_numpy()).astype(np.float32)
 
 
-def protocol_points(samples: SamplesManifest, features: FeaturesManifest, reader: CropReader) -> pd.DataFrame:
+def protocol_points(samples: SamplesManifest, features: FeaturesManifest, reader: CropGeometry) -> pd.DataFrame:
     spec = samples.split_spec()
     return build_points(samples.read(), features.read(), reader, spec.block_m, samples.leak_distance_m, ProtocolSpec())
 
@@ -56,13 +57,17 @@ def build_embeddings(
     out_dir: str | Path,
     grid_spacing_m: float = 100.0,
     mosaic: MosaicManifest | None = None,
+    reader_config: ReaderConfig | None = None,
 ) -> EmbeddingsManifest:
     """Embed every protocol point and a regular grid over the region, cut from ``mosaic`` (the current one;
-    default: the model's); write GeoParquet whose rows name the mosaic version and OSM sequence."""
+    default: the model's); write GeoParquet whose rows name the mosaic version and OSM sequence.
+
+    Crops are read as ``reader_config`` says (default: the model's training config); out of core, the
+    points are visited tile by tile (:func:`loc2vec.evaluation.embedders.in_locality_order`)."""
     mosaic_path = mosaic.path if mosaic is not None else model.mosaic_path
     mosaic_version = mosaic.version if mosaic is not None else model.mosaic_version
     osm_sequence = mosaic.osm_sequence if mosaic is not None else None
-    reader = CropReader.from_store(mosaic_path)
+    reader = open_model_reader(model, reader_config, mosaic_path)
     points = protocol_points(samples, features, reader)
     grid = grid_points(reader, grid_spacing_m).assign(kind="grid", split="", category="", landuse_class="")
     grid["point_id"] = np.arange(len(grid)) + len(points)
@@ -89,11 +94,25 @@ def build_embeddings(
     )
 
 
-def evaluate_stage(model: ModelManifest, embeddings: EmbeddingsManifest, out_path: str | Path) -> dict:
+def open_model_reader(
+    model: ModelManifest, reader_config: ReaderConfig | None = None, mosaic_path: str | None = None
+) -> CropGeometry:
+    """A crop reader of ``mosaic_path`` (default: the model's mosaic), as ``reader_config`` says (default: as
+    the model's training config says)."""
+    config = reader_config if reader_config is not None else model.train_config().reader_config()
+    return open_reader(mosaic_path or model.mosaic_path, config)
+
+
+def evaluate_stage(
+    model: ModelManifest,
+    embeddings: EmbeddingsManifest,
+    out_path: str | Path,
+    reader_config: ReaderConfig | None = None,
+) -> dict:
     """Metrics of the model's embeddings and of the baselines on the protocol points; writes JSON."""
     frame = embeddings.read()
     points = frame[frame["kind"] != "grid"].reset_index(drop=True)
-    reader = CropReader.from_store(model.mosaic_path)
+    reader = open_model_reader(model, reader_config)
     result = evaluate_embeddings(embeddings.vectors(points), points, reader, model.train_config(), seed=0)
     result["model_version"] = model.model_version
     write_json(result, out_path)
@@ -169,7 +188,7 @@ class MapsManifest:
     clusters: int
 
 
-def previews(reader: CropReader, xy: np.ndarray, crop_px: int, cell: int = 48) -> list[bytes]:
+def previews(reader: CropGeometry, xy: np.ndarray, crop_px: int, cell: int = 48) -> list[bytes]:
     """Each location's channel strip (:func:`loc2vec.preview.channel_strip`) as PNG, for map popups."""
     from loc2vec.evaluation.embedders import crops_at
     from loc2vec.preview import channel_strip, png_bytes
@@ -181,7 +200,7 @@ def previews(reader: CropReader, xy: np.ndarray, crop_px: int, cell: int = 48) -
     return out
 
 
-def _thumbnails(reader: CropReader, xy: np.ndarray, crop_px: int, size: int = 64) -> list[bytes]:
+def _thumbnails(reader: CropGeometry, xy: np.ndarray, crop_px: int, size: int = 64) -> list[bytes]:
     from PIL import Image
 
     from loc2vec.evaluation.embedders import crops_at
@@ -203,6 +222,7 @@ def build_maps(
     max_map_points: int = 1200,
     max_projector_points: int = 500,
     seed: int = 0,
+    reader_config: ReaderConfig | None = None,
 ) -> MapsManifest:
     """The cluster map of the grid over the region's composite (click: labelled channels) and the
     projector of test locations."""
@@ -210,7 +230,7 @@ def build_maps(
 
     from loc2vec.evaluation.maps import embedding_map, projector, region_base_layer
 
-    reader = CropReader.from_store(model.mosaic_path)
+    reader = open_model_reader(model, reader_config)
     crop_px = model.train_config().crop_px
     frame = embeddings.read()
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from loc2vec.data.chunked import ReaderConfig
 from loc2vec.data.triplets import TripletSpec
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import ENCODERS
@@ -38,6 +39,15 @@ class TrainConfig:
     patience: int = 4
     seed: int = 0
     num_workers: int = 0
+    # anchor order: "uniform", or "neighbourhood" (squares of neighbourhood_px in a seeded order, the anchors of
+    # shuffle_neighbourhoods of them shuffled together; for mosaics read out of core), see loc2vec.data.sampler
+    sampler: str = "uniform"
+    neighbourhood_px: int = 1024
+    shuffle_neighbourhoods: int = 4
+    # how crops are read ("auto": in memory when the mosaic fits cache_mib, else through a chunk cache of
+    # cache_mib per process); the crops are the same either way, so these two are not part of the digest
+    crop_reader: str = "auto"
+    cache_mib: float = 1024.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -60,6 +70,7 @@ class TrainConfig:
         if errors:
             raise ConfigError("bad training config: " + "; ".join(errors))
         self.triplet_spec()  # validates the sampling fields
+        self.reader_config()  # and the reader's
 
     def _value_for(self, message: str):
         return getattr(self, message.split()[0], None)
@@ -74,7 +85,13 @@ class TrainConfig:
             channel_dropout=self.channel_dropout,
             r_context_m=self.r_context_m,
             context_share=self.context_share,
+            sampler=self.sampler,
+            neighbourhood_px=self.neighbourhood_px,
+            shuffle_neighbourhoods=self.shuffle_neighbourhoods,
         )
+
+    def reader_config(self) -> ReaderConfig:
+        return ReaderConfig(kind=self.crop_reader, cache_mib=self.cache_mib)
 
     @property
     def max_positive_m(self) -> float:
@@ -99,4 +116,14 @@ class TrainConfig:
         return asdict(self)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """Identity of what is trained: every field but the reader's; the sampler's only when not the default
+        (digests of configs from before it existed stay the same, and their checkpoints resume)."""
+        values = {k: v for k, v in self.to_dict().items() if k not in READER_FIELDS}
+        if values["sampler"] == "uniform":
+            for name in SAMPLER_FIELDS:
+                values.pop(name)
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+READER_FIELDS = ("crop_reader", "cache_mib")
+SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")

@@ -20,7 +20,7 @@ configure_process()  # an entry point (torchrun starts it): before torch is impo
 
 import torch.distributed as dist  # noqa: E402
 
-from loc2vec.data.crops import CropReader  # noqa: E402
+from loc2vec.data.chunked import open_reader  # noqa: E402
 from loc2vec.data.locations import SamplesManifest  # noqa: E402
 from loc2vec.models.encoders import save_encoder  # noqa: E402
 from loc2vec.training.config import TrainConfig  # noqa: E402
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = TrainConfig(**json.loads(Path(args.config).read_text()))
         samples = SamplesManifest(args.samples, "", {}, {}, 0.0, 0.0)
-        reader = CropReader.from_store(args.mosaic)
+        reader = open_reader(args.mosaic, config.reader_config())
         out = Path(args.out)
         result = train(config, reader, samples.xy("train"), samples.xy("val"), device, out / "checkpoints")
         if dist.get_rank() == 0:

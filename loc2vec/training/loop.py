@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from loc2vec.data.crops import CropReader
+from loc2vec.data.crops import CropGeometry
 from loc2vec.data.triplets import TripletBatches, fixed_triplets
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import Encoder, build_encoder
@@ -90,7 +90,7 @@ def anchors_digest(train_xy: np.ndarray, val_xy: np.ndarray) -> str:
 
 def train(
     config: TrainConfig,
-    reader: CropReader,
+    reader: CropGeometry,
     train_xy: np.ndarray,
     val_xy: np.ndarray,
     device: DeviceSpec,

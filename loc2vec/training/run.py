@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from loc2vec import __version__, model_card, tracking
-from loc2vec.data.crops import CropReader
+from loc2vec.data.chunked import open_reader
+from loc2vec.data.crops import CropGeometry
 from loc2vec.data.locations import SamplesManifest
 from loc2vec.data.triplets import fixed_triplets_with_distances
 from loc2vec.errors import ConfigError
@@ -58,7 +59,7 @@ class TripletPicture:
     negative_m: list[float]
 
 
-def triplet_picture(reader: CropReader, xy: np.ndarray, config: TrainConfig, n: int = 4) -> TripletPicture:
+def triplet_picture(reader: CropGeometry, xy: np.ndarray, config: TrainConfig, n: int = 4) -> TripletPicture:
     """Rows of anchor | positive | negative composites under column labels, each positive and negative
     captioned with its ground distance from the anchor (m), for the run's artifacts."""
     from PIL import Image, ImageDraw, ImageFont
@@ -156,7 +157,7 @@ def train_and_register(
 
     check_split_fits(config, samples)
     experiment_id = tracking.setup(tracking_uri, experiment, artifact_root=str(Path(out_dir).parent / "mlruns"))
-    reader = CropReader.from_store(mosaic_path)
+    reader = open_reader(mosaic_path, config.reader_config())
     train_xy, val_xy = samples.xy("train"), samples.xy("val")
     out = Path(out_dir)
     tags = {
