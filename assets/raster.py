@@ -7,10 +7,18 @@ import numpy as np
 
 from assets.metadata import markdown_table, osm_time_tags
 from assets.progress import progress_extra
-from loc2vec.data.crops import CropReader
 from loc2vec.grid import block_keys, check_blocks_per_side
 from loc2vec.osm.layers import FeaturesManifest
-from loc2vec.preview import channel_panel, composite, markdown_image, overview, overview_step, png_bytes, region_inside
+from loc2vec.preview import (
+    busiest_crops,
+    channel_panel,
+    composite,
+    markdown_image,
+    overview,
+    overview_step,
+    png_bytes,
+    region_inside,
+)
 from loc2vec.render.mosaic import MosaicManifest, render_mosaic
 from loc2vec.store.mosaic import inspect_mosaic, open_mosaic
 from resources import MapnikRenderer, ProjectStorage
@@ -61,17 +69,6 @@ def raster_blocks(
     )
 
 
-def _sample_previews(store, n: int = 4, size: int = 128, seed: int = 0) -> np.ndarray:
-    """Crops at the ``n`` busiest of a seeded set of candidate locations (so previews show something)."""
-    reader = CropReader.from_store(store.path)
-    rng = np.random.default_rng(seed)
-    cols = rng.uniform(size, max(reader.width - size, size + 1), 64)
-    rows = rng.uniform(size, max(reader.height - size, size + 1), 64)
-    crops, _ = reader.crops_px(cols, rows, size)
-    busiest = np.argsort(-crops.reshape(64, -1).mean(axis=1), kind="stable")[:n]
-    return crops[busiest].transpose(0, 3, 1, 2)
-
-
 @dg.asset(
     automation_condition=dg.AutomationCondition.eager(),
     group_name="raster",
@@ -98,7 +95,7 @@ def raster_mosaic(context: dg.AssetExecutionContext, raster_blocks: dict[str, Mo
     picture = composite(overview(store, 1024), names, inside=inside)  # light land, blue water and sea
     overview_path = storage.path("mosaic", f"{first.version}_overview.png")
     overview_path.write_bytes(png_bytes(picture))
-    panel = channel_panel(_sample_previews(store), names)
+    panel = channel_panel(busiest_crops(store.path), names)
     grid = first.mosaic_grid
     coverage = markdown_table(["channel", "share of pixels > 0"], [(n, report.coverage[n]) for n in names])
     pruned = storage.prune("mosaic", first.path)

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from assets.metadata import markdown_table, osm_time_tags
 from assets.progress import progress_extra
-from loc2vec.data.crops import CropReader
+from loc2vec.data.chunked import open_reader
 from loc2vec.data.locations import SamplesManifest, build_sample_locations, split_table
 from loc2vec.data.samples import SplitSpec
 from loc2vec.models.encoders import load_encoder
@@ -68,7 +68,7 @@ class SamplesConfig(dg.Config):
 )
 def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, storage: ProjectStorage):
     spec = SplitSpec(**config.model_dump())
-    reader = CropReader.from_store(raster_mosaic.path)
+    reader = open_reader(raster_mosaic.path)  # in memory when it fits the default cache, else out of core
     manifest, report = build_sample_locations(reader, spec, raster_mosaic.version, storage.path("samples"))
     frame = manifest.read()
     pruned = storage.prune("samples", manifest.path)

@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _protocol_for(args: argparse.Namespace):
     """Import, render and split ``--pbf`` (in process), then build the protocol's points."""
-    from loc2vec.data.crops import CropReader
+    from loc2vec.data.chunked import open_reader
     from loc2vec.evaluation.stage import protocol_points
     from pipelines.runner import Pipeline, preflight
 
@@ -131,7 +131,7 @@ def _protocol_for(args: argparse.Namespace):
         samples = runs["main_job"].output_for_node("sample_locations")
         features = runs["ingest_job"].output_for_node("osm_features")
         mosaic = runs["main_job"].output_for_node("raster_mosaic")
-    reader = CropReader.from_store(mosaic.path)
+    reader = open_reader(mosaic.path)
     return protocol_points(samples, features, reader), reader, samples
 
 
