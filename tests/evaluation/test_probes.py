@@ -128,3 +128,36 @@ def test_small_test_sets_are_flagged_and_runs_merge_to_the_smallest():
     assert merged["landuse_balanced_recall_at_10"]["n"] == support["landuse_balanced_recall_at_10"]["n"]
     lines = warnings({"support": merged})
     assert len(lines) == len(insufficient(merged)) and any("triplet_accuracy" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_cli_scores_external_embeddings_and_warns_about_insufficient_metrics(tmp_path, capsys):
+    """``loc2vec evaluate --embeddings`` on a small real town: every metric with its n and flag in
+    evaluation.json, the new metrics for the embeddings and every baseline, one warning per insufficient metric."""
+    import json
+
+    import geopandas as gpd
+
+    from pipelines.cli import main
+    from tests.conftest import KOTKA
+
+    work, points_file = tmp_path / "work", tmp_path / "points.parquet"
+    base = ["evaluate", "--pbf", str(KOTKA), "--work", str(work)]
+    assert main([*base, "--points-out", str(points_file)]) == 0
+    points = gpd.read_parquet(points_file)
+    vectors = random_vectors(len(points), 8, seed=3)
+    theirs = gpd.GeoDataFrame({"vector": list(vectors)}, geometry=points.geometry, crs="EPSG:4326")
+    theirs.to_parquet(tmp_path / "theirs.parquet")
+    capsys.readouterr()
+    assert main([*base, "--embeddings", str(tmp_path / "theirs.parquet"), "--out", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert set(doc["model"]) == set(METRICS) and set(NEW) <= set(METRICS)
+    assert set(doc["baselines"]) == {"channel_stats", "untrained", "coordinates", "random"}
+    assert all(set(scores) == set(METRICS) for scores in doc["baselines"].values())
+    assert set(doc["support"]) == set(METRICS)
+    assert all({"n", "classes", "insufficient", "reason"} == set(s) for s in doc["support"].values())
+    assert doc["insufficient"] == [m for m in METRICS if doc["support"][m]["insufficient"]]
+    assert "poi_logreg_macro_f1" in doc["insufficient"]  # a small town: a handful of test POIs
+    printed = capsys.readouterr()
+    warned = [line for line in (printed.out + printed.err).splitlines() if "insufficient on this test set" in line]
+    assert len(warned) == len(doc["insufficient"]) and all(m in " ".join(warned) for m in doc["insufficient"])
