@@ -3,9 +3,9 @@
 Imports and renders ``--pbf`` (plain library calls, no Dagster), then for each split seed draws the
 held-out blocks, builds the protocol's points and scores the baselines (``channel_stats``, the untrained
 encoder, ``coordinates``, ``random``) exactly as the evaluation stage does. Prints, per metric, mean ± std
-over the draws, the smallest ``n`` and whether the metric is ``insufficient``, and a separation column:
-the gap between the best and the worst image embedder (channel_stats / untrained) in units of the larger
-of their spreads over the draws. Writes every draw's numbers to ``--out`` (JSON).
+over the draws, the smallest ``n`` and whether the metric is ``insufficient`` in some draw, and the paired
+gap between the two image embedders in each draw (channel_stats minus untrained): a metric separates
+them where that gap keeps its sign and exceeds the noise. Writes every draw's numbers to ``--out`` (JSON).
 
     .venv/bin/python -m benchmarks.eval_protocol --pbf /work/shared/data/neubrandenburg_josm.osm.bz2 \\
         --work /tmp/nb --split-seeds 3 --out /tmp/nb/protocol.json
@@ -68,29 +68,40 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def summary_rows(draws: list[dict]) -> list[list[str]]:
-    """Per metric: mean ± std per embedder, n, insufficient, and the image embedders' separation."""
+    """Per metric: mean ± std per embedder, the smallest n, insufficient, and the per-draw paired gap."""
     names = list(draws[0]["scores"])
     support = merge_support([d["support"] for d in draws])
     rows = []
     for metric in METRICS:
-        stats = {n: _stats([d["scores"][n][metric] for d in draws]) for n in names}
-        means = [stats[n][0] for n in IMAGE_EMBEDDERS]
-        spread = max(max(stats[n][1] for n in IMAGE_EMBEDDERS), 1e-9)
-        separation = abs(means[0] - means[1]) / spread
-        cells = [f"{m:.3f} ± {s:.3f}" for m, s in (stats[n] for n in names)]
+        cells = ["{:.3f} ± {:.3f}".format(*_stats([d["scores"][n][metric] for d in draws])) for n in names]
+        gaps = [d["scores"][IMAGE_EMBEDDERS[0]][metric] - d["scores"][IMAGE_EMBEDDERS[1]][metric] for d in draws]
         flag = "insufficient" if support[metric]["insufficient"] else ""
-        rows.append([metric, *cells, str(support[metric]["n"]), flag, f"{separation:.1f}"])
+        rows.append([metric, *cells, str(support[metric]["n"]), flag, " / ".join(f"{g:+.3f}" for g in gaps)])
     return rows
+
+
+def print_table(draws: list[dict]) -> None:
+    names = list(draws[0]["scores"])
+    header = ["metric", *names, "n (min)", "", f"{IMAGE_EMBEDDERS[0]} - {IMAGE_EMBEDDERS[1]} per draw"]
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for row in summary_rows(draws):
+        print("| " + " | ".join(row) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pbf", required=True)
+    parser.add_argument("--pbf")
     parser.add_argument("--bbox", help="lon_min,lat_min,lon_max,lat_max (default: the whole extract)")
-    parser.add_argument("--work", required=True, help="directory for features, mosaic and samples")
+    parser.add_argument("--work", help="directory for features, mosaic and samples")
     parser.add_argument("--split-seeds", type=int, default=3)
     parser.add_argument("--out", help="JSON with every draw's numbers")
+    parser.add_argument("--table-from", help="print the table of a JSON written by --out, and stop")
     args = parser.parse_args(argv)
+    if args.table_from:
+        print_table(json.loads(Path(args.table_from).read_text())["draws"])
+        return 0
+    if not (args.pbf and args.work):
+        parser.error("--pbf and --work are required (or --table-from)")
     work = Path(args.work)
     bbox = BBox(*map(float, args.bbox.split(","))) if args.bbox else None
     with Clock() as prep:
@@ -102,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.split_seeds):
         draws.append(score_draw(reader, features, work, seed, mosaic.version))
         print(f"split seed {seed}: {draws[-1]['points']} {draws[-1]['seconds']}", flush=True)
-    names = list(draws[0]["scores"])
-    header = ["metric", *names, "n (min)", "", "separation"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in summary_rows(draws):
-        print("| " + " | ".join(row) + " |")
+    print_table(draws)
     if args.out:
         Path(args.out).write_text(json.dumps({"pbf": str(args.pbf), "bbox": args.bbox, "draws": draws}, indent=1))
     return 0
