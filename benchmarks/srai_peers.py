@@ -62,7 +62,14 @@ def cell_embeddings(pbf: str, area: gpd.GeoDataFrame, resolution: int, epochs: i
     )
     joint = IntersectionJoiner().transform(regions, features)
     neighbourhood = H3Neighbourhood(regions)
-    trainer = {"max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False, "logger": False}
+    trainer = {
+        "max_epochs": epochs,
+        "accelerator": "cpu",
+        "enable_progress_bar": False,
+        "logger": False,
+        "enable_checkpointing": False,
+        "default_root_dir": str(work),
+    }
     out, seconds = {}, {}
 
     started = time.perf_counter()
@@ -93,7 +100,7 @@ def point_vectors(points: gpd.GeoDataFrame, cells: pd.DataFrame, resolution: int
     table = cells.astype(np.float64)
     found = table.reindex(ids)
     missing = found.isna().any(axis=1).to_numpy()
-    vectors = found.to_numpy()
+    vectors = found.to_numpy(copy=True)
     vectors[missing] = table.to_numpy().mean(axis=0)
     return vectors.astype(np.float32), int(missing.sum())
 
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     result = cell_embeddings(args.pbf, area, args.resolution, args.epochs, out)
     report = {k: v for k, v in result.items() if k != "embeddings"}
     for name, cells in result["embeddings"].items():
+        cells.to_parquet(out / f"cells-{name}.parquet")  # per H3 cell, as SRAI returned them
         vectors, missing = point_vectors(points, cells, args.resolution)
         frame = gpd.GeoDataFrame({"vector": list(vectors)}, geometry=points.geometry, crs="EPSG:4326")
         frame.to_parquet(out / f"{name}.parquet")
