@@ -102,11 +102,11 @@ def evaluation(
     )
     context.log.info(f"model version {trained_model.model_version} champion: {promoted}")
     names = ["model", *result["baselines"]]
-    rows = [[m] + [_cell(result, n, m) for n in names] for m in METRICS]
+    rows = [[m] + [_cell(result, n, m) for n in names] + _support_cells(result, m) for m in METRICS]
     return dg.Output(
         result,
         metadata={
-            "metrics": markdown_table(["metric", *names], rows),
+            "metrics": markdown_table(["metric", *names, "n", "insufficient"], rows),
             "n_test_locations": result["n_test_locations"],
             "n_test_pois": result["n_test_pois"],
             "main_metric": f"{MAIN_METRIC} = {result['model'][MAIN_METRIC]:.4f}",
@@ -124,6 +124,14 @@ def _cell(result: dict, embedder: str, metric: str) -> float | str:
     if metric in result.get("by_construction", {}).get(embedder, ()):
         return f"{value:.4f} (by construction)"
     return value
+
+
+def _support_cells(result: dict, metric: str) -> list[object]:
+    """The metric's test-set size and, when too small to tell embedders apart, why (``loc2vec.evaluation.support``)."""
+    support = result.get("support", {}).get(metric)
+    if support is None:
+        return ["", ""]
+    return [support["n"], support["reason"] if support["insufficient"] else ""]
 
 
 def _model_dir(storage: ProjectStorage, kind: str, model: ModelManifest) -> Path:

@@ -139,6 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from loc2vec.evaluation.external import match_points, read_external_embeddings
     from loc2vec.evaluation.protocol import to_geoparquet_frame
     from loc2vec.evaluation.run import evaluate_embeddings
+    from loc2vec.evaluation.support import warnings
     from loc2vec.io import write_geoparquet, write_json
     from loc2vec.osm.files import check_complete, check_region, file_sha256
     from loc2vec.training.config import TrainConfig
@@ -170,6 +171,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_json(document, out / "evaluation.json")
     _log(f"wrote {out / 'evaluation.json'}")
     print(json.dumps(document["model"], indent=2))
+    for line in warnings(document):
+        _log(line)
     return 0
 
 

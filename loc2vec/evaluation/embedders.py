@@ -1,8 +1,8 @@
 """Embedders scored by the protocol: the trained encoder and the baselines computed in the same run.
 
 Baselines: ``channel_stats`` (per-channel mean coverage and share of drawn pixels of the same crop the
-model sees), ``untrained`` (the same architecture with its initial, seeded weights) and ``coordinates``
-(the point's metric x, y in km).
+model sees), ``untrained`` (the same architecture with its initial, seeded weights), ``coordinates``
+(the point's metric x, y in km) and ``random`` (seeded Gaussian vectors: the floor a metric must lift off).
 """
 
 from __future__ import annotations
@@ -71,3 +71,7 @@ def _channel_stats(reader: CropGeometry, xy: np.ndarray, crop_px: int, batch: in
 
 def coordinates(xy: np.ndarray) -> np.ndarray:
     return (np.asarray(xy, dtype=np.float64) / 1000.0).astype(np.float32)
+
+
+def random_vectors(n: int, dim: int, seed: int) -> np.ndarray:
+    return np.random.default_rng([seed, 1729]).standard_normal((n, dim)).astype(np.float32)

@@ -1,6 +1,7 @@
 """The protocol's metrics, computed identically for every embedder on the same points.
 
-All metrics use test points only, except the POI classifiers, which are fitted on train-block POIs.
+All metrics use test points only, except the POI classifiers, which are fitted on train-block POIs, and
+the linear probes (``loc2vec.evaluation.probes``), which are fitted on train-block locations.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from loc2vec.evaluation.probes import (
+    MIN_PER_CLASS,
+    UNMAPPED,
+    landuse_probe_macro_f1,
+    location_mask,
+    poi_presence_macro_auc,
+)
+
 METRICS = (
     "triplet_accuracy",
     "poi_knn_accuracy",
@@ -24,11 +33,15 @@ METRICS = (
     "poi_logreg_accuracy",
     "poi_logreg_macro_f1",
     "landuse_recall_at_10",
+    "landuse_balanced_recall_at_10",
+    "landuse_probe_macro_f1",
+    "poi_presence_macro_auc",
     "silhouette",
     "geo_spearman",
     "trustworthiness",
 )
-POI_METRICS = tuple(m for m in METRICS if m.startswith("poi_"))
+# the POI-category classifiers fitted on POI points (poi_presence_macro_auc is a probe over locations)
+POI_METRICS = ("poi_knn_accuracy", "poi_knn_macro_f1", "poi_logreg_accuracy", "poi_logreg_macro_f1")
 
 
 def held_out_triplets(xy: np.ndarray, r_pos: float, r_neg: float, n: int, seed: int) -> np.ndarray:
@@ -55,17 +68,11 @@ def triplet_accuracy(emb: np.ndarray, triplets: np.ndarray) -> float:
     return float(np.mean(np.linalg.norm(a - p, axis=1) < np.linalg.norm(a - n, axis=1)))
 
 
-def recall_at_k(
-    emb: np.ndarray, labels: np.ndarray, xy: np.ndarray, k: int, exclude_m: float, skip_label: str | None = None
-) -> float:
-    """Share of each point's k nearest embedding neighbours with its label, ignoring neighbours closer
-    than ``exclude_m`` on the ground (they share pixels with the query, so agreeing is trivial) and
-    points labelled ``skip_label`` (unmapped), as queries and as neighbours."""
-    if skip_label is not None:
-        keep = labels != skip_label
-        emb, labels, xy = emb[keep], labels[keep], xy[keep]
-    if len(emb) < 2:
-        return float("nan")
+def _neighbour_agreement(
+    emb: np.ndarray, labels: np.ndarray, xy: np.ndarray, k: int, exclude_m: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: how many of its k nearest embedding neighbours (ignoring those closer than ``exclude_m``
+    on the ground) share its label, and how many such neighbours it has."""
     sq = (emb**2).sum(axis=1)
     d = sq[:, None] + sq[None, :] - 2.0 * emb @ emb.T
     geo = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
@@ -73,7 +80,52 @@ def recall_at_k(
     order = np.argsort(d, axis=1, kind="stable")[:, :k]
     valid = np.isfinite(np.take_along_axis(d, order, axis=1))
     same = labels[order] == labels[:, None]
-    return float((same & valid).sum() / max(valid.sum(), 1))
+    return (same & valid).sum(axis=1), valid.sum(axis=1)
+
+
+def _drop_label(emb, labels, xy, skip_label):
+    if skip_label is None:
+        return emb, labels, xy
+    keep = labels != skip_label
+    return emb[keep], labels[keep], xy[keep]
+
+
+def recall_at_k(
+    emb: np.ndarray, labels: np.ndarray, xy: np.ndarray, k: int, exclude_m: float, skip_label: str | None = None
+) -> float:
+    """Share of each point's k nearest embedding neighbours with its label, ignoring neighbours closer
+    than ``exclude_m`` on the ground (they share pixels with the query, so agreeing is trivial) and
+    points labelled ``skip_label`` (unmapped), as queries and as neighbours."""
+    emb, labels, xy = _drop_label(emb, labels, xy, skip_label)
+    if len(emb) < 2:
+        return float("nan")
+    same, valid = _neighbour_agreement(emb, labels, xy, k, exclude_m)
+    return float(same.sum() / max(valid.sum(), 1))
+
+
+def balanced_recall_at_k(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    xy: np.ndarray,
+    k: int,
+    exclude_m: float,
+    min_per_class: int = MIN_PER_CLASS,
+    skip_label: str | None = None,
+) -> float:
+    """Recall@k (as :func:`recall_at_k`, every labelled point a candidate neighbour) averaged per query
+    within each class, then over the classes with at least ``min_per_class`` points: each such class
+    counts once, however large. NaN without such a class."""
+    emb, labels, xy = _drop_label(emb, labels, xy, skip_label)
+    if len(emb) < 2:
+        return float("nan")
+    same, valid = _neighbour_agreement(emb, labels, xy, k, exclude_m)
+    classes, counts = np.unique(labels, return_counts=True)
+    per_class = []
+    for c in classes[counts >= min_per_class]:
+        queries = (labels == c) & (valid > 0)
+        if queries.any():
+            per_class.append(float(np.mean(same[queries] / valid[queries])))
+    return float(np.mean(per_class)) if per_class else float("nan")
 
 
 def geo_spearman(emb: np.ndarray, xy: np.ndarray, max_m: float, max_pairs: int, seed: int) -> float:
@@ -118,7 +170,7 @@ def score(
 ) -> dict[str, float]:
     """Every metric of the protocol for one embedder (rows of ``emb`` align with ``points``)."""
     emb = np.asarray(emb, dtype=np.float64)
-    loc = ((points["kind"] == "location") & (points["split"] == "test")).to_numpy()
+    loc = location_mask(points, "test")
     xy, e, labels = points.loc[loc, ["x", "y"]].to_numpy(), emb[loc], points.loc[loc, "landuse_class"].to_numpy()
     triplets = held_out_triplets(xy, r_pos, r_neg, 1000, seed)
     k = min(clusters, len(e) - 1)
@@ -127,7 +179,10 @@ def score(
     return {
         "triplet_accuracy": triplet_accuracy(e, triplets) if len(triplets) else float("nan"),
         **poi_scores(emb, points),
-        "landuse_recall_at_10": recall_at_k(e, labels, xy, 10, exclude_m, skip_label="none"),
+        "landuse_recall_at_10": recall_at_k(e, labels, xy, 10, exclude_m, skip_label=UNMAPPED),
+        "landuse_balanced_recall_at_10": balanced_recall_at_k(e, labels, xy, 10, exclude_m, skip_label=UNMAPPED),
+        "landuse_probe_macro_f1": landuse_probe_macro_f1(emb, points, seed),
+        "poi_presence_macro_auc": poi_presence_macro_auc(emb, points, seed),
         "silhouette": float(silhouette_score(e, assign)) if len(set(assign)) > 1 else float("nan"),
         "geo_spearman": geo_spearman(e, xy, 1000.0, 20000, seed),
         "trustworthiness": float(trustworthiness(xy[sub], e[sub], n_neighbors=10)),

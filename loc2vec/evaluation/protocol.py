@@ -9,6 +9,11 @@ around it, or ``none`` where no such area is mapped (those points are not scored
 recall). The input draws these areas without their value (residential and commercial land are the same
 fill), and a POI's category (``amenity=cafe``, ...) is never drawn as such (all POIs are the same disc),
 so predicting either from the embedding is a real test.
+
+Each point also lists the frequent POI categories with a POI within 100 m of it (``pois_nearby``,
+``|``-separated), for the POI-presence probe. That probe runs over every train/test anchor (far more
+labels than POI points): the anchors beyond the location subsample are points of kind ``anchor``, used
+by that probe only.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from loc2vec.errors import ConfigError
 
 POI_KEYS = ("amenity", "shop", "tourism", "leisure")
 LANDUSE_KEYS = ("landuse", "natural", "leisure")
-POINT_COLUMNS = ["point_id", "kind", "split", "x", "y", "lon", "lat", "category", "landuse_class"]
+POINT_COLUMNS = ["point_id", "kind", "split", "x", "y", "lon", "lat", "category", "landuse_class", "pois_nearby"]
+PRESENCE_SEP = "|"
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,9 @@ class ProtocolSpec:
     top_categories: int = 8
     min_train_per_category: int = 5
     landuse_radius_m: float = 50.0
+    presence_categories: int = 8
+    presence_radius_m: float = 100.0
+    max_extra_anchors: int = 3000  # train/test anchors beyond the locations, for the POI-presence probe
     seed: int = 0
 
 
@@ -62,6 +71,23 @@ def landuse_classes(features: gpd.GeoDataFrame, xy: np.ndarray, crs, radius_m: f
     )
     best = best.drop_duplicates("point")
     out[best["point"].to_numpy()] = best["label"].to_numpy()
+    return out
+
+
+def pois_nearby(pois: pd.DataFrame, xy: np.ndarray, top: int, radius_m: float) -> np.ndarray:
+    """For each point, the ``|``-joined sorted categories among the ``top`` most frequent of ``pois`` (columns
+    x, y, category) with a POI within ``radius_m``; ``""`` where none."""
+    counts = pois["category"].value_counts()
+    frequent = [c for c in counts.index if PRESENCE_SEP not in c][:top]
+    pois = pois[pois["category"].isin(frequent)]
+    out = np.full(len(xy), "", dtype=object)
+    if pois.empty or len(xy) == 0:
+        return out
+    categories = pois["category"].to_numpy()
+    near = cKDTree(pois[["x", "y"]].to_numpy()).query_ball_point(np.asarray(xy, dtype=float), radius_m)
+    for i, found in enumerate(near):
+        if found:
+            out[i] = PRESENCE_SEP.join(sorted(set(categories[found])))
     return out
 
 
@@ -102,9 +128,13 @@ def build_points(
     train = _subsample(samples[samples["split"] == "train"], spec.max_train_locations, spec.seed)
     test = _subsample(samples[samples["split"] == "test"], spec.max_test_locations, spec.seed)
     locations = pd.concat([train, test])[["x", "y", "split"]].assign(kind="location", category="")
+    anchors = samples[samples["split"].isin(["train", "test"])].drop(index=locations.index)
+    anchors = _subsample(anchors, spec.max_extra_anchors, spec.seed)[["x", "y", "split"]]
+    anchors = anchors.assign(kind="anchor", category="")
 
     block_split = samples[samples["split"].isin(["train", "test"])].groupby("block")["split"].first()
-    pois = poi_points(features, reader)
+    all_pois = poi_points(features, reader)
+    pois = all_pois.copy()
     pois["split"] = assign_blocks(pois, grid.x0, grid.y0, block_m).map(block_split)
     pois = pois.dropna(subset=["split"])
     test_xy = samples.loc[samples["split"] == "test", ["x", "y"]].to_numpy()
@@ -115,10 +145,13 @@ def build_points(
     keep = [c for c in counts.index if counts[c] >= spec.min_train_per_category][: spec.top_categories]
     pois = pois[pois["category"].isin(keep)].assign(kind="poi")
 
-    points = pd.concat([locations, pois], ignore_index=True)
+    points = pd.concat([locations, pois, anchors], ignore_index=True)
     lon, lat = grid.pixel_to_lonlat(*grid.xy_to_pixel(points["x"], points["y"]))
     points["lon"], points["lat"] = lon, lat
     points["landuse_class"] = landuse_classes(features, points[["x", "y"]].to_numpy(), grid.crs, spec.landuse_radius_m)
+    points["pois_nearby"] = pois_nearby(
+        all_pois, points[["x", "y"]].to_numpy(), spec.presence_categories, spec.presence_radius_m
+    )
     points["point_id"] = np.arange(len(points))
     if not (points["kind"] == "location").any() or not (points["split"] == "test").any():
         raise ConfigError("the protocol found no test locations: region too small for its split")

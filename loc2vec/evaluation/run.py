@@ -11,8 +11,10 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from loc2vec.data.crops import CropGeometry
-from loc2vec.evaluation.embedders import channel_stats, coordinates, encode
-from loc2vec.evaluation.metrics import METRICS, score
+from loc2vec.evaluation.embedders import channel_stats, coordinates, encode, random_vectors
+from loc2vec.evaluation.metrics import METRICS, held_out_triplets, score
+from loc2vec.evaluation.probes import landuse_probe_classes, landuse_test_classes, presence_categories
+from loc2vec.evaluation.support import RULE, insufficient, merge_support, metric_support
 from loc2vec.models.encoders import build_encoder
 from loc2vec.training.config import TrainConfig
 
@@ -24,6 +26,7 @@ BY_CONSTRUCTION = {"coordinates": ("triplet_accuracy", "geo_spearman", "trustwor
 
 
 METRIC_THREADS = 1
+RANDOM_DIM = 16  # the floor: seeded Gaussian vectors, no information about the place
 
 
 def protocol_radii(config: TrainConfig, resolution: float) -> dict[str, float]:
@@ -45,6 +48,7 @@ def baseline_embeddings(points: pd.DataFrame, reader: CropGeometry, config: Trai
         "channel_stats": channel_stats(reader, xy, config.crop_px),
         "untrained": encode(untrained, reader, xy, config.crop_px),
         "coordinates": coordinates(xy),
+        "random": random_vectors(len(xy), RANDOM_DIM, config.seed),
     }
 
 
@@ -67,6 +71,8 @@ def evaluate_embeddings(
     with threadpool_limits(limits=METRIC_THREADS):
         model = score(model_embeddings, points, seed=seed, **radii)
         scored = {name: score(emb, points, seed=seed, **radii) for name, emb in baselines.items()}
+    test_xy = points.loc[test & (points["kind"] == "location"), ["x", "y"]].to_numpy()
+    support = metric_support(points, len(held_out_triplets(test_xy, radii["r_pos"], radii["r_neg"], 1000, seed)))
     return {
         "model": model,
         "baselines": scored,
@@ -74,6 +80,12 @@ def evaluate_embeddings(
         "n_test_pois": int((test & (points["kind"] == "poi")).sum()),
         "n_train_pois": int(((points["split"] == "train") & (points["kind"] == "poi")).sum()),
         "poi_categories": sorted(points.loc[points["kind"] == "poi", "category"].unique().tolist()),
+        "landuse_classes_balanced": landuse_test_classes(points),
+        "landuse_classes_probe": landuse_probe_classes(points),
+        "poi_presence_categories": presence_categories(points),
+        "support": support,
+        "insufficient": insufficient(support),
+        "support_rule": RULE,
         "protocol": {**radii, "seed": seed, "main_metric": MAIN_METRIC},
         "by_construction": {name: list(metrics) for name, metrics in BY_CONSTRUCTION.items()},
     }
@@ -100,7 +112,8 @@ def aggregate_seeds(results: Sequence[Mapping]) -> dict:
 
 def sweep_document(results: Sequence[Mapping], runs: list[dict], seeds: list[int]) -> dict:
     """The evaluation document of several runs: the first run's, with the means in place of its metrics,
-    plus ``seeds`` (mean and std per metric) and ``runs`` (every run's metrics); one run's as it is."""
+    plus ``seeds`` (mean and std per metric) and ``runs`` (every run's metrics), and the support of the
+    smallest test set among the runs; one run's as it is."""
     document = dict(results[0])
     if len(results) > 1:
         summary = aggregate_seeds(results)
@@ -108,4 +121,6 @@ def sweep_document(results: Sequence[Mapping], runs: list[dict], seeds: list[int
         document["baselines"] = {n: {m: v["mean"] for m, v in b.items()} for n, b in summary["baselines"].items()}
         document["seeds"] = {**summary, "seeds": seeds, "split_seeds": [r["split_seed"] for r in runs]}
         document["runs"] = runs
+        document["support"] = merge_support([r["support"] for r in results])
+        document["insufficient"] = insufficient(document["support"])
     return document

@@ -69,7 +69,9 @@ def build_embeddings(
     osm_sequence = mosaic.osm_sequence if mosaic is not None else None
     reader = open_model_reader(model, reader_config, mosaic_path)
     points = protocol_points(samples, features, reader)
-    grid = grid_points(reader, grid_spacing_m).assign(kind="grid", split="", category="", landuse_class="")
+    grid = grid_points(reader, grid_spacing_m).assign(
+        kind="grid", split="", category="", landuse_class="", pois_nearby=""
+    )
     grid["point_id"] = np.arange(len(grid)) + len(points)
     frame = pd.concat([points, grid[points.columns]], ignore_index=True)
     encoder = model.load()

@@ -25,7 +25,7 @@ def run_dir(monaco_run):
 def test_run_writes_evaluation_json_in_the_documented_shape(run_dir):
     doc = json.loads((run_dir / "evaluation.json").read_text())
     assert set(doc["model"]) == KEYS
-    assert set(doc["baselines"]) == {"channel_stats", "untrained", "coordinates"}
+    assert set(doc["baselines"]) == {"channel_stats", "untrained", "coordinates", "random"}
     assert all(set(v) == KEYS for v in doc["baselines"].values())
     assert doc["n_test_locations"] > 50 and doc["n_test_pois"] >= 0
     assert doc["baselines"]["coordinates"]["triplet_accuracy"] == 1.0
@@ -100,7 +100,7 @@ def test_external_embeddings_are_scored_on_the_same_protocol(run_dir, tmp_path):
     work = tmp_path / "work"
     assert _evaluate(work, "--points-out", str(points_file)) == 0
     points = gpd.read_parquet(points_file)
-    assert {"train", "test"} <= set(points["split"]) and {"location", "poi"} >= set(points["kind"])
+    assert {"train", "test"} <= set(points["split"]) and {"location", "poi", "anchor"} >= set(points["kind"])
     # "another embedder": metric coordinates in km, i.e. exactly the coordinates baseline
     theirs = gpd.GeoDataFrame(
         {"vector": list(points[["x", "y"]].to_numpy() / 1000.0)}, geometry=points.geometry, crs="EPSG:4326"

@@ -8,6 +8,7 @@ from loc2vec.evaluation.index import build_hnsw, measure
 from loc2vec.evaluation.metrics import (
     METRICS,
     POI_METRICS,
+    balanced_recall_at_k,
     geo_spearman,
     held_out_triplets,
     poi_scores,
@@ -106,3 +107,20 @@ def test_pois_are_nodes_and_areas_once_each_and_never_land_cover(monaco_mosaic):
     assert len(land_cover) > 0
     cover_points = land_cover.to_crs(reader.grid.crs).geometry.representative_point()
     assert not any((round(p.x, 3), round(p.y, 3)) in xy for p in cover_points)
+
+
+def test_balanced_recall_counts_each_large_enough_class_once():
+    # 1-d embeddings, k=1, places 1 km apart on the ground (only the query itself is excluded):
+    # A at 0.0, 0.1, 0.2 -> neighbours A, A, B (0.25): recall 2/3
+    # B at 0.25, 5.0     -> neighbours A (0.2), B (0.25): recall 1/2
+    # C at 10.0          -> a neighbour only: one point is below min_per_class
+    emb = np.array([[0.0], [0.1], [0.2], [0.25], [5.0], [10.0]])
+    labels = np.array(["A", "A", "A", "B", "B", "C"])
+    xy = np.column_stack([np.arange(6) * 1000.0, np.zeros(6)])
+    assert balanced_recall_at_k(emb, labels, xy, k=1, exclude_m=1.0, min_per_class=2) == pytest.approx(7 / 12)
+    assert recall_at_k(emb, labels, xy, k=1, exclude_m=1.0) == pytest.approx(3 / 6)  # pooled over the queries
+    # a class only counts where it has enough points: with min_per_class=3, A alone
+    assert balanced_recall_at_k(emb, labels, xy, k=1, exclude_m=1.0, min_per_class=3) == pytest.approx(2 / 3)
+    assert np.isnan(balanced_recall_at_k(emb, labels, xy, k=1, exclude_m=1.0, min_per_class=4))
+    unmapped = np.array(["none"] * 6)
+    assert np.isnan(balanced_recall_at_k(emb, unmapped, xy, 1, 1.0, min_per_class=2, skip_label="none"))
