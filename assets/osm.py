@@ -88,7 +88,7 @@ def osm_features(
             "osm_sha256": manifest.osm_sha256,
             **osm_time_tags(manifest),
             "schema": manifest.schema_name,
-            "features_dir": dg.MetadataValue.path(manifest.path),
+            "features_file": dg.MetadataValue.path(manifest.path),
             "pruned_old_versions": len(pruned),
         },
     )

@@ -10,6 +10,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from loc2vec import tracking
@@ -37,9 +38,10 @@ class RunSummary:
         names = ["model", *self.evaluation["baselines"]]
         by_construction = self.evaluation.get("by_construction", {})
         table = Table(title=f"held-out test blocks (main metric: {MAIN_METRIC})", title_justify="left")
-        table.add_column("metric")
+        table.add_column("metric", no_wrap=True)
         for name in names:
-            table.add_column(name, justify="right")
+            table.add_column(name, justify="right", no_wrap=True)
+        support = self.evaluation.get("support", {})
         for metric in METRICS:
             values = {n: self._value(n, metric) for n in names}
             fair = [v for n, v in values.items() if metric not in by_construction.get(n, ()) and not math.isnan(v)]
@@ -50,8 +52,13 @@ class RunSummary:
                 if metric in by_construction.get(name, ()):
                     text += "*"
                 cells.append(f"[bold]{text}[/bold]" if value == best else text)
-            table.add_row(metric, *cells)
-        table.caption = "* by construction (ground distance is the coordinates); bold: best of the others"
+            flagged = support.get(metric, {})
+            label = f"{metric} (insufficient, n={flagged.get('n')})" if flagged.get("insufficient") else metric
+            table.add_row(label, *cells)
+        table.caption = (
+            "* by construction (ground distance is the coordinates); bold: best of the others; insufficient: "
+            "too few test examples to tell embedders apart (evaluation.json, support)"
+        )
         table.caption_justify = "left"
         return table
 
@@ -73,7 +80,15 @@ class RunSummary:
         console.print(f"{test['n_test_locations']} test locations, {test['n_test_pois']} test POIs")
         if "seeds" in test:
             console.print(f"means over {test['seeds']['n_seeds']} runs; each run's metrics: evaluation.json 'runs'")
-        console.print(self.metrics_table())
+        table = self.metrics_table()
+        # never wrap or cut a metric name: in a pipe or log the table is as wide as it needs to be
+        natural = Measurement.get(console, console.options.update_width(1000), table).maximum
+        saved = console.width
+        console.width = max(saved, natural)  # rich never prints wider than its console
+        try:
+            console.print(table)
+        finally:
+            console.width = saved
         console.print(f"model: {self.champion_text()}", markup=False)
         # plain lines, not tables: paths and commands are copied from here and must never be cut or wrapped
         width = max(len(name) for name, _ in self.outputs) + 2

@@ -117,9 +117,9 @@ def test_materialize_osm_assets_like_the_ui(dagster_dev):
     assert len(counts) == 12 and counts["buildings"] > 1000, counts
     assert 0 < meta["n_features"]["intValue"] <= sum(counts.values())  # a feature may be in several channels
     # The server used the environment it was given: the extract from LOC2VEC_PBF, outputs in the data dir.
-    features_dir = Path(meta["features_dir"]["path"]).resolve()
-    assert features_dir.is_relative_to(dagster_dev.data_dir.resolve()), features_dir
-    assert features_dir.is_dir() and "dagster_storage" not in features_dir.parts  # the layers, not the pickle
+    features_file = Path(meta["features_file"]["path"]).resolve()
+    assert features_file.is_relative_to(dagster_dev.data_dir.resolve()), features_file
+    assert features_file.suffix == ".parquet" and features_file.is_file()  # the layers, not the IO manager's pickle
     sha = hashlib.sha256(KOTKA.read_bytes()).hexdigest()
     assert meta["osm_sha256"]["text"] == sha
 
