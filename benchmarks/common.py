@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 
 class Clock:
@@ -15,3 +16,8 @@ class Clock:
     def __exit__(self, *exc) -> None:
         self.wall = time.perf_counter() - self.wall0
         self.cpu = time.process_time() - self.cpu0
+
+
+def dir_bytes(path: str | Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

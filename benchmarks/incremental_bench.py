@@ -27,7 +27,6 @@ Checks, which fail the run: every file of the refreshed mosaic is byte-identical
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -45,13 +44,6 @@ MONACO_CENTRE = (7.4246, 43.7384)  # lon, lat
 CLUSTER_DEG = (0.004, 0.003)  # half-width and half-height of the "cluster" layout: about 650 x 650 m
 SPACING_M = 100.0
 BLOCKS_PER_SIDE = 2
-
-
-def _files(path: str | Path) -> dict[str, str]:
-    root = Path(path)
-    return {
-        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*") if f.is_file()
-    }
 
 
 def _block_of(grid, lon: float, lat: float) -> tuple[str, list[tuple[int, int]]]:
@@ -180,9 +172,10 @@ def full(state: dict, edits, out: Path) -> tuple[dict, dict]:
 
 def check(inc: dict, ful: dict) -> tuple[bool, bool, float]:
     """Mosaic files byte-identical (and the same version), embeddings equal to float tolerance."""
-    same_mosaic = inc["mosaic"].version == ful["mosaic"].version and _files(inc["mosaic"].path) == _files(
-        ful["mosaic"].path
-    )
+    from loc2vec.io import file_digests
+
+    same_version = inc["mosaic"].version == ful["mosaic"].version
+    same_mosaic = same_version and file_digests(inc["mosaic"].path) == file_digests(ful["mosaic"].path)
     a, b = inc["table"], ful["table"]
     same_points = len(a) == len(b) and np.array_equal(a[["x", "y"]].to_numpy(), b[["x", "y"]].to_numpy())
     diff = float(np.abs(_vectors(a) - _vectors(b)).max()) if same_points else float("inf")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Clock
+from benchmarks.common import Clock, dir_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 PBF = ROOT / "data" / "osm" / "monaco_region_2016.osm.pbf"
@@ -51,10 +51,6 @@ def pin_to_one_core() -> int:
     except ImportError:
         pass
     return cpu
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 # --- 1. rasterize once and crop vs per-sample tiles ----------------------------------------------------
@@ -257,12 +253,12 @@ def store_size(store_path: str) -> dict:
     store = open_mosaic(store_path)
     arr = store.mosaic
     raw = int(np.prod(arr.shape))  # uint8
-    disk = _dir_bytes(Path(store_path) / "mosaic")
+    disk = dir_bytes(Path(store_path) / "mosaic")
     return {
         "shape": tuple(arr.shape),
         "raw": raw,
         "disk": disk,
-        "disk_all": _dir_bytes(Path(store_path)),
+        "disk_all": dir_bytes(Path(store_path)),
         "written": int(arr.nchunks_initialized),
         "total": int(np.prod(arr.cdata_shape)),
     }

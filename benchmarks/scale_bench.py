@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from benchmarks.common import dir_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "data" / "osm" / "monaco_region_2016.osm.pbf"
 BENCH_DIR = Path(os.environ.get("LOC2VEC_BENCH_DIR", ROOT / "var/bench"))
@@ -46,10 +48,6 @@ MIB = 2**20
 def _usage() -> dict:
     own = resource.getrusage(resource.RUSAGE_SELF)
     return {"cpu_s": own.ru_utime + own.ru_stime, "peak_rss_mib": own.ru_maxrss / 1024}
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 # --- child stages: each prints one JSON line -----------------------------------------------------------------
@@ -298,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     mosaic = parts[0]["mosaic"]
     store = open_mosaic(mosaic["path"])
     raw = int(store.mosaic.nbytes)
-    on_disk = _dir_bytes(Path(mosaic["path"]) / "mosaic")
+    on_disk = dir_bytes(Path(mosaic["path"]) / "mosaic")
     report["render"] = {
         "wall_s": render_wall,
         "partition_seconds_sum": sum(p["seconds"] for p in parts),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -76,3 +77,10 @@ def json_text(obj: Any) -> str:
 def write_json(obj: Any, path: str | Path) -> Path:
     text = json_text(obj)
     return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def file_digests(root: str | Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` by its relative path: a directory tree's content, to compare."""
+    base = Path(root)
+    files = (f for f in base.rglob("*") if f.is_file())
+    return {str(f.relative_to(base)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}

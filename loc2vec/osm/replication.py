@@ -275,17 +275,17 @@ class _Extent:
         self.pieces: list[tuple[float, float, float, float]] | None = [] if pieces else None
 
     def add(self, lon: float, lat: float) -> None:
-        b = self.box
-        b[0], b[1], b[2], b[3] = min(b[0], lon), min(b[1], lat), max(b[2], lon), max(b[3], lat)
-        if self.pieces is not None:
-            self.pieces.append((lon, lat, lon, lat))
+        self._grow(lon, lat, lon, lat)
 
     def add_box(self, other: list[float] | None) -> None:
         if other and other[0] <= other[2]:
-            b = self.box
-            b[0], b[1], b[2], b[3] = min(b[0], other[0]), min(b[1], other[1]), max(b[2], other[2]), max(b[3], other[3])
-            if self.pieces is not None:
-                self.pieces.append((other[0], other[1], other[2], other[3]))
+            self._grow(*other)
+
+    def _grow(self, min_lon: float, min_lat: float, max_lon: float, max_lat: float) -> None:
+        b = self.box
+        b[0], b[1], b[2], b[3] = min(b[0], min_lon), min(b[1], min_lat), max(b[2], max_lon), max(b[3], max_lat)
+        if self.pieces is not None:
+            self.pieces.append((min_lon, min_lat, max_lon, max_lat))
 
     def add_extent(self, other: _Extent) -> None:
         """Another extent's box, and its pieces where it kept them."""

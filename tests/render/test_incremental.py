@@ -17,6 +17,7 @@ import pytest
 
 from loc2vec.errors import InputDataError
 from loc2vec.grid import block_keys
+from loc2vec.io import file_digests
 from loc2vec.osm.changes import change_footprint
 from loc2vec.osm.layers import build_feature_layers, refresh_feature_layers
 from loc2vec.render.incremental import refresh_mosaic
@@ -26,13 +27,6 @@ from loc2vec.store.mosaic import open_mosaic
 from loc2vec.store.retention import prune_versions
 from tests.conftest import KOTKA, ROOT
 from tests.render.incremental_case import SPEC, kotka_case
-
-
-def _files(path: str | Path) -> dict[str, str]:
-    root = Path(path)
-    return {
-        str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in root.rglob("*") if f.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def _previous_in(tmp_path: Path, mosaic: MosaicManifest) -> MosaicManifest:
 def test_only_touched_units_are_rendered_and_the_result_equals_a_full_render(case, tmp_path: Path) -> None:
     c, features, full = case
     previous = _previous_in(tmp_path, c.mosaic)
-    before = _files(previous.path)
+    before = file_digests(previous.path)
     units = c.footprint.units
     assert 0 < len(units) < len(c.grid.units())
 
@@ -64,8 +58,9 @@ def test_only_touched_units_are_rendered_and_the_result_equals_a_full_render(cas
     assert refresh.manifest.rendered_units == len(units)
     assert refresh.shared_units == len(c.grid.units()) - len(units)
     assert refresh.manifest.version == full.version != c.mosaic.version
-    assert _files(refresh.manifest.path) == _files(full.path)  # every chunk and metadata file, byte for byte
-    assert _files(previous.path) == before  # the previous version is untouched and readable
+    # every chunk and metadata file, byte for byte
+    assert file_digests(refresh.manifest.path) == file_digests(full.path)
+    assert file_digests(previous.path) == before  # the previous version is untouched and readable
     assert open_mosaic(previous.path).is_complete()
     # the changed pixels lie in the rendered units, and they really differ
     old, new = open_mosaic(previous.path), open_mosaic(refresh.manifest.path)
@@ -90,7 +85,7 @@ def test_pruning_the_previous_version_leaves_the_new_one_whole(case, tmp_path: P
     refresh = refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
     removed = prune_versions(tmp_path, "mosaic", keep=1, protect=[refresh.manifest.path])
     assert [p.name for p in removed] == [Path(previous.path).name] and not Path(previous.path).exists()
-    assert _files(refresh.manifest.path) == _files(full.path)
+    assert file_digests(refresh.manifest.path) == file_digests(full.path)
 
 
 def test_a_diff_touching_every_unit_degrades_to_a_full_render(case, tmp_path: Path) -> None:
@@ -99,18 +94,18 @@ def test_a_diff_touching_every_unit_degrades_to_a_full_render(case, tmp_path: Pa
     refresh = refresh_mosaic(previous, features, SPEC, c.grid.units(), tmp_path / "mosaic")
     assert refresh.full_render and refresh.shared_units == 0
     assert refresh.rendered_units == c.grid.units() and refresh.manifest.rendered_units == len(c.grid.units())
-    assert _files(refresh.manifest.path) == _files(full.path)
+    assert file_digests(refresh.manifest.path) == file_digests(full.path)
 
 
 def test_bad_input_leaves_the_current_version_intact(case, tmp_path: Path) -> None:
     c, _, _ = case
     previous = _previous_in(tmp_path, c.mosaic)
-    before = _files(tmp_path)
+    before = file_digests(tmp_path)
     bad = tmp_path / "bad.osc.gz"
     bad.write_bytes(gzip.compress(b"<osmChange><create><way id='1'><nd ref=")[:-4])
     with pytest.raises(InputDataError, match=r"bad\.osc\.gz"):
         change_footprint(KOTKA, [bad], c.grid, load_schema())
-    assert _files(tmp_path) == {**before, "bad.osc.gz": hashlib.sha256(bad.read_bytes()).hexdigest()}
+    assert file_digests(tmp_path) == {**before, "bad.osc.gz": hashlib.sha256(bad.read_bytes()).hexdigest()}
     assert open_mosaic(previous.path).is_complete()
 
 
@@ -143,7 +138,7 @@ refresh_mosaic(
 def test_a_refresh_killed_by_sigkill_midway_completes_on_the_next_run(case, tmp_path: Path) -> None:
     c, features, full = case
     previous = _previous_in(tmp_path, c.mosaic)
-    before = _files(previous.path)
+    before = file_digests(previous.path)
     flag = tmp_path / "rendering"
     args = {
         "previous": previous.to_dict(),
@@ -162,11 +157,11 @@ def test_a_refresh_killed_by_sigkill_midway_completes_on_the_next_run(case, tmp_
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
     assert child.returncode == -signal.SIGKILL
-    assert _files(previous.path) == before
+    assert file_digests(previous.path) == before
 
     refresh = refresh_mosaic(previous, features, SPEC, c.footprint.units, tmp_path / "mosaic")
     assert refresh.manifest.rendered_units == len(c.footprint.units) - 1
-    assert _files(refresh.manifest.path) == _files(full.path)
+    assert file_digests(refresh.manifest.path) == file_digests(full.path)
 
 
 @pytest.mark.parametrize("blocks_per_side", [1, 2, 3, 4])

@@ -13,6 +13,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from loc2vec.io import file_digests
 from loc2vec.store.mosaic import open_mosaic
 from pipelines.definitions import build_definitions
 from pipelines.runner import open_instance, run_pipeline
@@ -41,10 +42,6 @@ def _materializations(server, asset: str) -> list[dict]:
     return server.graphql(MATERIALIZATIONS, {"path": [asset]})["assetOrError"]["assetMaterializations"]
 
 
-def _chunk_files(store: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
-
-
 def _assert_equals_a_one_process_render(home: Path, per_process: Path, one_process_dir: Path) -> None:
     """Every block's run recorded one mosaic version, the store's; a one-process render gives the same bytes."""
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -61,7 +58,7 @@ def _assert_equals_a_one_process_render(home: Path, per_process: Path, one_proce
     a, b = open_mosaic(per_process), open_mosaic(one_process)
     assert a.is_complete() and b.is_complete()
     np.testing.assert_array_equal(a.read(), b.read())
-    assert _chunk_files(per_process / "mosaic") == _chunk_files(one_process / "mosaic")
+    assert file_digests(per_process / "mosaic") == file_digests(one_process / "mosaic")
 
 
 def test_materialize_the_render_partitions_from_the_ui(tmp_path_factory, request):
