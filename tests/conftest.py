@@ -105,6 +105,8 @@ def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n N --dist loadgroup`` (``make test``), keep what a fixture shares on one worker: a
     module whose tests use ``monaco_run`` joins that fixture's group, a module with module-scoped fixtures
     is its own group; other tests are spread one by one."""
+    if not config.pluginmanager.hasplugin("xdist"):  # ``-p no:xdist``: one process, no groups
+        return
     by_module: dict[str, list[pytest.Item]] = {}
     for item in items:
         by_module.setdefault(item.nodeid.split("::")[0], []).append(item)

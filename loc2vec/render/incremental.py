@@ -16,6 +16,7 @@ features within Mapnik's buffer around it, which the footprint's margin covers.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import time
@@ -26,6 +27,7 @@ import numpy as np
 
 from loc2vec.grid import MosaicGrid, Window
 from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.render.inputs import render_inputs
 from loc2vec.render.mosaic import (
     MosaicManifest,
     MosaicSpec,
@@ -111,7 +113,7 @@ def _layout_matches(old: MosaicStore, grid: MosaicGrid, names: list[str], styles
 
 
 def share_unchanged_units(
-    previous: MosaicManifest,
+    previous: MosaicManifest | str | Path,
     features: FeaturesManifest,
     spec: MosaicSpec,
     units: list[tuple[int, int]],
@@ -124,10 +126,11 @@ def share_unchanged_units(
 
     Published atomically (staged in ``.<version>.zarr.staging``, then renamed); a version already in place is
     left as it is, and a staging directory left by a killed run is removed."""
+    previous_path = Path(previous.path if isinstance(previous, MosaicManifest) else previous)
     schema = features.schema()
     grid = plan_grid(features, spec)
     styles = style_hash(schema, grid.resolution, f"epsg:{grid.crs_epsg}")
-    if not _layout_matches(open_mosaic(previous.path), grid, schema.names, styles):
+    if not _layout_matches(open_mosaic(previous_path), grid, schema.names, styles):
         return None
     version = mosaic_version(features, grid, styles)
     root = Path(out_root)
@@ -138,7 +141,7 @@ def share_unchanged_units(
     if target.exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    _link_tree(Path(previous.path), staging)
+    _link_tree(previous_path, staging)
     store = create_or_open(staging, grid, schema.names, attrs={})
     store.group.attrs.update(store_attrs(features, grid, styles, version))
     for unit in units:
@@ -184,3 +187,45 @@ def refresh_mosaic(
         changed_windows(old, new, todo),
         time.perf_counter() - started,
     )
+
+
+@dataclass(frozen=True)
+class VersionStart:
+    """How ``start_version`` began the version of a feature layer: shared from an earlier one or new."""
+
+    path: Path
+    shared_from: str | None  # the earlier version whose unchanged units it shares
+    changed_units: list[tuple[int, int]]  # units whose render input differs from that version's (to render)
+    created: bool  # False: the version was already there
+
+
+def start_version(
+    features: FeaturesManifest, spec: MosaicSpec, out_root: str | Path, previous: str | Path | None
+) -> VersionStart:
+    """Begin the mosaic version of ``features`` under ``out_root`` from ``previous`` (the current mosaic):
+    every unit whose render input (``loc2vec.render.inputs``) is unchanged is shared, the others are left to
+    render (whole, or by the render partitions of the touched blocks). Without a usable ``previous`` (none,
+    another grid or style, no recorded inputs, or every unit changed) the version starts empty.
+
+    Serialised by a lock file in ``out_root``: render partitions running at once start it once."""
+    grid = plan_grid(features, spec)
+    schema = features.schema()
+    styles = style_hash(schema, grid.resolution, f"epsg:{grid.crs_epsg}")
+    version = mosaic_version(features, grid, styles)
+    root = Path(out_root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{version}.zarr"
+    inputs = render_inputs(features, grid, styles)
+    with open(root / ".start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return VersionStart(target, None, [], False)
+        old = open_mosaic(previous) if previous is not None and Path(previous).is_dir() else None
+        recorded = old.attrs.get("render_inputs") if old is not None else None
+        changed = inputs.changed_units(recorded if old is not None and old.grid == grid else None)
+        if old is None or recorded is None or len(changed) == len(grid.units()):
+            return VersionStart(target, None, grid.units(), False)
+        shared = share_unchanged_units(Path(old.path), features, spec, changed, root)
+        if shared is None:  # channels or styles changed
+            return VersionStart(target, None, grid.units(), False)
+        return VersionStart(shared, str(old.path), changed, True)

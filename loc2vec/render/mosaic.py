@@ -17,6 +17,7 @@ from loc2vec.errors import ConfigError
 from loc2vec.geo import BBox
 from loc2vec.grid import MosaicGrid, check_blocks_per_side
 from loc2vec.osm.layers import FeaturesManifest
+from loc2vec.render.inputs import render_inputs
 from loc2vec.render.renderer import BUFFER_PX, ChannelRenderer
 from loc2vec.render.styles import style_hash
 from loc2vec.store.mosaic import MosaicStore, create_or_open
@@ -121,7 +122,8 @@ def _features_for(features: FeaturesManifest, grid: MosaicGrid, units, margin_m:
 
 
 def store_attrs(features: FeaturesManifest, grid: MosaicGrid, styles: str, version: str) -> dict:
-    """The attributes of a mosaic version's group (georeferencing and lineage)."""
+    """The attributes of a mosaic version's group (georeferencing, lineage, and each unit's render input,
+    which a later version compares its own with to share the units that did not change)."""
     return {
         "crs": f"EPSG:{grid.crs_epsg}",
         "transform": list(grid.transform),
@@ -135,6 +137,7 @@ def store_attrs(features: FeaturesManifest, grid: MosaicGrid, styles: str, versi
         "code_version": f"loc2vec {__version__} render {RENDER_CODE_VERSION}",
         "mosaic_version": version,
         "attribution": ATTRIBUTION,
+        "render_inputs": render_inputs(features, grid, styles).units,
     }
 
 
