@@ -5,12 +5,13 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from assets.metadata import counts_table, osm_time_tags
+from assets.metadata import counts_table, markdown_table, osm_time_tags
+from assets.raster import report_render_inputs
 from loc2vec.lock import DataDirLock
 from loc2vec.osm.files import check_osm_file, file_sha256
 from loc2vec.osm.layers import FeaturesManifest, build_feature_layers
 from loc2vec.osm.replication import extract_state, osm_data_version, remove_leftovers, sync_extract
-from resources import OsmSource, ProjectStorage
+from resources import MapnikRenderer, OsmSource, ProjectStorage
 
 
 @dg.observable_source_asset(
@@ -56,13 +57,15 @@ class OsmFeaturesConfig(dg.Config):
     deps=[osm_source],
     group_name="osm",
     kinds={"python", "parquet"},
-    description="Features of the extract classified into the channel schema, clipped to the region.",
+    description="Features of the extract classified into the channel schema, clipped to the region; "
+    "reports what each render block draws of them (render_inputs).",
     code_version="1",
 )
 def osm_features(
     context: dg.AssetExecutionContext,
     config: OsmFeaturesConfig,
     osm: OsmSource,
+    renderer: MapnikRenderer,
     storage: ProjectStorage,
 ) -> dg.Output[FeaturesManifest]:
     manifest, stats = build_feature_layers(
@@ -73,6 +76,7 @@ def osm_features(
         node_index=config.node_index,
     )
     context.log.info(f"imported {stats.total} features in {stats.seconds:.2f} s")
+    blocks = report_render_inputs(context, manifest, renderer)
     pruned = storage.prune("features", Path(manifest.path).parent)
     return dg.Output(
         manifest,
@@ -90,6 +94,7 @@ def osm_features(
             "schema": manifest.schema_name,
             "features_file": dg.MetadataValue.path(manifest.path),
             "pruned_old_versions": len(pruned),
+            "render_inputs": markdown_table(["block", "digest"], sorted(blocks.items())),
         },
     )
 

@@ -34,6 +34,7 @@ def build_definitions(
         assets=[
             osm.osm_source,
             osm.osm_features,
+            raster.render_inputs,
             raster.raster_blocks,
             raster.raster_mosaic,
             training.sample_locations,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,6 +49,15 @@ class FeaturesManifest:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def save(self) -> Path:
+        """Write the manifest beside its layers (``manifest.json``), for stages that find it by path."""
+        return write_json(self.to_dict(), Path(self.path).parent / "manifest.json")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeaturesManifest:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(**{**values, "bbox": tuple(values["bbox"])})
 
 
 def layers_version(osm_sha256: str, schema: ChannelSchema, bbox: BBox) -> str:

@@ -5,7 +5,7 @@ import pytest
 
 from assets.osm import osm_features, osm_features_channels_covered, osm_source
 from pipelines.definitions import defs
-from resources import OsmSource, ProjectStorage
+from resources import MapnikRenderer, OsmSource, ProjectStorage
 from tests.conftest import KOTKA
 
 
@@ -13,7 +13,11 @@ def _materialize(instance, tmp_path, **osm_kwargs):
     return dg.materialize(
         [osm_source, osm_features, osm_features_channels_covered],
         instance=instance,
-        resources={"osm": OsmSource(**osm_kwargs), "storage": ProjectStorage(data_dir=str(tmp_path))},
+        resources={
+            "osm": OsmSource(**osm_kwargs),
+            "storage": ProjectStorage(data_dir=str(tmp_path)),
+            "renderer": MapnikRenderer(),
+        },
         raise_on_error=False,
     )
 

@@ -60,7 +60,7 @@ def test_changed_inputs_are_the_units_whose_pixels_can_change(case) -> None:
 
 
 def test_a_version_started_from_the_current_one_is_completed_by_the_touched_blocks(case, tmp_path: Path) -> None:
-    c, new_features, full, styles = case
+    c, new_features, full, _ = case
     previous_bytes = file_digests(c.mosaic.path)
     start = start_version(new_features, SPEC, tmp_path / "mosaic", c.mosaic.path)
     assert start.created and start.shared_from == c.mosaic.path
