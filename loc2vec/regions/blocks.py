@@ -14,14 +14,15 @@ PARTITION_DELIMITER = "|"  # "<region>|<block>", e.g. "monaco|block-0-1"
 
 
 def blocks_per_side_for(grid: MosaicGrid, target_units: int = TARGET_UNITS_PER_BLOCK) -> int:
-    """The fewest blocks per side whose largest block holds at most ``target_units`` render units
-    (``MAX_BLOCKS_PER_SIDE`` for a region too large for that: its blocks then hold more)."""
+    """The fewest blocks per side whose largest block holds at most ``target_units`` render units.
+
+    Never more than the units along the region's shorter side (no block is empty: a long, narrow region's
+    blocks may then hold more) nor than ``MAX_BLOCKS_PER_SIDE`` (a very large region's blocks hold more)."""
     if target_units < 1:
         raise ConfigError(f"target_units must be >= 1, got {target_units}")
-    for blocks in range(1, MAX_BLOCKS_PER_SIDE + 1):
-        if grid.largest_block_units(blocks) <= target_units:
-            return check_blocks_per_side(blocks, "blocks per side")
-    return MAX_BLOCKS_PER_SIDE
+    most = max(1, min(MAX_BLOCKS_PER_SIDE, *grid.n_units))
+    blocks = next((b for b in range(1, most + 1) if grid.largest_block_units(b) <= target_units), most)
+    return check_blocks_per_side(blocks, "blocks per side")
 
 
 def partition_key(region: str, block: str) -> str:
