@@ -11,3 +11,21 @@ class InputDataError(Loc2VecError):
 
 class ConfigError(Loc2VecError):
     """A configuration value (region, schema, hyper-parameter) is invalid."""
+
+
+class NoFeaturesError(InputDataError):
+    """A region of an extract holds no feature of the channel schema."""
+
+
+class CatalogError(ConfigError):
+    """The region catalog is malformed (syntax, unknown keys, duplicate names, overlapping regions)."""
+
+
+class RegionError(CatalogError):
+    """One region of the catalog cannot be used; ``region`` and ``fault`` name it and what is wrong."""
+
+    def __init__(self, region: str, fault: str, message: str) -> None:
+        super().__init__(f"region {region!r}: {message}")
+        self.region = region
+        self.fault = fault
+        self.detail = message

@@ -136,16 +136,21 @@ class MosaicGrid:
         """Units in spatial block ``block`` ('block-I-J') of a ``blocks_per_side``² split of the unit grid."""
         i, j = parse_block_key(block, blocks_per_side)
         rows, cols = self.n_units
-        r_edges = np.linspace(0, rows, blocks_per_side + 1).round().astype(int)
-        c_edges = np.linspace(0, cols, blocks_per_side + 1).round().astype(int)
+        r_edges, c_edges = block_edges(rows, blocks_per_side), block_edges(cols, blocks_per_side)
         return [(r, c) for r in range(r_edges[i], r_edges[i + 1]) for c in range(c_edges[j], c_edges[j + 1])]
+
+    def largest_block_units(self, blocks_per_side: int) -> int:
+        """The most render units any block of a ``blocks_per_side``² split holds."""
+        rows, cols = self.n_units
+        height = np.diff(block_edges(rows, blocks_per_side)).max()
+        width = np.diff(block_edges(cols, blocks_per_side)).max()
+        return int(height * width)
 
     def blocks_of_units(self, units: list[tuple[int, int]], blocks_per_side: int) -> list[str]:
         """The spatial blocks ('block-I-J', sorted) holding any of ``units``: the render partitions a change
         touches."""
         rows, cols = self.n_units
-        r_edges = np.linspace(0, rows, blocks_per_side + 1).round().astype(int)
-        c_edges = np.linspace(0, cols, blocks_per_side + 1).round().astype(int)
+        r_edges, c_edges = block_edges(rows, blocks_per_side), block_edges(cols, blocks_per_side)
         found = {
             (int(np.searchsorted(r_edges, r, side="right")) - 1, int(np.searchsorted(c_edges, c, side="right")) - 1)
             for r, c in units
@@ -168,6 +173,12 @@ def check_blocks_per_side(value: int | str, source: str = "LOC2VEC_RENDER_BLOCKS
             f"partitions), got {blocks}"
         )
     return blocks
+
+
+def block_edges(count: int, blocks_per_side: int) -> np.ndarray:
+    """Where ``count`` units (rows or columns) split into ``blocks_per_side`` blocks: ``blocks_per_side + 1``
+    edges, as even as whole units allow."""
+    return np.linspace(0, count, blocks_per_side + 1).round().astype(int)
 
 
 def block_keys(blocks_per_side: int) -> list[str]:

@@ -90,11 +90,122 @@ def _instance(data_dir: Path):
     return open_instance(data_dir / "dagster_home")
 
 
+# The render settings `run --region` takes from the catalog, passed as `make run` takes them
+REGION_ENV = {"resolution_m": "LOC2VEC_RESOLUTION_M", "unit_chunks": "LOC2VEC_UNIT_CHUNKS"}
+BLOCKS_ENV = "LOC2VEC_RENDER_BLOCKS"
+
+
+def _catalog(path: str | None):
+    """The region catalog ``path`` (default ``$LOC2VEC_CATALOG`` or the project's ``regions.toml``), loaded."""
+    from loc2vec.regions import load_catalog
+    from resources.paths import default_catalog
+
+    return load_catalog(path or default_catalog())
+
+
+def region_run_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """For ``run --region NAME``: fill ``args``' extract, bbox and replication source from the catalog and
+    return the environment the region's render settings and blocks per side need. Without ``--region``:
+    nothing (``--pbf`` is then required). A region with a fault, ``--region`` beside ``--pbf``/``--bbox``/
+    ``--replication-*``, or a variable already set to another value than the region's is an error."""
+    from loc2vec.errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    if args.region is None:
+        if args.catalog:
+            raise Loc2VecError("--catalog needs --region NAME")
+        if not args.pbf:
+            raise Loc2VecError("give --pbf FILE (and optionally --bbox) or --region NAME (from the region catalog)")
+        return {}
+    flags = {"--pbf": args.pbf, "--bbox": args.bbox, "--replication-url": args.replication_url}
+    given = [flag for flag, value in {**flags, "--replication-start": args.replication_start}.items() if value]
+    if given:
+        raise Loc2VecError(
+            f"--region {args.region} takes the extract, bbox and replication source from the catalog: "
+            f"drop {', '.join(given)} (or drop --region)"
+        )
+    entry = _catalog(args.catalog).region(args.region)
+    region = entry.region
+    args.pbf = str(region.extract)
+    args.bbox = ",".join(repr(v) for v in region.bbox.as_tuple()) if region.bbox else None
+    if region.replication is not None:
+        args.replication_url, args.replication_start = region.replication.url, region.replication.start
+    settings = {var: str(getattr(region.render, field)) for field, var in REGION_ENV.items()}
+    settings[BLOCKS_ENV] = str(entry.blocks_per_side)
+    conflicts = [
+        f"{var}={environ[var]}" for var, value in settings.items() if not _same_number(environ.get(var), value)
+    ]
+    if conflicts:
+        own = ", ".join(f"{var}={value}" for var, value in settings.items())
+        raise ConfigError(
+            f"region {region.name!r} sets its own render settings ({own}); "
+            f"unset {', '.join(conflicts)} or change the region in the catalog"
+        )
+    return settings
+
+
+def _same_number(current: str | None, value: str) -> bool:
+    """True when the variable is unset or names the same number as ``value``."""
+    if not current:
+        return True
+    try:
+        return float(current) == float(value)
+    except ValueError:
+        return False
+
+
+def _apply_region(args: argparse.Namespace) -> None:
+    """``run --region``: take the region's extract and settings from the catalog (before any asset loads)."""
+    settings = region_run_settings(args)
+    os.environ.update(settings)
+    if args.region:
+        _log(f"region {args.region}: {args.pbf}" + (f", bbox {args.bbox}" if args.bbox else "") + f", {settings}")
+
+
+def _regions_table(catalog) -> str:
+    """One line per region: name, extract, area, size, blocks, weight, status."""
+    rows = [("region", "extract", "bbox (none: the extract's bounds)", "size km", "blocks", "weight", "status")]
+    for entry in catalog:
+        region = entry.region
+        try:
+            extract = str(region.extract.relative_to(catalog.path.parent))
+        except ValueError:
+            extract = str(region.extract)
+        size = entry.size_km()
+        blocks = entry.blocks_per_side
+        rows.append(
+            (
+                region.name,
+                extract,
+                str(region.bbox) if region.bbox else f"({entry.extent})" if entry.extent else "?",
+                f"{size[0]:.1f} x {size[1]:.1f}" if size else "?",
+                f"{blocks}x{blocks}={blocks * blocks}" if blocks else "-",
+                f"{region.weight:g}",
+                "ok" if entry.ok else f"FAULT {entry.fault.kind}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def cmd_regions(args: argparse.Namespace) -> int:
+    """List the catalog's regions; exit code 1 (each fault on stderr) when a region is unusable."""
+    catalog = _catalog(args.catalog)
+    print(f"region catalog {catalog.path}")
+    print(_regions_table(catalog))
+    faults = catalog.check()
+    for fault in faults:
+        print(f"loc2vec: {fault}", file=sys.stderr)
+    return 1 if faults else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on ``--pbf``; writes ``OUT/evaluation.json`` (mean ± std with ``--seeds`` or
     ``--split-seeds``: every training seed on every draw of the held-out blocks)."""
     from loc2vec.io import write_json
     from loc2vec.osm.replication import source_url
+
+    _apply_region(args)  # first: the render settings must be in place before the assets load
     from pipelines.runner import Pipeline, main_job_config, preflight, run_sweep
 
     out = Path(args.out).resolve()
@@ -217,7 +328,13 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole pipeline on an extract, in process")
-    run.add_argument("--pbf", required=True, help=".osm.pbf, .osm or .osm.bz2 extract")
+    run.add_argument("--pbf", help=".osm.pbf, .osm or .osm.bz2 extract (or --region)")
+    run.add_argument(
+        "--region",
+        help="a region of the catalog (docs/regions.md): its extract, bbox, replication source, render settings "
+        "and blocks per side, in place of --pbf/--bbox",
+    )
+    run.add_argument("--catalog", help="region catalog TOML (default: $LOC2VEC_CATALOG or regions.toml)")
     run.add_argument("--bbox", help="min_lon,min_lat,max_lon,max_lat (default: the extract's bounds)")
     run.add_argument(
         "--out",
@@ -241,6 +358,10 @@ def parser() -> argparse.ArgumentParser:
         help="repeat on K draws of the held-out blocks (split seeds 0..K-1); report mean and std over all runs",
     )
     run.set_defaults(func=cmd_run)
+
+    regions = sub.add_parser("regions", help="list the region catalog's regions, their blocks and faults")
+    regions.add_argument("--catalog", help="region catalog TOML (default: $LOC2VEC_CATALOG or regions.toml)")
+    regions.set_defaults(func=cmd_regions)
 
     ev = sub.add_parser("evaluate", help="write the protocol's points, or score embeddings made elsewhere")
     ev.add_argument("--pbf", required=True)

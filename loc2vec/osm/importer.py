@@ -38,7 +38,7 @@ import osmium
 import shapely
 from osmium.osm.mutable import Relation
 
-from loc2vec.errors import InputDataError, Loc2VecError
+from loc2vec.errors import InputDataError, Loc2VecError, NoFeaturesError
 from loc2vec.geo import BBox
 from loc2vec.osm.files import (
     check_osm_file,
@@ -258,7 +258,7 @@ def import_features(
 
     frame = collector.frame(schema)
     if frame.empty:
-        raise InputDataError(f"region {region} of {p.name} holds no features of schema {schema.name!r}")
+        raise NoFeaturesError(f"region {region} of {p.name} holds no features of schema {schema.name!r}")
     counts = frame["channel"].value_counts()
     extra["strategy_region"] = float(strategy == "region")
     stats = ImportStats(

@@ -10,7 +10,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 
-from loc2vec.errors import InputDataError
+from loc2vec.errors import NoFeaturesError
 from loc2vec.geo import BBox
 from loc2vec.io import write_geoparquet, write_json
 from loc2vec.osm.changes import ObjectChanges
@@ -133,7 +133,7 @@ def refresh_feature_layers(
     )
     merged = merged.iloc[order].reset_index(drop=True)
     if merged.empty:
-        raise InputDataError(f"after the diff, region {region} holds no features of schema {schema.name!r}")
+        raise NoFeaturesError(f"after the diff, region {region} holds no features of schema {schema.name!r}")
     sha = file_sha256(new_extract)
     state = extract_state(new_extract)
     version = layers_version(sha, schema, region)
