@@ -1,5 +1,6 @@
 """embeddings, evaluation (model vs baselines, champion alias) and similarity_index."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -9,6 +10,13 @@ from assets.automation import eager_except
 from assets.metadata import markdown_table, osm_time_tags
 from loc2vec import tracking
 from loc2vec.data.locations import SamplesManifest
+from loc2vec.evaluation.incremental import (
+    LATEST,
+    delta_path,
+    refresh_base,
+    refresh_for_mosaic,
+    update_or_build_index,
+)
 from loc2vec.evaluation.metrics import METRICS
 from loc2vec.evaluation.run import MAIN_METRIC
 from loc2vec.evaluation.serve_maps import page_url
@@ -18,10 +26,9 @@ from loc2vec.evaluation.stage import (
     MapsManifest,
     build_embeddings,
     build_maps,
-    build_similarity_index,
     evaluate_stage,
 )
-from loc2vec.io import json_text, write_atomic
+from loc2vec.io import json_text, write_atomic, write_json
 from loc2vec.osm.layers import FeaturesManifest
 from loc2vec.render.mosaic import MosaicManifest
 from loc2vec.training.run import ModelManifest
@@ -35,25 +42,41 @@ from resources import MlflowTracking, ProjectStorage
     group_name="evaluation",
     kinds={"pytorch", "parquet"},
     description="Embedding of every evaluation point (locations, POIs) and of a grid over the region.",
-    code_version="3",
+    code_version="4",
     check_specs=[dg.AssetCheckSpec("finite_and_shaped", asset="embeddings", blocking=True)],
 )
 def embeddings(
+    context: dg.AssetExecutionContext,
     trained_model: ModelManifest,
     sample_locations: SamplesManifest,
     osm_features: FeaturesManifest,
     raster_mosaic: MosaicManifest,
     storage: ProjectStorage,
 ):
-    # cut from the current mosaic: after an OSM update the same model embeds the updated region
-    manifest = build_embeddings(
-        trained_model, sample_locations, osm_features, storage.path("embeddings"), mosaic=raster_mosaic
+    # cut from the current mosaic: after an OSM update the same model embeds the updated region, re-embedding
+    # only the points whose crops reach a changed pixel (a new model or sample set embeds everything)
+    out_dir = storage.path("embeddings")
+    refresh = refresh_for_mosaic(storage.path("embeddings", LATEST), trained_model, raster_mosaic, out_dir)
+    if refresh is None:
+        manifest = build_embeddings(trained_model, sample_locations, osm_features, out_dir, mosaic=raster_mosaic)
+        delta_path(manifest).unlink(missing_ok=True)  # a full table: nothing to update in place
+        reembedded, removed = sum(manifest.counts.values()), 0
+    else:
+        manifest, delta = refresh
+        reembedded, removed = len(delta.updated), len(delta.removed)
+    write_json(asdict(manifest), storage.path("embeddings", LATEST))
+    context.log.info(
+        f"embedded {reembedded} points ({'refresh' if refresh else 'all'}), removed {removed}, "
+        f"{sum(manifest.counts.values())} in the table"
     )
     vectors = manifest.vectors()
     storage.prune("embeddings", manifest.path)
     yield dg.Output(
         manifest,
         metadata={
+            "refreshed_from": (refresh_base(manifest) or "") if refresh else "",
+            "points_embedded": reembedded,
+            "points_removed": removed,
             "points": markdown_table(["kind", "count"], list(manifest.counts.items())),
             "dim": manifest.dim,
             "model_version": manifest.model_version,
@@ -144,14 +167,19 @@ def _model_dir(storage: ProjectStorage, kind: str, model: ModelManifest) -> Path
     automation_condition=dg.AutomationCondition.eager(),
     group_name="evaluation",
     kinds={"faiss"},
-    description="HNSW index over the embeddings, with recall@10 against exact search and query latency.",
-    code_version="1",
+    description="IVF index over the embeddings keyed by point id, with recall@10 against exact search and "
+    "query latency; after an OSM diff it is updated in place (ids removed and added), not rebuilt.",
+    code_version="2",
 )
 def similarity_index(
-    trained_model: ModelManifest, embeddings: EmbeddingsManifest, storage: ProjectStorage
+    context: dg.AssetExecutionContext,
+    trained_model: ModelManifest,
+    embeddings: EmbeddingsManifest,
+    storage: ProjectStorage,
 ) -> dg.Output[IndexManifest]:
     out_dir = _model_dir(storage, "index", trained_model)
-    manifest = build_similarity_index(trained_model, embeddings, out_dir)
+    manifest, how = update_or_build_index(trained_model, embeddings, out_dir)
+    context.log.info(f"similarity index {how}: {manifest.report['n_vectors']} vectors")
     current = storage.path("index", "CURRENT")
     write_atomic(current, lambda tmp: tmp.write_text(str(out_dir / "manifest.json")))  # the newest model's index
     storage.prune("index", out_dir)
@@ -161,7 +189,8 @@ def similarity_index(
         metadata={
             "vectors": report["n_vectors"],
             "recall_at_10_vs_exact": round(report["recall_at_10"], 4),
-            "hnsw_ms_per_query": round(report["hnsw_ms_per_query"], 4),
+            "ann_ms_per_query": round(report["hnsw_ms_per_query"], 4),
+            "update": how,
             "exact_ms_per_query": round(report["exact_ms_per_query"], 4),
             "build_seconds": round(report["build_seconds"], 3),
             "index": dg.MetadataValue.path(manifest.index_path),

@@ -306,3 +306,102 @@ def refresh_similarity_index(
         index = build_ivf(vectors, ids)
     manifest = _write_index(index, frame, vectors, info, embeddings, Path(out_dir), time.perf_counter() - started)
     return manifest, rebuilt
+
+
+# --- following the current mosaic (what the pipeline's embeddings and index assets call) ------------------
+
+LATEST = "LATEST.json"  # <data_dir>/embeddings/LATEST.json: the manifest of the newest embeddings table
+
+
+def delta_path(embeddings: EmbeddingsManifest) -> Path:
+    """Where a refreshed table records what it changed (beside the table)."""
+    return Path(embeddings.path).with_suffix(".delta.json")
+
+
+def _load_embeddings_manifest(path: Path) -> EmbeddingsManifest | None:
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        manifest = EmbeddingsManifest(**json.loads(path.read_text(encoding="utf-8")))
+    except (TypeError, ValueError):
+        return None
+    return manifest if Path(manifest.path).is_file() else None
+
+
+def refresh_for_mosaic(
+    latest: str | Path, model: ModelManifest, mosaic: MosaicManifest, out_dir: str | Path
+) -> tuple[EmbeddingsManifest, EmbeddingsDelta] | None:
+    """The newest table (``latest``, a manifest) refreshed for ``mosaic`` when that is a new version of the
+    mosaic it was cut from, on the same grid and by the same model: only points whose crops reach a pixel
+    that differs between the two versions are re-embedded (``changed_windows``: chunks shared by hard link
+    are skipped unread). None when the table must be built in full (no table, another model or grid, the
+    same mosaic again, or its mosaic pruned). Records the delta beside the new table."""
+    from loc2vec.render.incremental import changed_windows
+
+    previous = _load_embeddings_manifest(Path(latest))
+    if (
+        previous is None
+        or previous.model_version != model.model_version
+        or previous.mosaic_version == mosaic.version
+        or not previous.mosaic_path
+        or not Path(previous.mosaic_path).is_dir()
+    ):
+        return None
+    old, new = open_mosaic(previous.mosaic_path), open_mosaic(mosaic.path)
+    if old.grid != new.grid:
+        return None
+    changed = changed_windows(old, new, new.grid.units())
+    manifest, delta = refresh_embeddings(model, previous, mosaic, changed, out_dir)
+    record = {
+        "base": previous.path,
+        "base_mosaic_version": previous.mosaic_version,
+        "removed": delta.removed.tolist(),
+        "updated": delta.updated.tolist(),
+        "added": delta.added,
+        "seconds": delta.seconds,
+    }
+    write_json(record, delta_path(manifest))
+    return manifest, delta
+
+
+def refresh_base(embeddings: EmbeddingsManifest) -> str | None:
+    """The table ``embeddings`` was refreshed from, if it was."""
+    record = _read_delta(embeddings)
+    return record["base"] if record else None
+
+
+def _read_delta(embeddings: EmbeddingsManifest) -> dict | None:
+    import json
+
+    path = delta_path(embeddings)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def update_or_build_index(
+    model: ModelManifest, embeddings: EmbeddingsManifest, out_dir: str | Path
+) -> tuple[IndexManifest, str]:
+    """The index in ``out_dir`` updated in place with the delta of a refreshed table, when the index holds
+    the table it was refreshed from; else a new IVF index. Returns the manifest and what was done."""
+    from loc2vec.evaluation.stage import load_index_manifest
+
+    out = Path(out_dir)
+    record = _read_delta(embeddings)
+    previous = load_index_manifest(out / "manifest.json") if (out / "manifest.json").is_file() else None
+    if (
+        record is not None
+        and previous is not None
+        and previous.mosaic_version == record["base_mosaic_version"]
+        and previous.model_weights == model.weights_path
+    ):
+        delta = EmbeddingsDelta(
+            np.asarray(record["removed"], dtype=np.int64),
+            np.asarray(record["updated"], dtype=np.int64),
+            int(record["added"]),
+            float(record["seconds"]),
+        )
+        manifest, rebuilt = refresh_similarity_index(previous, embeddings, delta, out)
+        how = "rebuilt (recall fell)" if rebuilt else f"updated in place (-{len(delta.removed)} +{len(delta.updated)})"
+        return manifest, how
+    return build_updatable_index(model, embeddings, out), "built"

@@ -12,7 +12,6 @@ import pytest
 from dagster._core.definitions.data_version import CachingStaleStatusResolver
 from dagster._core.loader import LoadingContextForTest
 
-from loc2vec.geo import BBox
 from loc2vec.io import file_digests
 from loc2vec.osm.edits import edit_buildings
 from loc2vec.osm.layers import build_feature_layers
@@ -21,6 +20,7 @@ from loc2vec.schema import load_schema
 from pipelines.definitions import build_definitions
 from resources import MapnikRenderer, OsmSource, ProjectStorage
 from tests.conftest import KOTKA
+from tests.render.incremental_case import inside_block
 
 RENDERER = MapnikRenderer(resolution_m=3.0, chunk=64, unit_chunks=2)  # Kotka: 6 x 6 units, 3 x 3 per block
 BLOCKS = ["block-0-0", "block-0-1", "block-1-0", "block-1-1"]
@@ -35,19 +35,6 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, **kwargs)
     result = defs.resolve_job_def(job).execute_in_process(instance=instance, **kwargs)
     assert result.success
     return result
-
-
-def _inside_block(defs: dg.Definitions, features, block: str) -> BBox:
-    """Lon/lat box well inside ``block`` (one unit away from its edges), for edits that stay in it."""
-    spec = RENDERER.spec(blocks_per_side=2)
-    grid = plan_grid(features, spec)
-    units = grid.units_of_block(block, 2)
-    rows, cols = [u[0] for u in units], [u[1] for u in units]
-    inner = [u for u in units if min(rows) < u[0] < max(rows) and min(cols) < u[1] < max(cols)]
-    x0, y0, x1, y1 = grid.window_bounds(grid.unit_window(*inner[0]))
-    lon0, lat0 = grid.pixel_to_lonlat(*grid.xy_to_pixel(x0 + 60, y0 + 60))
-    lon1, lat1 = grid.pixel_to_lonlat(*grid.xy_to_pixel(x1 - 60, y1 - 60))
-    return BBox(min(lon0, lon1), min(lat0, lat1), max(lon0, lon1), max(lat0, lat1))
 
 
 @pytest.mark.slow
@@ -65,7 +52,8 @@ def test_a_change_in_one_block_rerenders_that_block_only(tmp_path: Path) -> None
         assert _stale(instance, defs) == dict.fromkeys(BLOCKS, "FRESH")
         quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
 
-        edits = edit_buildings(KOTKA, tmp_path / "edit", _inside_block(defs, features, "block-1-1"), 3)
+        grid = plan_grid(features, RENDERER.spec(blocks_per_side=2))
+        edits = edit_buildings(KOTKA, tmp_path / "edit", inside_block(grid, "block-1-1", 2), 3)
         shutil.copyfile(edits.edited, extract)  # the region's extract changed in one block
         _run(defs, instance, "ingest_job")
 

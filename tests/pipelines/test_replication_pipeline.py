@@ -16,6 +16,7 @@ The shared history (``followed``): the project's copy of the Kotka extract broug
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,17 +25,21 @@ from pathlib import Path
 
 import dagster as dg
 import geopandas as gpd
-import osmium
 import pytest
 
-from loc2vec.osm.replication import extract_state, publish_diff, write_change
+from loc2vec.evaluation.incremental import delta_path
+from loc2vec.evaluation.stage import EmbeddingsManifest
+from loc2vec.grid import MosaicGrid
+from loc2vec.osm.edits import edit_buildings
+from loc2vec.osm.replication import extract_state, publish_diff
 from loc2vec.store.mosaic import open_mosaic
 from pipelines.definitions import build_definitions
 from pipelines.runner import Pipeline, main_job_config, open_instance
 from pipelines.sensors import retrain_when_region_changed
-from resources import OsmSource, ProjectStorage
+from resources import MapnikRenderer, OsmSource, ProjectStorage
 from tests.conftest import KOTKA
 from tests.osm.test_replication import _diff_of_edits
+from tests.render.incremental_case import inside_block
 from tests.server.browser import browser, needs_chromium
 from tests.server.servers import clean_env, dagster_ui
 
@@ -60,7 +65,8 @@ FOLLOWING = {
     "similarity_index": "embeddings",
     "maps": "embeddings",
 }
-BLOCKS = 4  # LOC2VEC_RENDER_BLOCKS=2 (the default): four render partitions
+UNIT_CHUNKS = 1  # render units of 256 px (768 m): Kotka is 3 x 3 units in the 2 x 2 render partitions
+EDITED_BLOCK = "block-0-1"  # every published sequence edits buildings inside this render partition only
 DAEMON_TIMEOUT = 600.0
 TRAINING = {"epochs": 1, "steps_per_epoch": 4, "batch_size": 16}
 
@@ -86,33 +92,24 @@ class Followed:
             LOC2VEC_PBF=str(self.extract),
             LOC2VEC_REPLICATION_URL=str(self.source),
             LOC2VEC_REPLICATION_START="0",
+            LOC2VEC_UNIT_CHUNKS=str(UNIT_CHUNKS),
             **extra,
         )
 
-    def publish_retagged(self, n: int) -> list[int]:
-        """The next sequence: ``n`` more real buildings of the latest content retagged as shops."""
-        later = self.root / f"seq-{self.sequence + 1}.osm.pbf"
-        changed = _retag_buildings(self.latest, later, n, residue=self.sequence)
-        assert changed
-        diff = self.root / f"seq-{self.sequence + 1}.osc.gz"
-        write_change(self.latest, later, diff)
+    def grid(self) -> MosaicGrid:
+        return open_mosaic(self.model.mosaic_path).grid
+
+    def publish_edits(self, n: int) -> list[int]:
+        """The next sequence: ``n`` real buildings of the latest content inside ``EDITED_BLOCK`` edited
+        (moved, reshaped, retagged or deleted)."""
+        edits = edit_buildings(
+            self.latest, self.root / f"seq-{self.sequence + 1}", inside_block(self.grid(), EDITED_BLOCK, 2), n,
+            seed=self.sequence,
+        )  # fmt: skip
         when = datetime(2026, 11, 30, 12, tzinfo=UTC) + timedelta(days=self.sequence)
-        self.sequence = publish_diff(self.source, diff, when).sequence
-        self.latest = later
-        return changed
-
-
-def _retag_buildings(src: Path, dst: Path, n: int, residue: int) -> list[int]:
-    """A copy of ``src`` with ``n`` real buildings (ids ≡ ``residue`` mod 7) retagged as shops."""
-    changed: list[int] = []
-    with osmium.SimpleWriter(str(dst)) as writer:
-        for obj in osmium.FileProcessor(str(src)):
-            if obj.type_str() == "w" and "building" in obj.tags and len(changed) < n and obj.id % 7 == residue:
-                tags = {t.k: t.v for t in obj.tags} | {"building": "retail", "shop": "convenience"}
-                obj = obj.replace(tags=tags, version=obj.version + 1)
-                changed.append(obj.id)
-            writer.add(obj)
-    return changed
+        self.sequence = publish_diff(self.source, edits.diff, when).sequence
+        self.latest = edits.edited
+        return edits.buildings
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +122,7 @@ def followed(tmp_path_factory) -> Followed:
     publish_diff(source, first_diff, datetime(2026, 11, 30, 12, tzinfo=UTC))
     osm = OsmSource(pbf_path=str(extract), replication_url=str(source), replication_start=0)
     data_dir, home = root / "data", root / "dagster_home"
-    defs = build_definitions(osm, ProjectStorage(data_dir=str(data_dir)))
+    defs = build_definitions(osm, ProjectStorage(data_dir=str(data_dir)), MapnikRenderer(unit_chunks=UNIT_CHUNKS))
     config = main_job_config(epochs=1)
     config.ops["trained_model"] = config.ops["trained_model"].model_copy(update=TRAINING)
     with open_instance(home) as instance, Pipeline(defs, instance, log=lambda _: None) as pipeline:
@@ -172,10 +169,11 @@ def test_osm_sequence_flows_to_model_and_embeddings_and_a_diff_does_not_retrain(
     rows = gpd.read_parquet(embeddings.metadata["embeddings_file"].value)
     assert set(rows["osm_sequence"]) == {1} and set(rows["mosaic_version"]) == {model.mosaic_version}
 
-    defs = build_definitions(followed.osm, ProjectStorage(data_dir=str(followed.data_dir)))
+    storage = ProjectStorage(data_dir=str(followed.data_dir))
+    defs = build_definitions(followed.osm, storage, MapnikRenderer(unit_chunks=UNIT_CHUNKS))
     with open_instance(followed.home) as instance, Pipeline(defs, instance, log=lambda _: None) as pipeline:
         quiet = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-        followed.publish_retagged(5)  # sequence 2, published 2026-12-01T12:00
+        followed.publish_edits(5)  # sequence 2, published 2026-12-01T12:00
         pipeline.run_job("observe_osm_job")
         assert extract_state(copy).sequence == 2
         _check_the_ui(followed, request.node.name)
@@ -216,13 +214,15 @@ def _start_sensor(server, name: str) -> None:
 
 
 def test_the_daemon_applies_a_new_sequence_and_refreshes_downstream_without_retraining(followed):
-    """`make ui` with the switch on: publish N+1 → the sensor applies it → the automation refreshes the
-    assets downstream, each once and after what it follows; the model and its evaluation stay; the
-    embeddings carry N+1. Every process is stopped by its group."""
+    """`make ui` with the switch on: publish N+1, edits of buildings inside one render block → the sensor
+    applies it → the automation refreshes the assets downstream, each once and after what it follows: the
+    touched block's render partition only, the embeddings re-embedded in that block only and the index
+    updated in place; the model and its evaluation stay; the embeddings carry N+1. Every process is
+    stopped by its group."""
     with open_instance(followed.home) as instance:
         before = {a: len(_materializations(instance, a, 0.0)) for a in ("trained_model", "evaluation")}
     published_at = time.time()
-    followed.publish_retagged(3)
+    followed.publish_edits(3)
     sequence = followed.sequence
     env = followed.env(LOC2VEC_OSM_CHECK_SECONDS="30", LOC2VEC_AUTOMATION_SECONDS="10")
 
@@ -232,7 +232,7 @@ def test_the_daemon_applies_a_new_sequence_and_refreshes_downstream_without_retr
         with open_instance(followed.home) as instance:
             while True:
                 refreshed = {a: _materializations(instance, a, published_at) for a in FOLLOWING}
-                if all(refreshed.values()) and len(refreshed["raster_blocks"]) >= BLOCKS:
+                if all(refreshed.values()):
                     latest = refreshed["embeddings"][0].asset_materialization.metadata
                     if latest["osm_sequence"].value == str(sequence) and refreshed["maps"] and not _running(instance):
                         break
@@ -259,8 +259,10 @@ def test_the_daemon_applies_a_new_sequence_and_refreshes_downstream_without_retr
             assert len(records) == 1, f"{asset} refreshed {len(records)} times"  # once, not once per input
         if follows:  # after the refresh of what it follows
             assert min(r.storage_id for r in records) > max(r.storage_id for r in refreshed[follows]), asset
-    blocks = sorted(r.partition_key for r in refreshed["raster_blocks"])
-    assert blocks == ["block-0-0", "block-0-1", "block-1-0", "block-1-1"]
+    # the runs of exactly the affected render partition: the other blocks stay fresh and are not re-rendered
+    assert [r.partition_key for r in refreshed["raster_blocks"]] == [EDITED_BLOCK]
+    block = refreshed["raster_blocks"][0].asset_materialization.metadata
+    assert 0 < block["rendered_units"].value <= 2 and block["shared_from"].value  # of the 9 units
 
     embeddings = refreshed["embeddings"][0].asset_materialization.metadata
     rows = gpd.read_parquet(embeddings["embeddings_file"].value)
@@ -269,3 +271,15 @@ def test_the_daemon_applies_a_new_sequence_and_refreshes_downstream_without_retr
     assert set(rows["osm_sequence"]) == {sequence}
     assert set(rows["mosaic_version"]) == {mosaic["mosaic_version"].value} != {followed.model.mosaic_version}
     assert embeddings["model_version"].value == followed.model.model_version  # the same model embeds N+1
+    # re-embedded near the edited block only (a crop's reach around it), the index updated in place
+    assert embeddings["refreshed_from"].value and 0 < embeddings["points_embedded"].value < len(rows) / 3
+    delta = json.loads(delta_path(EmbeddingsManifest(embeddings["embeddings_file"].value, "", 0, {})).read_text())
+    grid = followed.grid()
+    windows = [grid.window_bounds(grid.unit_window(*u)) for u in grid.units_of_block(EDITED_BLOCK, 2)]
+    reach = 2 * 128 * grid.resolution  # a crop's width and the busy window around a changed pixel
+    moved = rows[rows["point_id"].isin(delta["updated"])]
+    assert len(moved) == len(delta["updated"]) > 0
+    assert moved["x"].between(min(w[0] for w in windows) - reach, max(w[2] for w in windows) + reach).all()
+    assert moved["y"].between(min(w[1] for w in windows) - reach, max(w[3] for w in windows) + reach).all()
+    index = refreshed["similarity_index"][0].asset_materialization.metadata
+    assert index["update"].value.startswith("updated in place"), index["update"].value

@@ -42,3 +42,14 @@ def kotka_case(root: Path, n_edits: int = 6, seed: int = 0) -> Case:
     grid = plan_grid(features, SPEC)
     footprint = change_footprint(KOTKA, [edits.diff], grid, schema)
     return Case(root, features, mosaic, grid, edits, footprint)
+
+
+def inside_block(grid: MosaicGrid, block: str, blocks_per_side: int, margin_m: float = 100.0) -> BBox:
+    """Lon/lat box of ``block``'s units shrunk by ``margin_m``: edits inside it touch that block only."""
+    windows = [grid.unit_window(*u) for u in grid.units_of_block(block, blocks_per_side)]
+    bounds = [grid.window_bounds(w) for w in windows]
+    x0, y0 = min(b[0] for b in bounds) + margin_m, min(b[1] for b in bounds) + margin_m
+    x1, y1 = max(b[2] for b in bounds) - margin_m, max(b[3] for b in bounds) - margin_m
+    lon0, lat0 = grid.pixel_to_lonlat(*grid.xy_to_pixel(x0, y0))
+    lon1, lat1 = grid.pixel_to_lonlat(*grid.xy_to_pixel(x1, y1))
+    return BBox(min(lon0, lon1), min(lat0, lat1), max(lon0, lon1), max(lat0, lat1))
