@@ -79,3 +79,10 @@ def test_a_change_in_one_block_rerenders_that_block_only(tmp_path: Path) -> None
         assert Path(first.metadata["store"].value).is_dir()  # the previous version stays readable
         current = Path(storage.data_dir, "mosaic", "CURRENT").read_text()
         assert current == new.path
+
+        # "Observe" on render_inputs in the UI (the asset job) records the same versions: nothing turns stale
+        observe = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey("render_inputs")]
+        )
+        assert observe.success
+        assert _stale(instance, defs) == dict.fromkeys(BLOCKS, "FRESH")
