@@ -18,18 +18,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import shapely
 
+from loc2vec.geo import to_crs_transformer
 from loc2vec.grid import MosaicGrid, block_keys
 from loc2vec.io import write_json
 from loc2vec.osm.changes import style_margin_m
 from loc2vec.osm.layers import FeaturesManifest
 
 DIGEST_BYTES = 8
-INPUTS_FORMAT = 1
+BATCH_ROWS = 100_000  # feature rows read at a time
+INPUTS_FORMAT = 2
 
 
 def unit_key(unit: tuple[int, int]) -> str:
@@ -42,15 +44,14 @@ def render_reach_m(features: FeaturesManifest, grid: MosaicGrid) -> float:
     return style_margin_m(features.schema(), grid.resolution)
 
 
-def _row_digests(frame: gpd.GeoDataFrame) -> np.ndarray:
-    """One 64-bit digest per row from every column: the geometry's WKB and the attributes."""
-    attrs = pd.util.hash_pandas_object(pd.DataFrame(frame.drop(columns="geometry")), index=False).to_numpy()
-    wkb = shapely.to_wkb(frame.geometry.to_numpy(), hex=False)
+def _row_digests(attrs: pd.DataFrame, wkb: np.ndarray) -> np.ndarray:
+    """One 64-bit digest per row from every column: the attributes and the geometry's stored WKB."""
+    values = pd.util.hash_pandas_object(attrs, index=False).to_numpy()
     geom = np.array(
         [int.from_bytes(hashlib.blake2b(b, digest_size=DIGEST_BYTES).digest(), "little") for b in wkb],
         dtype=np.uint64,
     )
-    return attrs ^ (geom * np.uint64(0x9E3779B97F4A7C15))
+    return values ^ (geom * np.uint64(0x9E3779B97F4A7C15))
 
 
 @dataclass(frozen=True)
@@ -76,21 +77,43 @@ class RenderInputs:
         return sorted(tuple(int(v) for v in k.split(",")) for k in keys)  # type: ignore[misc]
 
 
-def compute_render_inputs(features: FeaturesManifest, grid: MosaicGrid, styles: str) -> RenderInputs:
-    """Digest, for each unit of ``grid``, the feature rows whose bounds reach it (in the layers' order)."""
-    frame = features.read().to_crs(grid.crs)
+def compute_render_inputs(
+    features: FeaturesManifest, grid: MosaicGrid, styles: str, batch_rows: int = BATCH_ROWS
+) -> RenderInputs:
+    """Digest, for each unit of ``grid``, the feature rows whose geometry reaches it, in the layers' order.
+    The GeoParquet is read ``batch_rows`` rows at a time: memory does not grow with the region."""
     reach = render_reach_m(features, grid)
-    rows = _row_digests(frame)
-    tree = shapely.STRtree(frame.geometry.to_numpy())
-    units: dict[str, str] = {}
-    for unit in grid.units():
+    units = grid.units()
+    boxes = []
+    for unit in units:
         x0, y0, x1, y1 = grid.window_bounds(grid.unit_window(*unit))
-        area = shapely.box(x0 - reach, y0 - reach, x1 + reach, y1 + reach)
-        hits = np.sort(tree.query(area, predicate="intersects"))
-        digest = hashlib.blake2b(rows[hits].tobytes(), digest_size=DIGEST_BYTES)
-        digest.update(len(hits).to_bytes(8, "little"))
-        units[unit_key(unit)] = digest.hexdigest()
-    return RenderInputs(units, styles, grid.to_dict())
+        boxes.append(shapely.box(x0 - reach, y0 - reach, x1 + reach, y1 + reach))
+    tree = shapely.STRtree(boxes)
+    to_grid = to_crs_transformer(grid.crs)
+    hashers = [hashlib.blake2b(digest_size=DIGEST_BYTES) for _ in units]
+    counts = np.zeros(len(units), dtype=np.int64)
+    for batch in pq.ParquetFile(features.path).iter_batches(batch_size=batch_rows):
+        frame = batch.to_pandas()
+        wkb = frame.pop("geometry").to_numpy()
+        frame = frame.drop(columns=[c for c in ("bbox",) if c in frame.columns])
+        rows = _row_digests(frame, wkb)
+        geoms = shapely.transform(
+            shapely.from_wkb(wkb), lambda xy: np.column_stack(to_grid.transform(xy[:, 0], xy[:, 1]))
+        )
+        hit_rows, hit_units = tree.query(geoms, predicate="intersects")
+        order = np.lexsort((hit_rows, hit_units))
+        hit_rows, hit_units = hit_rows[order], hit_units[order]
+        starts = np.flatnonzero(np.r_[True, hit_units[1:] != hit_units[:-1]]) if len(hit_units) else []
+        for k, start in enumerate(starts):
+            end = starts[k + 1] if k + 1 < len(starts) else len(hit_units)
+            unit = int(hit_units[start])
+            hashers[unit].update(rows[hit_rows[start:end]].tobytes())
+            counts[unit] += end - start
+    digests = {}
+    for unit, hasher, n in zip(units, hashers, counts, strict=True):
+        hasher.update(int(n).to_bytes(8, "little"))
+        digests[unit_key(unit)] = hasher.hexdigest()
+    return RenderInputs(digests, styles, grid.to_dict())
 
 
 def render_inputs(features: FeaturesManifest, grid: MosaicGrid, styles: str) -> RenderInputs:

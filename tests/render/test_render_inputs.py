@@ -11,7 +11,7 @@ import pytest
 from loc2vec.io import file_digests
 from loc2vec.osm.layers import build_feature_layers
 from loc2vec.render.incremental import start_version
-from loc2vec.render.inputs import render_inputs
+from loc2vec.render.inputs import compute_render_inputs, render_inputs
 from loc2vec.render.mosaic import plan_grid, render_mosaic
 from loc2vec.render.styles import style_hash
 from loc2vec.schema import load_schema
@@ -53,6 +53,8 @@ def test_changed_inputs_are_the_units_whose_pixels_can_change(case) -> None:
     touched = set(c.grid.blocks_of_units(changed, BLOCKS))
     old_blocks, new_blocks = before.block_digests(BLOCKS), after.block_digests(BLOCKS)
     assert {b for b in new_blocks if new_blocks[b] != old_blocks[b]} == touched
+    # read in batches: the same digests whatever the batch size
+    assert compute_render_inputs(new_features, c.grid, styles, batch_rows=997) == after
     # cached beside the feature layers, and equal when read back
     assert render_inputs(new_features, c.grid, styles) == after
     assert list(Path(new_features.path).parent.glob("render_inputs-*.json"))
