@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=4, help="render partitions per side (blocks²)")
     parser.add_argument("--jobs", type=int, default=2, help="render partitions running at once")
     parser.add_argument("--cache-share", type=float, default=0.1, help="chunk cache, share of the raw mosaic")
-    parser.add_argument("--cache-max-mib", type=float, default=256.0, help="and at most this many MiB")
+    parser.add_argument("--cache-max-mib", type=float, default=160.0, help="and at most this many MiB")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40, help="training steps per epoch")
     parser.add_argument("--window", type=int, default=4096, help="side (px) of the in-memory reader's window")
