@@ -12,8 +12,17 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from loc2vec.errors import Loc2VecError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from loc2vec.data.crops import CropGeometry
+    from loc2vec.data.locations import SamplesManifest
+    from loc2vec.osm.layers import FeaturesManifest
+    from loc2vec.render.mosaic import MosaicManifest
 
 
 def _log(message: str) -> None:
@@ -228,35 +237,86 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _protocol_for(args: argparse.Namespace):
-    """Import, render and split ``--pbf`` (in process), then build the protocol's points."""
+class Protocol(NamedTuple):
+    """The protocol of a region: its points, crop reader and the manifests they came from."""
+
+    points: pd.DataFrame
+    reader: CropGeometry
+    samples: SamplesManifest
+    features: FeaturesManifest
+    mosaic: MosaicManifest
+    split: str  # "training": the split `loc2vec run` trains on; "evaluation_only": samples.EVALUATION_ONLY
+
+
+def _split_config(crop_px: int | None, overrides: dict | None = None) -> dict:
+    """``main_job`` run config of ``sample_locations`` for crops of ``crop_px`` (None: the default split)."""
+    import dagster as dg
+
+    from assets.training import SamplesConfig
+    from loc2vec.data.samples import SplitSpec
+
+    values = dict(overrides or {})
+    if crop_px is not None and crop_px != SplitSpec().crop_px:
+        values["crop_px"] = crop_px
+    return {"main_job": dg.RunConfig(ops={"sample_locations": SamplesConfig(**values)})} if values else {}
+
+
+def _protocol_for(args: argparse.Namespace, crop_px: int | None = None) -> Protocol:
+    """Import, render and split ``--pbf`` (in process) for crops of ``crop_px`` (default: the split's), then
+    build the protocol's points. A region too small for the training split (a split left empty by its
+    leak buffer) is split without validation blocks or training positives instead (``EVALUATION_ONLY``):
+    nothing is trained on it here."""
     from loc2vec.data.chunked import open_reader
+    from loc2vec.data.samples import EVALUATION_ONLY, SplitTooSmall
     from loc2vec.evaluation.stage import protocol_points
-    from pipelines.runner import Pipeline, preflight
+    from pipelines.runner import Pipeline, PipelineFailed, preflight
 
     work = Path(args.work or Path(args.points_out or args.out or ".").resolve().parent / ".loc2vec-evaluate")
     defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, work)
-    preflight(defs)  # before the work directory is created
+    preflight(defs, _split_config(crop_px))  # before the work directory is created
+    selection = ["raster_mosaic", "sample_locations"]
     with _instance(work) as instance, Pipeline(defs, instance, _log) as pipeline:
-        runs = pipeline.run_stages(main_assets=["raster_mosaic", "sample_locations"])
-        samples = runs["main_job"].output_for_node("sample_locations")
-        features = runs["ingest_job"].output_for_node("osm_features")
-        mosaic = runs["main_job"].output_for_node("raster_mosaic")
+        split = "training"
+        try:
+            main = pipeline.run_stages(_split_config(crop_px), main_assets=selection)["main_job"]
+        except PipelineFailed as exc:
+            if exc.cause != SplitTooSmall.__name__:
+                raise
+            _log(
+                "warning: the region is too small for the training split (a split is empty after its leak "
+                "buffer): scoring on the evaluation-only split (no validation blocks; leak buffer: the crop diagonal)"
+            )
+            split = "evaluation_only"
+            config = _split_config(crop_px, EVALUATION_ONLY)["main_job"]
+            try:
+                main = pipeline.run_job("main_job", run_config=config, asset_selection=selection)
+            except PipelineFailed as again:
+                if again.cause != SplitTooSmall.__name__:
+                    raise
+                raise Loc2VecError(
+                    f"the region is too small for the evaluation protocol, even without training: {again}"
+                ) from None
+        samples = main.output_for_node("sample_locations")
+        features = pipeline.last("ingest_job").output_for_node("osm_features")
+        mosaic = main.output_for_node("raster_mosaic")
     reader = open_reader(mosaic.path)
-    return protocol_points(samples, features, reader), reader, samples
+    return Protocol(protocol_points(samples, features, reader), reader, samples, features, mosaic, split)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from loc2vec.evaluation.external import match_points, read_external_embeddings
     from loc2vec.evaluation.protocol import to_geoparquet_frame
+    from loc2vec.evaluation.region import region_record
     from loc2vec.evaluation.run import evaluate_embeddings
     from loc2vec.evaluation.support import warnings
     from loc2vec.io import write_geoparquet, write_json
     from loc2vec.osm.files import check_complete, check_region, file_sha256
     from loc2vec.training.config import TrainConfig
 
-    if bool(args.points_out) == bool(args.embeddings):
-        raise Loc2VecError("give either --points-out FILE or --embeddings FILE --out DIR")
+    if sum(map(bool, (args.points_out, args.embeddings, args.model))) != 1:
+        raise Loc2VecError("give either --points-out FILE, --embeddings FILE --out DIR or --model MODEL --out DIR")
+    if args.model:
+        return cmd_evaluate_model(args)
     if args.embeddings and not args.out:
         raise Loc2VecError("--embeddings needs --out DIR")
     # the inputs are checked before any work, so a bad one leaves nothing behind
@@ -264,7 +324,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_region(args.pbf, args.bbox)
     external = read_external_embeddings(args.embeddings) if args.embeddings else None
     config = TrainConfig.from_json(args.train_config) if args.train_config else None
-    points, reader, samples = _protocol_for(args)
+    protocol = _protocol_for(args, config.crop_px if config else None)
+    points, reader, samples = protocol.points, protocol.reader, protocol.samples
     if args.points_out:
         write_geoparquet(to_geoparquet_frame(points), args.points_out)
         _log(f"wrote {len(points)} points to {args.points_out}")
@@ -278,10 +339,56 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "column": external.column,
         "dim": int(vectors.shape[1]),
     }
+    document["region"] = region_record(protocol.features, protocol.mosaic, samples, protocol.split)
     out = Path(args.out)
     write_json(document, out / "evaluation.json")
     _log(f"wrote {out / 'evaluation.json'}")
     print(json.dumps(document["model"], indent=2))
+    for line in warnings(document):
+        _log(line)
+    return 0
+
+
+def _tracking_uri() -> str:
+    """The MLflow store the project uses: ``$MLFLOW_TRACKING_URI``, else the data dir's sqlite file (not created)."""
+    from resources.paths import default_data_dir
+
+    found = os.environ.get("MLFLOW_TRACKING_URI")
+    return found or f"sqlite:///{Path(default_data_dir()).resolve() / 'mlflow' / 'mlflow.db'}"
+
+
+def cmd_evaluate_model(args: argparse.Namespace) -> int:
+    """Embed the region's protocol points with an existing model and score them beside the baselines (no
+    training); writes ``OUT/embeddings.parquet`` and ``OUT/evaluation.json``."""
+    from loc2vec.evaluation.existing_model import check_compatible, load_existing_model
+    from loc2vec.evaluation.region import embed_and_evaluate, embeddings_frame, region_record
+    from loc2vec.evaluation.support import warnings
+    from loc2vec.io import write_geoparquet, write_json
+    from loc2vec.osm.files import check_complete, check_region
+    from pipelines.console import display
+    from pipelines.summary import RunSummary
+    from resources import MapnikRenderer, OsmSource
+
+    if not args.out:
+        raise Loc2VecError("--model needs --out DIR")
+    # the extract, the region and the model are checked before any work: a bad one leaves nothing behind
+    check_complete(args.pbf)
+    check_region(args.pbf, args.bbox)
+    model = load_existing_model(args.model, _tracking_uri(), args.train_config)
+    names = OsmSource(pbf_path=str(Path(args.pbf).resolve()), bbox=args.bbox).schema().names
+    check_compatible(model, MapnikRenderer.from_env().resolution_m, list(names))
+    protocol = _protocol_for(args, model.config.crop_px)
+    document, vectors = embed_and_evaluate(model, protocol.points, protocol.reader)
+    document["region"] = region_record(protocol.features, protocol.mosaic, protocol.samples, protocol.split)
+    out = Path(args.out)
+    write_geoparquet(embeddings_frame(protocol.points, vectors), out / "embeddings.parquet")
+    write_json(document, out / "evaluation.json")  # last: its presence means the evaluation is complete
+    source = model.source
+    name = str(source.get("name") or source.get("weights_path"))
+    summary = RunSummary(document, name, str(source.get("version", "")), None, [])
+    display().close()
+    summary.print_table(display().console)
+    _log(f"wrote {out / 'evaluation.json'} and {out / 'embeddings.parquet'} ({len(vectors)} points)")
     for line in warnings(document):
         _log(line)
     return 0
@@ -363,7 +470,9 @@ def parser() -> argparse.ArgumentParser:
     regions.add_argument("--catalog", help="region catalog TOML (default: $LOC2VEC_CATALOG or regions.toml)")
     regions.set_defaults(func=cmd_regions)
 
-    ev = sub.add_parser("evaluate", help="write the protocol's points, or score embeddings made elsewhere")
+    ev = sub.add_parser(
+        "evaluate", help="write the protocol's points, or score embeddings made elsewhere or a trained model's"
+    )
     ev.add_argument("--pbf", required=True)
     ev.add_argument("--bbox")
     ev.add_argument("--points-out", help="GeoParquet of every point that needs an embedding")
@@ -373,7 +482,13 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--train-config",
         help="a run's config.json (MLflow artifact): score with its radii and untrained-baseline seed, as `run` "
-        "did (default: the default training config)",
+        "did (default: the default training config; with --model: the model's own)",
+    )
+    ev.add_argument(
+        "--model",
+        help="embed and score the region with this trained model, no training: a registered version "
+        "(models:/NAME/VERSION, models:/NAME@ALIAS, at $MLFLOW_TRACKING_URI, else the data dir's MLflow store) "
+        "or a run's weights file / model directory (model.pt)",
     )
     ev.set_defaults(func=cmd_evaluate)
 

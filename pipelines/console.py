@@ -114,7 +114,7 @@ def display() -> ConsoleDisplay:
 
 def quiet_libraries() -> None:
     """Keep library chatter off the console of a command-line run (it stays in Dagster's log file):
-    Dagster's beta/preview notices, MLflow's INFO lines, torch.export's shape notes."""
+    Dagster's beta/preview notices, MLflow's INFO lines and download bars, torch.export's shape notes."""
     import logging
     import os
     import warnings
@@ -125,6 +125,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=PreviewWarning)
     warnings.filterwarnings("ignore", message="No complete tensor found in the group")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading a registered model's files
     for name in ("torch._export", "torch.export", "torch._dynamo", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # A Ctrl-C that lands while SQLAlchemy closes a pooled connection is logged by the pool with a

@@ -39,7 +39,14 @@ ACTIVE_STATUSES = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg
 
 
 class PipelineFailed(Loc2VecError):
-    """A stage of the pipeline failed; the message names the job, partition and error (and the log file)."""
+    """A stage of the pipeline failed; the message names the job, partition and error (and the log file).
+
+    ``step`` is the failed step and ``cause`` the class name of the exception it raised (when known), so a
+    caller can act on one kind of failure without reading the message."""
+
+    def __init__(self, message: str, step: str = "", cause: str = "") -> None:
+        super().__init__(message)
+        self.step, self.cause = step, cause
 
 
 class PipelineInterrupted(PipelineFailed):
@@ -67,18 +74,18 @@ def open_instance(home: str | Path | None = None) -> dg.DagsterInstance:
 INTERRUPTED = "DagsterExecutionInterruptedError"
 
 
-def _failure_of(result: dg.ExecuteInProcessResult) -> tuple[str, str, bool]:
-    """(step, message, interrupted) of a failed run: the user's exception, not Dagster's wrapper."""
+def _failure_of(result: dg.ExecuteInProcessResult) -> tuple[str, str, str]:
+    """(step, message, exception class name) of a failed run: the user's exception, not Dagster's wrapper."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
             while error.cls_name.startswith("Dagster") and error.cause is not None:
                 error = error.cause
-            return event.step_key or "", error.message.strip(), error.cls_name == INTERRUPTED
+            return event.step_key or "", error.message.strip(), error.cls_name
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.RUN_FAILURE and event.message:
-            return "", event.message.strip(), False
-    return "", "unknown error", False
+            return "", event.message.strip(), ""
+    return "", "unknown error", ""
 
 
 def fail_orphaned_dagster_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -229,15 +236,15 @@ class Pipeline:
         except dg.DagsterInvalidConfigError as exc:
             raise PipelineFailed(f"{label}: invalid run configuration: {exc}") from exc
         if not result.success:
-            step, message, interrupted = _failure_of(result)
-            if interrupted:
+            step, message, cause = _failure_of(result)
+            if cause == INTERRUPTED:
                 raise PipelineInterrupted(
                     f"{label} interrupted at {step} (run {result.run_id[:8]}): run the same command "
                     "again to resume where it stopped"
                 )
             where = f"{step}: " if step else ""
             raise PipelineFailed(
-                f"{label} failed (run {result.run_id[:8]}): {where}{message} [details: {self.log_path}]"
+                f"{label} failed (run {result.run_id[:8]}): {where}{message} [details: {self.log_path}]", step, cause
             )
         self.log(f"{label}: ok in {time.perf_counter() - started:.1f} s (run {result.run_id[:8]})")
         self.results[job_name] = result

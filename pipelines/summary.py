@@ -73,15 +73,10 @@ class RunSummary:
         held = f"version {self.champion_version}" if self.champion_version else "no version"
         return f"{self.model_name} version {self.model_version}; '{CHAMPION}' stays with {held} (it scores better)"
 
-    def render(self, console: Console) -> None:
-        took = "" if self.seconds is None else f" in {self.seconds / 60:.1f} min"
-        console.print(f"\n[bold]loc2vec: finished{took}[/bold]")
-        test = self.evaluation
-        console.print(f"{test['n_test_locations']} test locations, {test['n_test_pois']} test POIs")
-        if "seeds" in test:
-            console.print(f"means over {test['seeds']['n_seeds']} runs; each run's metrics: evaluation.json 'runs'")
+    def print_table(self, console: Console) -> None:
+        """The metrics table, never wrapping or cutting a metric name: in a pipe or log the table is as wide
+        as it needs to be."""
         table = self.metrics_table()
-        # never wrap or cut a metric name: in a pipe or log the table is as wide as it needs to be
         natural = Measurement.get(console, console.options.update_width(1000), table).maximum
         saved = console.width
         console.width = max(saved, natural)  # rich never prints wider than its console
@@ -89,6 +84,15 @@ class RunSummary:
             console.print(table)
         finally:
             console.width = saved
+
+    def render(self, console: Console) -> None:
+        took = "" if self.seconds is None else f" in {self.seconds / 60:.1f} min"
+        console.print(f"\n[bold]loc2vec: finished{took}[/bold]")
+        test = self.evaluation
+        console.print(f"{test['n_test_locations']} test locations, {test['n_test_pois']} test POIs")
+        if "seeds" in test:
+            console.print(f"means over {test['seeds']['n_seeds']} runs; each run's metrics: evaluation.json 'runs'")
+        self.print_table(console)
         console.print(f"model: {self.champion_text()}", markup=False)
         # plain lines, not tables: paths and commands are copied from here and must never be cut or wrapped
         width = max(len(name) for name, _ in self.outputs) + 2

@@ -26,6 +26,14 @@ from loc2vec.data.crops import CropGeometry
 from loc2vec.errors import ConfigError
 
 SPLITS = ("train", "val", "test", "buffer")
+# The split of a region that is scored, never trained on (``loc2vec evaluate`` where the training split does
+# not fit): no validation blocks, and no training positives in the leak buffer (the crop diagonal only), so
+# no crop of a probe's train point overlaps a test crop.
+EVALUATION_ONLY = {"val_fraction": 0.0, "max_positive_m": 0.0}
+
+
+class SplitTooSmall(ConfigError):
+    """The region leaves a split (train or test) empty once the blocks and the leak buffer are applied."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,7 @@ def sample_locations(reader: CropGeometry, spec: SplitSpec) -> pd.DataFrame:
     sizes = frame["split"].value_counts()
     missing = [s for s in ("train", "test") if sizes.get(s, 0) == 0]
     if missing:
-        raise ConfigError(
+        raise SplitTooSmall(
             f"split(s) {missing} are empty: the region is too small for block_m={spec.block_m} m "
             f"and a leak buffer of {spec.leak_distance_m(reader.grid.resolution):.0f} m"
         )

@@ -164,6 +164,12 @@ def save_encoder(model: Encoder, path: str | Path) -> Path:
     return Path(path)
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's message up to its first line break (torch's unpickling errors run over many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def load_encoder(path: str | Path) -> Encoder:
     """The encoder saved by ``save_encoder``: architecture and weights, in eval mode, on the CPU.
 
@@ -175,7 +181,9 @@ def load_encoder(path: str | Path) -> Encoder:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for files that are not its own
-        raise InputDataError(f"{path} is not a loc2vec encoder file ({type(exc).__name__}: {exc})") from exc
+        raise InputDataError(
+            f"{path} is not a loc2vec encoder file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
         raise InputDataError(
             f"{path} holds weights without their architecture (written by an older loc2vec): train the model again"
