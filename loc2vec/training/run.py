@@ -298,8 +298,10 @@ class LoggedTraining:
             if best is not None:
                 essentials["best epoch (val triplet acc)"] = f"{best.epoch} ({best.val_triplet_accuracy:.3f})"
             description = model_card.version_description(io, tags, essentials, tags.get("dagster_run_url"))
-            for heading, body in self.sections:
-                description = model_card.with_section(description, heading, body)
+            for heading, body in self.sections:  # before the evaluation's section
+                description = description.replace(
+                    f"\n\n{model_card.EVALUATION}", f"\n\n{heading}\n\n{body}\n\n{model_card.EVALUATION}", 1
+                )
             version, uri = tracking.register_place_embedding(
                 result.model, model_name, tags, io, description, weights, tracking_uri
             )
