@@ -4,8 +4,8 @@ Each anchor of a batch picks its region by weight (a seeded categorical draw per
 mix follows the weights on average and batch ``k`` of epoch ``e`` depends only on ``(seed, e, k)``), then
 an anchor of that region's train split (uniformly). Its positive is cut from the same region's mosaic
 within ``r_pos_m`` (or ``r_context_m``), as in :mod:`loc2vec.data.triplets`: ground distance is only known
-inside one region. In-batch negatives may come from any region: the batch's locations are geocentric
-metres (x, y, z on a sphere), one frame for every region whatever its CRS, so the loss keeps a negative
+inside one region. In-batch negatives may come from any region: the batch's locations are Earth-centred
+metres (WGS84 x, y, z), one frame for every region whatever its CRS, so the loss keeps a negative
 exactly when it lies at least ``r_neg_m`` from the anchor on the ground (another region is always that
 far, unless two regions touch and the two places lie within ``r_neg_m`` of their common edge).
 Validation triplets are cut inside each region from its val split, negatives from its own val and train anchors.
@@ -23,7 +23,8 @@ from loc2vec.data.crops import CropGeometry
 from loc2vec.data.triplets import TripletSpec, cut_pairs, fixed_triplets
 from loc2vec.errors import ConfigError
 
-EARTH_RADIUS_M = 6_371_008.8  # mean radius: chords agree with ground distances to < 0.1 % at these scales
+WGS84_A_M = 6_378_137.0  # WGS84 semi-major axis
+WGS84_E2 = 6.69437999014e-3  # and first eccentricity squared
 MIN_VAL_TRIPLETS = 8
 
 
@@ -47,11 +48,15 @@ class RegionTriplets:
 
 
 def geocentric_m(reader: CropGeometry, xy: np.ndarray) -> np.ndarray:
-    """(N, 3) points on a sphere of the Earth's radius (metres) for CRS coordinates ``xy`` of ``reader``'s mosaic."""
+    """(N, 3) Earth-centred coordinates (WGS84 ECEF, metres, on the ellipsoid) for CRS coordinates ``xy`` of
+    ``reader``'s mosaic: one frame for every region, whose chords are ground distances at the scale of ``r_neg_m``."""
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     cols, rows = reader.grid.xy_to_pixel(xy[:, 0], xy[:, 1])
     lon, lat = (np.radians(np.asarray(v, dtype=np.float64)) for v in reader.grid.pixel_to_lonlat(cols, rows))
-    return EARTH_RADIUS_M * np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+    n = WGS84_A_M / np.sqrt(1 - WGS84_E2 * np.sin(lat) ** 2)
+    return np.stack(
+        [n * np.cos(lat) * np.cos(lon), n * np.cos(lat) * np.sin(lon), n * (1 - WGS84_E2) * np.sin(lat)], axis=1
+    )
 
 
 def region_shares(regions: list[RegionTriplets]) -> np.ndarray:
