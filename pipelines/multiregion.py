@@ -3,8 +3,9 @@
 Each region is imported, rendered and split as ``loc2vec run --region NAME`` does (ingest, its render
 blocks, then ``raster_mosaic`` and ``sample_locations`` with the blocking leakage check), in its own data
 directory ``OUT/regions/NAME`` (its own Dagster instance and lock); a second call reuses what is there
-(versions are content hashes: nothing already imported, rendered or split is redone). A region's blocks
-per side are fixed when ``assets.raster`` is imported, so each region is prepared in a fresh process.
+(versions are content hashes: the same inputs give the same versions, rendered units are skipped). A
+region's blocks per side are fixed when ``assets.raster`` is imported, so regions are prepared in a fresh
+process, one per set of regions with the same render settings.
 Then one model is trained over the regions (``loc2vec.training.multi``) and registered in OUT's MLflow store.
 """
 
