@@ -78,12 +78,6 @@ def check_region_split(config: TrainConfig, region: RegionInput) -> None:
         check_split_fits(config, region.samples)
     except ConfigError as exc:
         raise RegionDataError(region.name, str(exc)) from exc
-    if region.samples.spec.get("crop_px") != config.crop_px:
-        raise RegionDataError(
-            region.name,
-            f"its split was built for {region.samples.spec.get('crop_px')}-px crops, training uses "
-            f"{config.crop_px}-px crops: build every region's split with the same crop_px",
-        )
     report = leakage_report(region.samples.read(), region.samples.leak_distance_m)
     if not report.passed:
         raise RegionDataError(
