@@ -4,9 +4,9 @@ the baselines computed on R.
 For each region R of ``--regions``: ``loc2vec train-regions`` on the others (their splits, weights from the
 catalog), then ``loc2vec evaluate --points-out`` on R (R's default protocol: its own split and test blocks),
 the model embeds those points from R's mosaic, and ``loc2vec evaluate --embeddings`` scores them with the
-model's training config (radii, crop, untrained-baseline seed). Every run shares ``OUT/regions/NAME`` (each
-region is imported and rendered once) and ``OUT``'s MLflow store; prints a table and writes
-``OUT/transfer.json``. Not part of the test suite:
+model's training config (radii, crop, untrained-baseline seed). The training runs share ``OUT/regions/NAME``
+(each region prepared once) and ``OUT``'s MLflow store; ``evaluate`` builds R's protocol in ``OUT/evaluate/R``
+at its defaults (as for any extract). Prints a table and writes ``OUT/transfer.json``. Not part of the test suite:
 
     .venv/bin/python benchmarks/transfer.py --regions helsinki-centre,kotka-karhula,monaco --out /tmp/transfer \\
         [--epochs 4] [--seed 0] [--crop-px 64]
@@ -66,7 +66,6 @@ def main() -> int:
     args = p.parse_args()
 
     from loc2vec.regions import load_catalog
-    from pipelines.multiregion import render_settings
 
     catalog = load_catalog(args.catalog)
     names = [n.strip() for n in args.regions.split(",")]
@@ -76,8 +75,6 @@ def main() -> int:
         others = [n for n in names if n != held_out]
         started = time.perf_counter()
         print(f"== {held_out}: train on {', '.join(others)}", flush=True)
-        for var in ("LOC2VEC_RENDER_BLOCKS", "LOC2VEC_RESOLUTION_M", "LOC2VEC_UNIT_CHUNKS"):
-            os.environ.pop(var, None)  # each region's own, set per command
         done = cli(
             "train-regions", "--regions", ",".join(others), "--catalog", args.catalog, "--out", str(out),
             "--epochs", str(args.epochs), "--seed", str(args.seed), "--crop-px", str(args.crop_px),
@@ -93,16 +90,15 @@ def main() -> int:
         where = ["--pbf", str(region.extract)] + (
             ["--bbox", ",".join(map(repr, region.bbox.as_tuple()))] if region.bbox else []
         )
-        work = out / "regions" / held_out  # R's data dir: imported and rendered once, shared with its training runs
+        work = out / "evaluate" / held_out  # R's protocol as `loc2vec evaluate` builds it (its own import and render)
         points = out / f"points-{held_out}.parquet"
-        settings = dict(render_settings(held_out, args.catalog))  # R's blocks per side and resolution, as run --region
-        if cli("evaluate", *where, "--points-out", str(points), "--work", str(work), env=settings).returncode:
+        if cli("evaluate", *where, "--points-out", str(points), "--work", str(work)).returncode:
             results[held_out] = {"trained_on": others, "scored": False, "model_version": model["model_version"]}
             continue
         embedded = embed_points(model_json, points, work / "mosaic" / "CURRENT", out / f"embedded-{held_out}.parquet")
         scored = out / f"eval-{held_out}"
         args_eval = ["evaluate", *where, "--embeddings", str(embedded), "--out", str(scored), "--work", str(work)]
-        if cli(*args_eval, "--train-config", str(config), env=settings).returncode:
+        if cli(*args_eval, "--train-config", str(config)).returncode:
             return 1
         document = json.loads((scored / "evaluation.json").read_text())
         results[held_out] = {
