@@ -55,6 +55,20 @@ def embed_points(model_json: Path, points: Path, mosaic_current: Path, out: Path
     return out
 
 
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def print_table(results: dict) -> None:
+    print(f"{'held out':<18}{'embedder':<16}" + "".join(f"{m:>32}" for m in METRICS))
+    for held_out, r in results.items():
+        if not r["scored"]:
+            print(f"{held_out:<18}(not scored: no default protocol on it)")
+            continue
+        for name, metrics in [("model", r["model"]), *r["baselines"].items()]:
+            print(f"{held_out:<18}{name:<16}" + "".join(f"{_number(metrics.get(m)):>32}" for m in METRICS))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--regions", default="helsinki-centre,kotka-karhula,monaco")
@@ -111,14 +125,7 @@ def main() -> int:
             "n_test_locations": document.get("n_test_locations"),
         }
     (out / "transfer.json").write_text(json.dumps(results, indent=2))
-    print(f"{'held out':<18}{'embedder':<16}" + "".join(f"{m:>24}" for m in METRICS))
-    for held_out, r in results.items():
-        if not r["scored"]:
-            print(f"{held_out:<18}(not scored: no default protocol on it)")
-            continue
-        for name, metrics in [("model", r["model"]), *r["baselines"].items()]:
-            row = "".join(f"{metrics.get(m, float('nan')):>24.4f}" for m in METRICS)
-            print(f"{held_out:<18}{name:<16}{row}")
+    print_table(results)
     return 0
 
 
