@@ -394,6 +394,48 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_regions(args: argparse.Namespace) -> int:
+    """One model on several catalog regions: each region prepared (imported, rendered, split) as ``run --region``
+    does in ``OUT/regions/NAME`` (reused when there), then trained on together and registered in OUT's MLflow."""
+    from pipelines.multiregion import parse_regions, train_regions_command
+
+    out = Path(args.out).resolve()
+    names = parse_regions(args.regions)
+    manifest = train_regions_command(
+        names, args.weights, args.catalog, out, args.epochs, args.seed, _log, args.crop_px, args.train_config
+    )
+    shares = ", ".join(f"{r['name']} {r['weight']:g}" for r in manifest.regions or [])
+    _log(
+        f"registered {manifest.model_name} version {manifest.model_version} ({manifest.model_uri}), trained on {shares}"
+    )
+    _log(f"MLflow: {manifest.tracking_uri}; manifest: {out / 'model.json'}")
+    return 0
+
+
+def add_train_regions_parser(sub) -> None:
+    """The ``train-regions`` command's arguments."""
+    tr = sub.add_parser("train-regions", help="train one model on several catalog regions")
+    tr.add_argument("--regions", required=True, help="catalog regions, comma-separated, e.g. monaco,kotka-karhula")
+    tr.add_argument(
+        "--weights",
+        help="each region's share of the anchors, comma-separated in --regions' order (default: the catalog's weights)",
+    )
+    tr.add_argument("--catalog", help="region catalog TOML (default: $LOC2VEC_CATALOG or regions.toml)")
+    tr.add_argument(
+        "--out",
+        required=True,
+        help="output directory: OUT/regions/NAME per region (data dir and Dagster instance), the model, its "
+        "MLflow store, model.json",
+    )
+    tr.add_argument("--epochs", type=int, help="training epochs (default: the training config's)")
+    tr.add_argument("--seed", type=int, help="training seed (default: the training config's, 0)")
+    tr.add_argument(
+        "--crop-px", type=int, help="crop edge of every region's split and of training (default: the split's, 128)"
+    )
+    tr.add_argument("--train-config", help="training config JSON (TrainConfig fields; default: the defaults)")
+    tr.set_defaults(func=cmd_train_regions)
+
+
 def cmd_similar(args: argparse.Namespace) -> int:
     from loc2vec.evaluation.similar import similar_places
     from loc2vec.evaluation.stage import load_index_manifest
@@ -469,6 +511,8 @@ def parser() -> argparse.ArgumentParser:
     regions = sub.add_parser("regions", help="list the region catalog's regions, their blocks and faults")
     regions.add_argument("--catalog", help="region catalog TOML (default: $LOC2VEC_CATALOG or regions.toml)")
     regions.set_defaults(func=cmd_regions)
+
+    add_train_regions_parser(sub)
 
     ev = sub.add_parser(
         "evaluate", help="write the protocol's points, or score embeddings made elsewhere or a trained model's"

@@ -120,6 +120,44 @@ def _helper_thread() -> ThreadPoolExecutor | None:
     return _POOL[1]
 
 
+def cut_pairs(
+    reader: CropGeometry, xy: np.ndarray, spec: TripletSpec, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Augmented anchor and positive crops (B, S, S, C) at the anchors ``xy`` (CRS metres, one mosaic), every
+    random draw taken from ``rng`` in a fixed order (the batch does not depend on how it is computed)."""
+    grid = reader.grid
+    n = len(xy)
+    cols, rows = grid.xy_to_pixel(xy[:, 0], xy[:, 1])
+    shift = rng.uniform(-spec.max_shift_px, spec.max_shift_px, (2, n))
+    unit_radius = np.sqrt(rng.random(n))
+    radius = spec.r_pos_m / grid.resolution * unit_radius
+    theta = rng.uniform(0, 2 * np.pi, n)
+    angles = rng.uniform(0, 2 * np.pi, (2, n))
+    # every draw happens here, in a fixed order, so the batch does not depend on how it is computed
+    channels = reader.channels
+    aug_a, aug_p = _augment_draws(rng, n, channels, spec), _augment_draws(rng, n, channels, spec)
+    if spec.r_context_m is not None:
+        wide = rng.random(n) < spec.context_share
+        radius[wide] = spec.r_context_m / grid.resolution * unit_radius[wide]
+
+    def anchors() -> np.ndarray:
+        crops, _ = reader.crops_px(cols + shift[0], rows + shift[1], spec.crop_px, angles[0])
+        return _apply_augment(crops, *aug_a)
+
+    def positives() -> np.ndarray:
+        pc, pr = cols + radius * np.cos(theta), rows + radius * np.sin(theta)
+        crops, _ = reader.crops_px(pc, pr, spec.crop_px, angles[1])
+        return _apply_augment(crops, *aug_p)
+
+    pool = _helper_thread()
+    if pool is None:
+        a, p = anchors(), positives()
+    else:
+        future = pool.submit(positives)
+        a, p = anchors(), future.result()
+    return a, p
+
+
 class TripletBatches(torch.utils.data.IterableDataset):
     """``steps`` seeded batches of (anchors, positives) for one epoch."""
 
@@ -149,41 +187,13 @@ class TripletBatches(torch.utils.data.IterableDataset):
             )
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        spec, grid = self.spec, self.reader.grid
+        spec = self.spec
         rng = np.random.default_rng([self.seed, self.epoch, step])
         if self.order is None:
             idx = rng.choice(len(self.xy), size=spec.batch_size, replace=False)
         else:
             idx = self.order[step * spec.batch_size : (step + 1) * spec.batch_size]
-        n = len(idx)
-        cols, rows = grid.xy_to_pixel(self.xy[idx, 0], self.xy[idx, 1])
-        shift = rng.uniform(-spec.max_shift_px, spec.max_shift_px, (2, n))
-        unit_radius = np.sqrt(rng.random(n))
-        radius = spec.r_pos_m / grid.resolution * unit_radius
-        theta = rng.uniform(0, 2 * np.pi, n)
-        angles = rng.uniform(0, 2 * np.pi, (2, n))
-        # every draw happens here, in a fixed order, so the batch does not depend on how it is computed
-        channels = self.reader.channels
-        aug_a, aug_p = _augment_draws(rng, n, channels, spec), _augment_draws(rng, n, channels, spec)
-        if spec.r_context_m is not None:
-            wide = rng.random(n) < spec.context_share
-            radius[wide] = spec.r_context_m / grid.resolution * unit_radius[wide]
-
-        def anchors() -> np.ndarray:
-            crops, _ = self.reader.crops_px(cols + shift[0], rows + shift[1], spec.crop_px, angles[0])
-            return _apply_augment(crops, *aug_a)
-
-        def positives() -> np.ndarray:
-            pc, pr = cols + radius * np.cos(theta), rows + radius * np.sin(theta)
-            crops, _ = self.reader.crops_px(pc, pr, spec.crop_px, angles[1])
-            return _apply_augment(crops, *aug_p)
-
-        pool = _helper_thread()
-        if pool is None:
-            a, p = anchors(), positives()
-        else:
-            future = pool.submit(positives)
-            a, p = anchors(), future.result()
+        a, p = cut_pairs(self.reader, self.xy[idx], spec, rng)
         return a, p, self.xy[idx].astype(np.float32)
 
     def __iter__(self):

@@ -101,12 +101,52 @@ def train(
 ) -> TrainResult:
     """Train an encoder; resume from ``checkpoint_dir/last.pt`` when it holds this config's run
     (``on_resume`` is called with the first epoch still to train)."""
-    rank, world = _rank_world()
     if len(val_xy) < 2:
         raise ConfigError("need validation anchors for early stopping; got fewer than 2")
     spec = config.triplet_spec()
+    val_set = fixed_triplets(
+        reader, val_xy, spec, config.val_triplets, config.seed, pool_xy=np.concatenate([val_xy, train_xy])
+    )
+
+    def batches(epoch: int, rank: int, world: int) -> torch.utils.data.IterableDataset:
+        return TripletBatches(
+            reader, train_xy, spec, config.seed, epoch, config.steps_per_epoch, rank=rank, world=world
+        )
+
+    return fit(
+        config,
+        reader.channels,
+        batches,
+        val_set,
+        anchors_digest(train_xy, val_xy),
+        device,
+        checkpoint_dir,
+        on_epoch=on_epoch,
+        crash_after_epoch=crash_after_epoch,
+        on_resume=on_resume,
+    )
+
+
+EpochBatches = Callable[[int, int, int], torch.utils.data.IterableDataset]  # (epoch, rank, world) -> the batches
+
+
+def fit(
+    config: TrainConfig,
+    channels: int,
+    batches: EpochBatches,
+    val_set: tuple[np.ndarray, np.ndarray, np.ndarray],
+    data_digest: str,
+    device: DeviceSpec,
+    checkpoint_dir: str | Path,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    crash_after_epoch: int | None = None,
+    on_resume: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """The loop under ``train``: ``batches(epoch, rank, world)`` yields (anchors, positives, locations) batches,
+    ``val_set`` holds the fixed validation triplets and ``data_digest`` names the data a checkpoint may resume on."""
+    rank, world = _rank_world()
     torch.manual_seed(config.seed)
-    model = build_encoder(config.encoder, config.embedding_dim, reader.channels, config.weights_path)
+    model = build_encoder(config.encoder, config.embedding_dim, channels, config.weights_path)
     model = model.to(device.device)
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -124,17 +164,12 @@ def train(
     )
     scaler = device.grad_scaler()
     objective = TripletObjective(config.loss, config.margin, config.mining, config.temperature)
-    val_set = fixed_triplets(
-        reader, val_xy, spec, config.val_triplets, config.seed, pool_xy=np.concatenate([val_xy, train_xy])
-    )
-
     ckpt_dir = Path(checkpoint_dir)
     last_path = ckpt_dir / "last.pt"
     history: list[EpochMetrics] = []
     best_val, best_epoch, bad_epochs, start_epoch = float("inf"), -1, 0, 0
     best_state = None
     resumed_from = None
-    data_digest = anchors_digest(train_xy, val_xy)
     state = load_checkpoint(last_path)
     if state is not None:
         if state["config_digest"] != config.digest():
@@ -160,9 +195,7 @@ def train(
     labels_of = torch.arange(config.batch_size).repeat(2).to(device.device)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        data = TripletBatches(
-            reader, train_xy, spec, config.seed, epoch, config.steps_per_epoch, rank=rank, world=world
-        )
+        data = batches(epoch, rank, world)
         loader = torch.utils.data.DataLoader(
             data, batch_size=None, num_workers=config.num_workers, pin_memory=device.pin_memory
         )

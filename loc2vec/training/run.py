@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from loc2vec.models.encoders import load_encoder, save_encoder
 from loc2vec.preview import composite, png_bytes
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import DeviceSpec
-from loc2vec.training.loop import EpochMetrics, train
+from loc2vec.training.loop import EpochMetrics, TrainResult, train
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class ModelManifest:
     best_epoch: int
     history: list[dict]
     representation_dim: int | None = None  # None in manifests stored before it was recorded
+    # a model trained on several regions: one record per region (name, weight, mosaic/features/OSM versions,
+    # split); the single mosaic and samples fields above then join the regions' values with "+"
+    regions: list[dict] | None = None
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.config)
@@ -153,8 +157,6 @@ def train_and_register(
     ``lineage_tags`` go on the run and the version (``region``, ``osm_bbox``, ``dagster_run_id``,
     ``dagster_run_url``, ``git_commit``, ...) and into the version's description.
     """
-    import mlflow
-
     check_split_fits(config, samples)
     experiment_id = tracking.setup(tracking_uri, experiment, artifact_root=str(Path(out_dir).parent / "mlruns"))
     reader = open_reader(mosaic_path, config.reader_config())
@@ -166,79 +168,146 @@ def train_and_register(
         "osm_sha256": osm_sha256,
         "samples_version": Path(samples.path).stem,
     }
-    region = tags.get("region", Path(mosaic_path).name)
-    run_tags = {**tags, **tracking.run_owner_tags(), tracking.NOTE: run_note(config, region, tags)}
-    with (
-        tracking.using(tracking_uri),
-        mlflow.start_run(experiment_id=experiment_id, run_name=run_name(config, region), tags=run_tags) as run,
-    ):
-        mlflow.log_params({**config.to_dict(), "device": device.describe(), "loc2vec_version": __version__})
-        mlflow.log_params(device.reproducibility())
-        mlflow.log_params({"n_train_anchors": len(train_xy), "n_val_anchors": len(val_xy)})
-        tracking.log_json(config.to_dict(), "config.json")
-        mlflow.log_text(schema_json, "channel_schema.json")
-        mlflow.log_image(_decode(triplet_picture(reader, train_xy, config).png), "sample_triplets.png")
-        started = time.perf_counter()
-
-        def on_epoch(m: EpochMetrics) -> None:
-            mlflow.log_metrics({k: v for k, v in asdict(m).items() if k != "epoch"}, step=m.epoch)
-            log(
-                f"epoch {m.epoch}: train {m.train_loss:.4f} val {m.val_loss:.4f} "
-                f"acc {m.val_triplet_accuracy:.3f} {m.samples_per_s:.0f} samples/s"
-            )
-            if progress is not None:
-                progress(m.epoch + 1, config.epochs)
-
-        def on_resume(epoch: int) -> None:
-            log(f"resuming from the checkpoint in {out / 'checkpoints'}: epochs 0-{epoch - 1} are not trained again")
-            mlflow.set_tag("resumed_from_epoch", str(epoch))
-
-        if progress is not None:
-            progress(0, config.epochs)
-        result = train(
+    run = LoggedTraining(
+        config=config,
+        tags=tags,
+        region=tags.get("region", Path(mosaic_path).name),
+        reader=reader,
+        n_train=len(train_xy),
+        n_val=len(val_xy),
+        pictures={"sample_triplets.png": lambda: triplet_picture(reader, train_xy, config).png},
+    )
+    result, version, uri, run_id = run.execute(
+        lambda on_epoch, on_resume: train(
             config, reader, train_xy, val_xy, device, out / "checkpoints", on_epoch=on_epoch, on_resume=on_resume
-        )
-        for m in result.history[: result.resumed_from_epoch or 0]:  # epochs trained before the crash
-            mlflow.log_metrics({k: v for k, v in asdict(m).items() if k != "epoch"}, step=m.epoch)
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": time.perf_counter() - started})
-        mlflow.log_param("representation_dim", result.model.representation_dim)
-        weights = out / "model.pt"
-        save_encoder(result.model, weights)
-        io = model_card.EmbeddingIO(
-            crop_px=config.crop_px,
-            m_per_px=float(reader.grid.resolution),
-            channel_names=tuple(reader.channel_names),
-            output_dim=result.model.representation_dim,
-            encoder=config.encoder,
-            projection_dim=config.embedding_dim,
-        )
-        essentials = training_summary(config, device, len(train_xy), len(val_xy))
-        best = next((h for h in result.history if h.epoch == result.best_epoch), None)
-        if best is not None:
-            essentials["best epoch (val triplet acc)"] = f"{best.epoch} ({best.val_triplet_accuracy:.3f})"
-        description = model_card.version_description(io, tags, essentials, tags.get("dagster_run_url"))
-        version, uri = tracking.register_place_embedding(
-            result.model, model_name, tags, io, description, weights, tracking_uri
-        )
-        registered = f"Registered as `{model_name}` version {version}: the {io.output_dim}-d place embedding."
-        mlflow.set_tag(tracking.NOTE, run_note(config, region, tags, registered))
-        return ModelManifest(
-            weights_path=str(weights),
-            config=config.to_dict(),
-            model_name=model_name,
-            model_version=version,
-            model_uri=uri,
-            run_id=run.info.run_id,
-            tracking_uri=tracking_uri,
-            experiment_id=experiment_id,
-            mosaic_path=mosaic_path,
-            mosaic_version=mosaic_version,
-            samples_path=samples.path,
-            osm_sha256=osm_sha256,
-            best_epoch=result.best_epoch,
-            history=[asdict(h) for h in result.history],
-            representation_dim=result.model.representation_dim,
-        )
+        ),
+        schema_json,
+        device,
+        out,
+        tracking_uri,
+        experiment_id,
+        model_name,
+        log,
+        progress,
+    )
+    return ModelManifest(
+        weights_path=str(out / "model.pt"),
+        config=config.to_dict(),
+        model_name=model_name,
+        model_version=version,
+        model_uri=uri,
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        experiment_id=experiment_id,
+        mosaic_path=mosaic_path,
+        mosaic_version=mosaic_version,
+        samples_path=samples.path,
+        osm_sha256=osm_sha256,
+        best_epoch=result.best_epoch,
+        history=[asdict(h) for h in result.history],
+        representation_dim=result.model.representation_dim,
+    )
+
+
+Fit = Callable[[Callable[[EpochMetrics], None], Callable[[int], None]], TrainResult]  # (on_epoch, on_resume) -> result
+
+
+@dataclass
+class LoggedTraining:
+    """One training run in MLflow: params, artifacts, per-epoch metrics, the registered place embedding.
+
+    ``pictures`` are artifact names and functions making their PNG; ``extra_json`` more JSON artifacts;
+    ``sections`` more ``## heading`` sections of the version's description (heading, body)."""
+
+    config: TrainConfig
+    tags: dict[str, str]
+    region: str
+    reader: CropGeometry
+    n_train: int
+    n_val: int
+    pictures: dict[str, Callable[[], bytes]]
+    extra_json: dict[str, object] = field(default_factory=dict)
+    sections: list[tuple[str, str]] = field(default_factory=list)
+
+    def execute(
+        self,
+        fit: Fit,
+        schema_json: str,
+        device: DeviceSpec,
+        out: Path,
+        tracking_uri: str,
+        experiment_id: str,
+        model_name: str,
+        log=print,
+        progress=None,
+    ) -> tuple[TrainResult, str, str, str]:
+        """Train with ``fit`` inside a new MLflow run and register the result: (result, version, model URI, run id)."""
+        import mlflow
+
+        config, tags, region = self.config, self.tags, self.region
+        run_tags = {**tags, **tracking.run_owner_tags(), tracking.NOTE: run_note(config, region, tags)}
+        with (
+            tracking.using(tracking_uri),
+            mlflow.start_run(experiment_id=experiment_id, run_name=run_name(config, region), tags=run_tags) as run,
+        ):
+            mlflow.log_params({**config.to_dict(), "device": device.describe(), "loc2vec_version": __version__})
+            mlflow.log_params(device.reproducibility())
+            mlflow.log_params({"n_train_anchors": self.n_train, "n_val_anchors": self.n_val})
+            tracking.log_json(config.to_dict(), "config.json")
+            mlflow.log_text(schema_json, "channel_schema.json")
+            for name, document in self.extra_json.items():
+                tracking.log_json(document, name)
+            for name, picture in self.pictures.items():
+                mlflow.log_image(_decode(picture()), name)
+            started = time.perf_counter()
+
+            def on_epoch(m: EpochMetrics) -> None:
+                mlflow.log_metrics({k: v for k, v in asdict(m).items() if k != "epoch"}, step=m.epoch)
+                log(
+                    f"epoch {m.epoch}: train {m.train_loss:.4f} val {m.val_loss:.4f} "
+                    f"acc {m.val_triplet_accuracy:.3f} {m.samples_per_s:.0f} samples/s"
+                )
+                if progress is not None:
+                    progress(m.epoch + 1, config.epochs)
+
+            def on_resume(epoch: int) -> None:
+                log(
+                    f"resuming from the checkpoint in {out / 'checkpoints'}: epochs 0-{epoch - 1} are not trained again"
+                )
+                mlflow.set_tag("resumed_from_epoch", str(epoch))
+
+            if progress is not None:
+                progress(0, config.epochs)
+            result = fit(on_epoch, on_resume)
+            for m in result.history[: result.resumed_from_epoch or 0]:  # epochs trained before the crash
+                mlflow.log_metrics({k: v for k, v in asdict(m).items() if k != "epoch"}, step=m.epoch)
+            mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": time.perf_counter() - started})
+            mlflow.log_param("representation_dim", result.model.representation_dim)
+            weights = out / "model.pt"
+            save_encoder(result.model, weights)
+            io = model_card.EmbeddingIO(
+                crop_px=config.crop_px,
+                m_per_px=float(self.reader.grid.resolution),
+                channel_names=tuple(self.reader.channel_names),
+                output_dim=result.model.representation_dim,
+                encoder=config.encoder,
+                projection_dim=config.embedding_dim,
+            )
+            essentials = training_summary(config, device, self.n_train, self.n_val)
+            best = next((h for h in result.history if h.epoch == result.best_epoch), None)
+            if best is not None:
+                essentials["best epoch (val triplet acc)"] = f"{best.epoch} ({best.val_triplet_accuracy:.3f})"
+            description = model_card.version_description(io, tags, essentials, tags.get("dagster_run_url"))
+            for heading, body in self.sections:  # before the evaluation's section
+                description = description.replace(
+                    f"\n\n{model_card.EVALUATION}", f"\n\n{heading}\n\n{body}\n\n{model_card.EVALUATION}", 1
+                )
+            version, uri = tracking.register_place_embedding(
+                result.model, model_name, tags, io, description, weights, tracking_uri
+            )
+            registered = f"Registered as `{model_name}` version {version}: the {io.output_dim}-d place embedding."
+            mlflow.set_tag(tracking.NOTE, run_note(config, region, tags, registered))
+            return result, version, uri, run.info.run_id
 
 
 def _decode(png: bytes):
