@@ -200,11 +200,12 @@ def _mosaic_of_features(
 )
 def raster_mosaic(
     context: dg.AssetExecutionContext,
-    raster_blocks: dict[str, MosaicManifest],
+    raster_blocks,  # {block: manifest}; the manifest itself when the region is one block (Dagster's IO manager)
     renderer: MapnikRenderer,
     storage: ProjectStorage,
 ):
-    first = _mosaic_of_features(context, raster_blocks, renderer, storage)
+    blocks = raster_blocks if isinstance(raster_blocks, dict) else {block_keys(BLOCKS_PER_SIDE)[0]: raster_blocks}
+    first = _mosaic_of_features(context, blocks, renderer, storage)
     store = open_mosaic(first.path)
     report = inspect_mosaic(store)
     if not report.complete:  # recorded, and the blocking "complete" check below keeps it from downstream

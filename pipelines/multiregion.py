@@ -80,9 +80,7 @@ def prepare_region(
 
             replication = source_url(replication)
         out = Path(data_dir)
-        defs = _with_block_dicts(
-            _definitions(str(Path(args.pbf).resolve()), args.bbox, out, 1, replication, args.replication_start)
-        )
+        defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, 1, replication, args.replication_start)
         config = {"main_job": _split_config(crop_px)}
         preflight(defs, config)
         out.mkdir(parents=True, exist_ok=True)
@@ -117,31 +115,6 @@ def _split_config(crop_px: int | None):
     from assets.training import SamplesConfig
 
     return dg.RunConfig(ops={} if crop_px is None else {"sample_locations": SamplesConfig(crop_px=crop_px)})
-
-
-def _with_block_dicts(defs):
-    """``defs`` whose IO manager hands a single upstream partition to an input typed ``dict`` as a dict.
-
-    Dagster's file IO manager loads one partition as the bare value, so ``raster_mosaic`` (input
-    ``dict[str, MosaicManifest]``) fails on a region of one render block (``helsinki-centre``,
-    ``kotka-karhula``); with several blocks nothing changes. Harmless once the asset accepts both."""
-    import typing
-
-    import dagster as dg
-    from dagster._core.storage.fs_io_manager import PickledObjectFilesystemIOManager
-    from dagster_shared.record import copy
-
-    class BlockDictsIOManager(PickledObjectFilesystemIOManager):
-        def load_input(self, context: dg.InputContext):
-            value = super().load_input(context)
-            typed = typing.get_origin(context.dagster_type.typing_type) is dict
-            if typed and context.has_asset_partitions and len(context.asset_partition_keys) == 1:
-                return value if isinstance(value, dict) else {context.asset_partition_keys[0]: value}
-            return value
-
-    base_dir = defs.resources["io_manager"].base_dir
-    manager = dg.IOManagerDefinition.hardcoded_io_manager(BlockDictsIOManager(base_dir=base_dir))
-    return copy(defs, resources={**defs.resources, "io_manager": manager})
 
 
 def prepare_group(
