@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 16): a region far larger than memory, from import to training through the chunk cache.
+"""Scale benchmark: a region far larger than memory, from import to training through the chunk cache.
 
 Run ``python -m benchmarks.scale_bench`` (``--tiles 121``: the 206 MiB file of 121 Monaco copies from
 ``benchmarks/tiled_pbf.py``, built and cached under ``var/bench/`` or ``$LOC2VEC_BENCH_DIR``; ``--tiles``

@@ -9,7 +9,7 @@ insufficient when
 - a class-based metric has fewer than ``MIN_CLASSES`` (2) classes with ``MIN_PER_CLASS`` test examples
   each (for the probes also train examples): it cannot measure telling classes apart;
 - ``landuse_recall_at_10`` (not class-balanced): one class holds more than ``MAX_MAJORITY`` (80 %) of the
-  labelled test locations, so any embedder that finds that class scores high (the rural case of issue 17,
+  labelled test locations, so any embedder that finds that class scores high (the rural case in docs/evaluation.md,
   where the model, the untrained encoder and channel_stats all scored 0.94).
 
 The flags depend on the points only, never on an embedder: every column of a row shares them.
