@@ -2,16 +2,16 @@
 the baselines computed on R.
 
 For each region R of ``--regions``: ``loc2vec train-regions`` on the others (their splits, weights from the
-catalog), then ``loc2vec evaluate --points-out`` on R (R's default protocol: its own split and test blocks),
-the model embeds those points from R's mosaic, and ``loc2vec evaluate --embeddings`` scores them with the
-model's training config (radii, crop, untrained-baseline seed). The training runs share ``OUT/regions/NAME``
-(each region prepared once) and ``OUT``'s MLflow store; ``evaluate`` builds R's protocol in ``OUT/evaluate/R``
-at its defaults (as for any extract). Prints a table and writes ``OUT/transfer.json``. Not part of the test suite:
+catalog), then ``loc2vec evaluate --points-out`` on R (R's protocol: its own split and test blocks, for the
+model's crop size and radii), the model embeds those points from R's mosaic, and ``loc2vec evaluate
+--embeddings`` scores them with the same training config (radii, crop, untrained-baseline seed). The training
+runs share ``OUT/regions/NAME`` (each region prepared once) and ``OUT``'s MLflow store; ``evaluate`` builds
+R's protocol in ``OUT/evaluate/R``. Prints a table and writes ``OUT/transfer.json``. Not part of the test suite:
 
     .venv/bin/python benchmarks/transfer.py --regions helsinki-centre,kotka-karhula,monaco --out /tmp/transfer \\
         [--epochs 4] [--seed 0] [--crop-px 64]
 
-A region whose default protocol cannot be built (too small for its leak buffer) is trained on, not scored.
+A region whose protocol cannot be built (too small for its leak buffer) is trained on, not scored.
 """
 
 from __future__ import annotations
@@ -106,13 +106,14 @@ def main() -> int:
         )
         work = out / "evaluate" / held_out  # R's protocol as `loc2vec evaluate` builds it (its own import and render)
         points = out / f"points-{held_out}.parquet"
-        if cli("evaluate", *where, "--points-out", str(points), "--work", str(work)).returncode:
+        # the points of the protocol the scoring below builds: the model's config (crop size, radii)
+        protocol = ["--work", str(work), "--train-config", str(config)]
+        if cli("evaluate", *where, "--points-out", str(points), *protocol).returncode:
             results[held_out] = {"trained_on": others, "scored": False, "model_version": model["model_version"]}
             continue
         embedded = embed_points(model_json, points, work / "mosaic" / "CURRENT", out / f"embedded-{held_out}.parquet")
         scored = out / f"eval-{held_out}"
-        args_eval = ["evaluate", *where, "--embeddings", str(embedded), "--out", str(scored), "--work", str(work)]
-        if cli(*args_eval, "--train-config", str(config)).returncode:
+        if cli("evaluate", *where, "--embeddings", str(embedded), "--out", str(scored), *protocol).returncode:
             return 1
         document = json.loads((scored / "evaluation.json").read_text())
         results[held_out] = {
