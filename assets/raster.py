@@ -9,11 +9,11 @@ sharing every unit whose input did not change, and render their own changed unit
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 
 from assets.metadata import markdown_table, osm_time_tags
 from assets.progress import progress_extra
@@ -32,9 +32,9 @@ from loc2vec.preview import (
 )
 from loc2vec.render.incremental import start_version
 from loc2vec.render.inputs import render_inputs as unit_render_inputs
-from loc2vec.render.mosaic import MosaicManifest, plan_grid, render_mosaic
+from loc2vec.render.mosaic import MosaicManifest, MosaicSpec, plan_grid, render_mosaic
 from loc2vec.render.styles import style_hash
-from loc2vec.store.mosaic import inspect_mosaic, open_mosaic
+from loc2vec.store.mosaic import MosaicReport, inspect_mosaic, open_mosaic
 from resources import MapnikRenderer, ProjectStorage
 
 # Spatial blocks per side of the region: read once, here, where the partitions are defined
@@ -50,22 +50,34 @@ def report_render_inputs(
 ) -> dict[str, str]:
     """Observe ``render_inputs``: each block's digest of what it draws from ``features`` (its data version)
     and where the features' manifest is. Returns the digests by block."""
-    spec = renderer.spec(blocks_per_side=BLOCKS_PER_SIDE)
+    return observe_block_inputs(context, features, renderer.spec(blocks_per_side=BLOCKS_PER_SIDE), RENDER_INPUTS)
+
+
+def observe_block_inputs(
+    context: dg.AssetExecutionContext,
+    features: FeaturesManifest,
+    spec: MosaicSpec,
+    asset_key: dg.AssetKey,
+    partition_of: Callable[[str], str] = lambda block: block,
+) -> dict[str, str]:
+    """Log an observation of ``asset_key`` per spatial block of ``spec``, in the partition
+    ``partition_of(block)``: the digest of the feature rows the block's units draw as its data version, and
+    where ``features``' manifest is. Returns the digests by block."""
     grid = plan_grid(features, spec)
     schema = features.schema()
     inputs = unit_render_inputs(features, grid, style_hash(schema, grid.resolution, f"epsg:{grid.crs_epsg}"))
     manifest_path = features.save()
-    digests = inputs.block_digests(BLOCKS_PER_SIDE)
+    digests = inputs.block_digests(spec.blocks_per_side)
     for block, digest in digests.items():
         context.log_event(
             dg.AssetObservation(
-                asset_key=RENDER_INPUTS,
-                partition=block,
+                asset_key=asset_key,
+                partition=partition_of(block),
                 tags={DATA_VERSION_TAG: digest},
                 metadata={
                     "features_manifest": dg.MetadataValue.path(str(manifest_path)),
                     "features_version": features.version,
-                    "units": len(grid.units_of_block(block, BLOCKS_PER_SIDE)),
+                    "units": len(grid.units_of_block(block, spec.blocks_per_side)),
                     **osm_time_tags(features),
                 },
             )
@@ -96,12 +108,22 @@ def render_inputs(context: dg.AssetExecutionContext, renderer: MapnikRenderer, s
 
 def _features_of_block(context: dg.AssetExecutionContext, block: str) -> FeaturesManifest:
     """The feature layers the block's latest ``render_inputs`` observation names."""
+    return observed_features(context, RENDER_INPUTS, block, "osm_features")
+
+
+def observed_features(
+    context: dg.AssetExecutionContext, asset_key: dg.AssetKey, partition: str, producer: str
+) -> FeaturesManifest:
+    """The feature layers the latest observation of ``asset_key``'s ``partition`` names (``producer``: the
+    asset that observes it, named in the error when it has not yet)."""
     records = context.instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=RENDER_INPUTS, asset_partitions=[block]), limit=1
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
     ).records
     observation = records[0].asset_observation if records else None
     if observation is None or "features_manifest" not in observation.metadata:
-        raise dg.Failure(f"render_inputs of {block} has not been observed: materialize osm_features first")
+        raise dg.Failure(
+            f"{asset_key.to_user_string()} of {partition} has not been observed: materialize {producer} first"
+        )
     return FeaturesManifest.load(observation.metadata["features_manifest"].value)
 
 
@@ -206,40 +228,8 @@ def raster_mosaic(
 ):
     blocks = raster_blocks if isinstance(raster_blocks, dict) else {block_keys(BLOCKS_PER_SIDE)[0]: raster_blocks}
     first = _mosaic_of_features(context, blocks, renderer, storage)
-    store = open_mosaic(first.path)
-    report = inspect_mosaic(store)
-    if not report.complete:  # recorded, and the blocking "complete" check below keeps it from downstream
-        context.log.error(f"mosaic {first.path} is missing units {report.missing_units[:10]}: render every block")
-    names = first.channel_names
-    inside = region_inside(store.grid, overview_step(store.grid, 1024))
-    picture = composite(overview(store, 1024), names, inside=inside)  # light land, blue water and sea
-    overview_path = storage.path("mosaic", f"{first.version}_overview.png")
-    overview_path.write_bytes(png_bytes(picture))
-    panel = channel_panel(busiest_crops(store.path), names)
-    grid = first.mosaic_grid
-    coverage = markdown_table(["channel", "share of pixels > 0"], [(n, report.coverage[n]) for n in names])
-    if report.complete:
-        write_atomic(storage.path("mosaic", CURRENT), lambda tmp: tmp.write_text(str(first.path)))
-    pruned = storage.prune("mosaic", first.path)
-    yield dg.Output(
-        first,
-        data_version=dg.DataVersion(first.version),
-        metadata={
-            "coverage": coverage,
-            "size_px": f"{grid.width} x {grid.height} x {len(names)}",
-            "resolution_m": grid.resolution,
-            "crs": f"EPSG:{grid.crs_epsg}",
-            "chunks_written": report.chunks_written,
-            "chunks_total": report.chunks_total,
-            "mosaic_version": first.version,
-            **osm_time_tags(first),
-            "store": dg.MetadataValue.path(first.path),
-            "preview": dg.MetadataValue.md(markdown_image(png_bytes(panel), "12 channels at 4 locations")),
-            "region": dg.MetadataValue.md(markdown_image(png_bytes(picture), "region composite")),
-            "overview_png": dg.MetadataValue.path(str(overview_path)),
-            "pruned_old_versions": len(pruned),
-        },
-    )
+    report, metadata = publish_mosaic(context, first, storage)
+    yield dg.Output(first, data_version=dg.DataVersion(first.version), metadata=metadata)
     yield dg.AssetCheckResult(
         check_name="complete",
         passed=report.complete,
@@ -249,15 +239,57 @@ def raster_mosaic(
             "chunks_written": report.chunks_written,
         },
     )
-    in_range = store.mosaic.dtype == np.uint8 and report.max_value > 0 and report.min_value >= 0
     yield dg.AssetCheckResult(
         check_name="values_in_range",
-        passed=bool(in_range),
-        metadata={"min": report.min_value, "max": report.max_value, "dtype": str(store.mosaic.dtype)},
+        passed=values_in_range(report),
+        metadata={"min": report.min_value, "max": report.max_value, "dtype": report.dtype},
     )
     yield dg.AssetCheckResult(
         check_name="channel_coverage",
         passed=not report.empty_channels,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"empty_channels": ", ".join(report.empty_channels) or "none", "coverage": coverage},
+        metadata={"empty_channels": ", ".join(report.empty_channels) or "none", "coverage": metadata["coverage"]},
     )
+
+
+def values_in_range(report: MosaicReport) -> bool:
+    """uint8 values, not all blank."""
+    return bool(report.dtype == "uint8" and report.max_value > 0 and report.min_value >= 0)
+
+
+def publish_mosaic(
+    context: dg.AssetExecutionContext, manifest: MosaicManifest, storage: ProjectStorage
+) -> tuple[MosaicReport, dict]:
+    """Inspect the mosaic version ``manifest`` names, write its previews, make it ``mosaic/CURRENT`` when it is
+    complete and prune older versions; returns the inspection and the materialization's metadata."""
+    store = open_mosaic(manifest.path)
+    report = inspect_mosaic(store)
+    if not report.complete:  # recorded, and the blocking "complete" check keeps it from downstream
+        context.log.error(f"mosaic {manifest.path} is missing units {report.missing_units[:10]}: render every block")
+    names = manifest.channel_names
+    inside = region_inside(store.grid, overview_step(store.grid, 1024))
+    picture = composite(overview(store, 1024), names, inside=inside)  # light land, blue water and sea
+    overview_path = storage.path("mosaic", f"{manifest.version}_overview.png")
+    overview_path.write_bytes(png_bytes(picture))
+    panel = channel_panel(busiest_crops(store.path), names)
+    grid = manifest.mosaic_grid
+    coverage = markdown_table(["channel", "share of pixels > 0"], [(n, report.coverage[n]) for n in names])
+    if report.complete:
+        write_atomic(storage.path("mosaic", CURRENT), lambda tmp: tmp.write_text(str(manifest.path)))
+    pruned = storage.prune("mosaic", manifest.path)
+    metadata = {
+        "coverage": coverage,
+        "size_px": f"{grid.width} x {grid.height} x {len(names)}",
+        "resolution_m": grid.resolution,
+        "crs": f"EPSG:{grid.crs_epsg}",
+        "chunks_written": report.chunks_written,
+        "chunks_total": report.chunks_total,
+        "mosaic_version": manifest.version,
+        **osm_time_tags(manifest),
+        "store": dg.MetadataValue.path(manifest.path),
+        "preview": dg.MetadataValue.md(markdown_image(png_bytes(panel), "12 channels at 4 locations")),
+        "region": dg.MetadataValue.md(markdown_image(png_bytes(picture), "region composite")),
+        "overview_png": dg.MetadataValue.path(str(overview_path)),
+        "pruned_old_versions": len(pruned),
+    }
+    return report, metadata

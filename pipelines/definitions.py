@@ -8,16 +8,24 @@ configure_process()  # the code location is the entry point of every Dagster pro
 
 import dagster as dg  # noqa: E402
 
-from assets import evaluation, osm, raster, training  # noqa: E402
+from assets import evaluation, osm, raster, regions, training  # noqa: E402
 from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job  # noqa: E402
 from pipelines.loggers import file_logger, progress_logger  # noqa: E402
 from pipelines.sensors import (  # noqa: E402
     nightly_osm_refresh,
     osm_follow_automation,
     osm_update_sensor,
+    region_catalog_sensor,
     retrain_when_region_changed,
 )
-from resources import MapnikRenderer, MlflowTracking, OsmSource, ProjectStorage, TorchDevice  # noqa: E402
+from resources import (  # noqa: E402
+    MapnikRenderer,
+    MlflowTracking,
+    OsmSource,
+    ProjectStorage,
+    RegionCatalog,
+    TorchDevice,
+)
 
 
 def build_definitions(
@@ -26,6 +34,7 @@ def build_definitions(
     renderer: MapnikRenderer | None = None,
     device: TorchDevice | None = None,
     mlflow_tracking: MlflowTracking | None = None,
+    catalog: RegionCatalog | None = None,
 ) -> dg.Definitions:
     """Definitions with the given resources; the defaults are chosen here, from the environment (README,
     "Configuration"): ``dg.EnvVar`` where a variable is set, so the UI shows the variable, not its value."""
@@ -43,6 +52,7 @@ def build_definitions(
             evaluation.evaluation,
             evaluation.similarity_index,
             evaluation.maps,
+            *regions.REGION_ASSETS,
         ],
         asset_checks=[
             osm.osm_features_channels_covered,
@@ -52,7 +62,7 @@ def build_definitions(
             evaluation.maps_pages_written,
         ],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
-        sensors=[osm_update_sensor, osm_follow_automation, retrain_when_region_changed],
+        sensors=[osm_update_sensor, osm_follow_automation, retrain_when_region_changed, region_catalog_sensor],
         schedules=[nightly_osm_refresh],
         loggers={"console": dg.colored_console_logger, "file": file_logger, "progress": progress_logger},
         resources={
@@ -61,6 +71,7 @@ def build_definitions(
             "renderer": renderer or MapnikRenderer.from_env(),
             "device": device or TorchDevice(),
             "mlflow_tracking": mlflow_tracking or MlflowTracking.from_env(),
+            "catalog": catalog or RegionCatalog(),
             # a path only: nothing is created until a run writes (a refused run leaves no directory behind)
             "io_manager": dg.FilesystemIOManager(base_dir=str(Path(storage.data_dir) / "dagster_storage")),
         },

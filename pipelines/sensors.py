@@ -8,15 +8,18 @@ version of the source flows through import, rendering, embeddings, index, maps a
 follows its retraining policy (``assets.training.RETRAIN_POLICY`` and ``retrain_when_region_changed``).
 """
 
+import json
 import os
 
 import dagster as dg
 from dagster._core.definitions.data_version import extract_data_version_from_entry
 
+from assets.regions import region_block_partitions, regions_partitions
 from loc2vec.osm.files import file_sha256
 from loc2vec.osm.replication import ReplicationError, changed_share, extract_state, source_state
+from loc2vec.regions import Catalog
 from pipelines.jobs import observe_osm_job
-from resources import OsmSource, ProjectStorage
+from resources import OsmSource, ProjectStorage, RegionCatalog
 
 # how often the sensor looks at the source (seconds; $LOC2VEC_OSM_CHECK_SECONDS, read when the code loads)
 CHECK_SECONDS = max(30, int(os.environ.get("LOC2VEC_OSM_CHECK_SECONDS", "600")))
@@ -124,3 +127,58 @@ nightly_osm_refresh = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Observes osm_source every night; a changed hash triggers the eager assets downstream.",
 )
+
+
+@dg.sensor(
+    asset_selection=dg.AssetSelection.keys("region_features"),
+    minimum_interval_seconds=CHECK_SECONDS,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Follows the region catalog (LOC2VEC_CATALOG): adds each region's partitions (regions, "
+    "region_blocks) and imports a region when it is new or its extract's content changed; rendering and "
+    "embedding follow by automation. A region with a fault is named in the tick's log and not imported.",
+)
+def region_catalog_sensor(context: dg.SensorEvaluationContext, catalog: RegionCatalog):
+    return follow_catalog(context, catalog.load())
+
+
+def follow_catalog(context: dg.SensorEvaluationContext, found: Catalog) -> dg.SensorResult:
+    """The partitions ``found`` adds and the imports it needs: a region whose extract hash differs from the
+    one the cursor recorded (the first tick records the hashes of regions already imported, so turning the
+    sensor on after an import launches nothing until an extract changes)."""
+    seen = json.loads(context.cursor) if context.cursor else {}
+    known_regions = set(context.instance.get_dynamic_partitions(regions_partitions.name))
+    known_blocks = set(context.instance.get_dynamic_partitions(region_block_partitions.name))
+    new_regions = [name for name in found.names() if name not in known_regions]
+    new_blocks = [key for key in found.partition_keys() if key not in known_blocks]
+    for fault in found.check():
+        context.log.warning(f"not imported: {fault}")
+    requests, hashes = [], {}
+    for entry in found.usable():
+        digest = hashes[entry.name] = file_sha256(entry.region.extract)
+        before = seen.get(entry.name) or _imported_hash(context.instance, entry.name)
+        if digest != before:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{entry.name}-{digest[:16]}",
+                    partition_key=entry.name,
+                    asset_selection=[dg.AssetKey("region_features")],
+                    tags={"region": entry.name, "osm_sha256": digest},
+                )
+            )
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[
+            regions_partitions.build_add_request(new_regions),
+            region_block_partitions.build_add_request(new_blocks),
+        ],
+        cursor=json.dumps(hashes, sort_keys=True),
+    )
+
+
+def _imported_hash(instance: dg.DagsterInstance, region: str) -> str | None:
+    """The extract hash the region's latest ``region_features`` materialization recorded."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("region_features"), asset_partitions=[region]), limit=1
+    ).records
+    value = records[0].asset_materialization.metadata.get("osm_sha256") if records else None
+    return value.value if value is not None else None

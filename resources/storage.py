@@ -38,6 +38,10 @@ class ProjectStorage(dg.ConfigurableResource):
         """Remove old versions of ``kind`` beyond ``keep_versions``, never ``current`` or what is in use."""
         return prune_versions(self.data_dir, kind, self.keep_versions, protect=[current])
 
+    def for_region(self, name: str) -> ProjectStorage:
+        """The data directory of catalog region ``name``: ``<data_dir>/regions/<name>``, laid out as this one."""
+        return ProjectStorage(data_dir=str(Path(self.data_dir) / "regions" / name), keep_versions=self.keep_versions)
+
     def path(self, *parts: str) -> Path:
         p = Path(self.data_dir).joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)

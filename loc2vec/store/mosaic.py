@@ -110,6 +110,7 @@ class MosaicReport:
     coverage: dict[str, float]
     max_value: int
     min_value: int
+    dtype: str = "uint8"
 
     @property
     def complete(self) -> bool:
@@ -141,4 +142,5 @@ def inspect_mosaic(store: MosaicStore) -> MosaicReport:
         coverage={name: float(nonzero[i]) / pixels for i, name in enumerate(names)},
         max_value=hi,
         min_value=lo,
+        dtype=str(store.mosaic.dtype),
     )
