@@ -110,10 +110,14 @@ def test_bad_catalog_files(tmp_path):
         parse_catalog(bad)
 
 
-def test_duplicate_names_fail_the_load(tmp_path):
+def test_a_name_declared_twice_is_a_fault_of_that_name_only(tmp_path):
     path = write_catalog(tmp_path, region("kotka", KOTKA), region("helsinki", HELSINKI), region("kotka", MONACO))
-    with pytest.raises(CatalogError, match=r"duplicate region name 'kotka' \(regions #1 and #3\)"):
-        load_catalog(path)
+    catalog = load_catalog(path)
+    assert [(f.region, f.kind) for f in catalog.check()] == [("kotka", "duplicate_name")] * 2
+    with pytest.raises(RegionError, match=r"region 'kotka': the name is declared 2 times \(regions #1, #3\)"):
+        catalog.region("kotka")
+    assert catalog.region_keys() == ["helsinki"]
+    assert catalog.partition_keys() == ["helsinki|block-0-0"]
 
 
 # --- checks against the extracts --------------------------------------------------------------------
@@ -185,19 +189,24 @@ def test_bbox_partly_outside_its_extract(tmp_path):
     assert fault.kind == "bbox_outside" and "partly outside" in str(error)
 
 
-def test_overlapping_regions_fail_the_load(tmp_path):
+def test_overlapping_regions_are_faults_of_those_regions_only(tmp_path):
     path = write_catalog(
         tmp_path,
         region("monaco", MONACO),
         region("kotka", KOTKA),
         region("monaco-centre", MONACO, "7.405,43.722,7.445,43.752"),
     )
-    with pytest.raises(CatalogError, match=r"overlapping regions: 'monaco' .* and 'monaco-centre'"):
-        load_catalog(path)
-    # a bbox overlapping another region's extract bounds also counts
+    catalog = load_catalog(path)
+    assert [(f.region, f.kind) for f in catalog.check()] == [("monaco", "overlap"), ("monaco-centre", "overlap")]
+    with pytest.raises(RegionError, match=r"region 'monaco': its area .* overlaps 'monaco-centre'"):
+        catalog.region("monaco")
+    with pytest.raises(RegionError, match=r"region 'monaco-centre': its area .* overlaps 'monaco'"):
+        catalog.region("monaco-centre")
+    assert catalog.region_keys() == ["kotka"]
+    # a bbox overlapping another region's extract bounds also counts (a missing extract is the first fault)
     path = write_catalog(tmp_path, region("kotka", KOTKA), region("ghost", tmp_path / "x.pbf", "26.96,60.53,27.0,60.6"))
-    with pytest.raises(CatalogError, match=r"'kotka' .* and 'ghost'"):
-        load_catalog(path)
+    faults = {f.region: f.kind for f in load_catalog(path).check()}
+    assert faults == {"kotka": "overlap", "ghost": "missing_extract"}
 
 
 def test_regions_of_one_extract_side_by_side(tmp_path):

@@ -1,8 +1,8 @@
-"""The loaded region catalog: every region's extract checked, overlaps refused, blocks from size.
+"""The loaded region catalog: every region's extract checked, duplicates and overlaps marked, blocks from size.
 
-Catalog-wide faults (syntax, unknown keys, duplicate names, overlapping regions) fail ``load_catalog``.
-A fault of one region (missing or corrupt extract, bbox not inside its extract, mosaic too large) is
-recorded on that region only: ``Catalog.check()`` lists them, ``Catalog.region(name)`` raises
+Faults of the file (syntax, unknown keys, wrong types) fail ``load_catalog``. A fault of a region (missing
+or corrupt extract, bbox not inside its extract, mosaic too large, a name declared twice, an area
+overlapping another region's) is recorded on that region only: ``Catalog.check()`` lists them, ``Catalog.region(name)`` raises
 ``RegionError`` for that region, and the other regions stay usable. Loading reads only the catalog and
 each extract's header (and its end, to refuse a truncated file).
 """
@@ -35,6 +35,8 @@ CORRUPT_EXTRACT = "corrupt_extract"
 BBOX_OUTSIDE = "bbox_outside"
 TOO_LARGE = "too_large"
 NO_FEATURES = "no_features"
+DUPLICATE_NAME = "duplicate_name"
+OVERLAP = "overlap"
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,7 @@ def load_catalog(path: str | Path = DEFAULT_CATALOG, target_units: int = TARGET_
     """Parse ``path``, check every region's extract and refuse overlapping regions (CatalogError)."""
     p = Path(path)
     entries = tuple(check_region(region, target_units) for region in parse_catalog(p))
-    refuse_overlaps(entries, p)
-    return Catalog(p.resolve(), entries)
+    return Catalog(p.resolve(), mark_overlaps(mark_duplicates(entries)))
 
 
 def check_region(region: Region, target_units: int = TARGET_UNITS_PER_BLOCK) -> CheckedRegion:
@@ -192,20 +193,53 @@ def bbox_inside(inner: BBox, outer: BBox, tolerance: float = INSIDE_TOLERANCE_DE
     )
 
 
-def refuse_overlaps(entries: tuple[CheckedRegion, ...], path: Path) -> None:
-    """CatalogError naming every pair of regions whose areas (bbox, else extract bounds) overlap; regions
-    sharing only an edge do not overlap. A region whose area is unknown (unreadable extract, no bbox) is
-    not compared."""
-    pairs = [
-        f"{a.name!r} ({a.area}) and {b.name!r} ({b.area}) share {a.area.intersection(b.area)}"
-        for a, b in combinations(entries, 2)
-        if a.area is not None and b.area is not None and a.area.intersects(b.area)
-    ]
-    if pairs:
-        raise CatalogError(
-            f"region catalog {path}: overlapping regions: {'; '.join(pairs)} "
-            "(a place may belong to one region only: narrow a bbox)"
+def mark_duplicates(entries: tuple[CheckedRegion, ...]) -> tuple[CheckedRegion, ...]:
+    """Every region whose name another region also has, marked faulty (which one is meant cannot be told);
+    the others unchanged."""
+    positions: dict[str, list[int]] = {}
+    for i, entry in enumerate(entries, 1):
+        positions.setdefault(entry.name, []).append(i)
+    return tuple(
+        _with_fault(
+            e,
+            DUPLICATE_NAME,
+            f"the name is declared {len(positions[e.name])} times (regions "
+            f"{', '.join(f'#{i}' for i in positions[e.name])}); names must be unique",
         )
+        if len(positions[e.name]) > 1
+        else e
+        for e in entries
+    )
+
+
+def mark_overlaps(entries: tuple[CheckedRegion, ...]) -> tuple[CheckedRegion, ...]:
+    """Every region whose area (bbox, else extract bounds) overlaps another's, marked faulty with the regions
+    it overlaps: a place belongs to one region only, so that one region's test blocks are not another's
+    training ground. Regions sharing only an edge do not overlap; a region whose area is unknown is not
+    compared."""
+    overlapping: dict[int, list[str]] = {}
+    for (i, a), (j, b) in combinations(enumerate(entries), 2):
+        if a.area is not None and b.area is not None and a.area.intersects(b.area):
+            overlapping.setdefault(i, []).append(f"{b.name!r} ({b.area})")
+            overlapping.setdefault(j, []).append(f"{a.name!r} ({a.area})")
+    return tuple(
+        _with_fault(
+            e,
+            OVERLAP,
+            f"its area {e.area} overlaps {', '.join(overlapping[i])}: narrow a bbox (a place may "
+            "belong to one region only)",
+        )
+        if i in overlapping
+        else e
+        for i, e in enumerate(entries)
+    )
+
+
+def _with_fault(entry: CheckedRegion, kind: str, message: str) -> CheckedRegion:
+    """``entry`` unusable for ``kind`` (a fault it already has is kept: it is the first to fix)."""
+    if entry.fault is not None:
+        return entry
+    return CheckedRegion(entry.region, entry.extent, None, None, RegionFault(entry.name, kind, message))
 
 
 # --- after import -------------------------------------------------------------------------------------

@@ -63,8 +63,9 @@ def check_name(name: object, where: str = "region") -> str:
 
 def parse_catalog(path: str | Path) -> tuple[Region, ...]:
     """The regions declared in the TOML file ``path``, in file order. Raises CatalogError naming the file,
-    the region and the fault for a file that is missing or not TOML, unknown keys, wrong types or values,
-    and duplicate names. Relative paths are resolved against the file's directory."""
+    the region and the fault for a file that is missing or not TOML, unknown keys, wrong types or values.
+    Relative paths are resolved against the file's directory. (Duplicate names and overlapping regions are
+    faults of the regions concerned: ``loc2vec.regions.catalog``.)"""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -87,16 +88,7 @@ def parse_catalog_text(text: str, base: Path, source: str = "<catalog>") -> tupl
         raise CatalogError(f"region catalog {source}: 'region' must be an array of tables ([[region]])")
     if not entries:
         raise CatalogError(f"region catalog {source} declares no region (add a [[region]] table)")
-    regions = tuple(_region(entry, i, base, source) for i, entry in enumerate(entries, 1))
-    seen: dict[str, int] = {}
-    for i, region in enumerate(regions, 1):
-        if region.name in seen:
-            raise CatalogError(
-                f"region catalog {source}: duplicate region name {region.name!r} (regions #{seen[region.name]} "
-                f"and #{i}); names must be unique"
-            )
-        seen[region.name] = i
-    return regions
+    return tuple(_region(entry, i, base, source) for i, entry in enumerate(entries, 1))
 
 
 def _region(entry: dict[str, Any], index: int, base: Path, source: str) -> Region:
