@@ -2,9 +2,9 @@
 
 Faults of the file (syntax, unknown keys, wrong types) fail ``load_catalog``. A fault of a region (missing
 or corrupt extract, bbox not inside its extract, mosaic too large, a name declared twice, an area
-overlapping another region's) is recorded on that region only: ``Catalog.check()`` lists them, ``Catalog.region(name)`` raises
-``RegionError`` for that region, and the other regions stay usable. Loading reads only the catalog and
-each extract's header (and its end, to refuse a truncated file).
+overlapping another region's) is recorded on that region only: ``Catalog.check()`` lists them,
+``Catalog.region(name)`` raises ``RegionError`` for that region, and the other regions stay usable.
+Loading reads only the catalog and each extract's header (and its end, to refuse a truncated file).
 """
 
 from __future__ import annotations
