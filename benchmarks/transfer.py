@@ -77,6 +77,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-px", type=int, default=64)
+    p.add_argument("--train-config", help="training config JSON for train-regions (epochs, seed, crop from the flags)")
     args = p.parse_args()
 
     from loc2vec.regions import load_catalog
@@ -92,6 +93,7 @@ def main() -> int:
         done = cli(
             "train-regions", "--regions", ",".join(others), "--catalog", args.catalog, "--out", str(out),
             "--epochs", str(args.epochs), "--seed", str(args.seed), "--crop-px", str(args.crop_px),
+            *(["--train-config", args.train_config] if args.train_config else []),
         )  # fmt: skip
         if done.returncode:
             return 1

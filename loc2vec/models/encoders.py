@@ -93,6 +93,12 @@ def _torchvision_backbone(name: str, in_channels: int, weights_path: str | None)
     return model, dim
 
 
+def _place_representation(context: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """The context and the centre features, each normalised, as one unit-length vector."""
+    parts = [F.normalize(context.float(), dim=1), F.normalize(centre.float(), dim=1)]
+    return torch.cat(parts, dim=1) / math.sqrt(2.0)
+
+
 class Encoder(nn.Module):
     """Backbone + linear projection head; input uint8 (or float in [0, 1]).
 
@@ -112,16 +118,23 @@ class Encoder(nn.Module):
     def _scaled(x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.backbone(self._scaled(x))).float(), dim=1)
+    def forward(self, x: torch.Tensor, with_representation: bool = False):
+        """The projection; with ``with_representation`` also the representation, from one backbone pass
+        (what an auxiliary objective on the representation trains with; a keyword so DDP passes it on)."""
+        x = self._scaled(x)
+        if not with_representation:
+            return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+        if not isinstance(self.backbone, SmallCNN):
+            features = self.backbone(x)
+            return F.normalize(self.head(features).float(), dim=1), F.normalize(features.float(), dim=1)
+        context, centre = self.backbone.place_features(x)
+        return F.normalize(self.head(context).float(), dim=1), _place_representation(context, centre)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self._scaled(x)
         if not isinstance(self.backbone, SmallCNN):
             return F.normalize(self.backbone(x).float(), dim=1)
-        context, centre = self.backbone.place_features(x)
-        parts = [F.normalize(context.float(), dim=1), F.normalize(centre.float(), dim=1)]
-        return torch.cat(parts, dim=1) / math.sqrt(2.0)
+        return _place_representation(*self.backbone.place_features(x))
 
     @property
     def representation_dim(self) -> int:

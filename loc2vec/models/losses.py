@@ -9,6 +9,7 @@ triplets; ``infonce`` (NT-Xent, as in SimCLR) contrasts each positive pair with 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
@@ -81,3 +82,38 @@ class TripletObjective:
         a1, p, a2, n = lmu.get_all_pairs_indices(labels)
         keep = self._far_apart(labels, locations, a2, n, r_neg)
         return self.ntxent(embeddings, labels, indices_tuple=(a1, p, a2[keep], n[keep]))
+
+
+def channel_cells(x: torch.Tensor, cells: int) -> torch.Tensor:
+    """What the reconstruction objective predicts of a batch of crops (N, C, S, S): each channel's share of
+    every cell of a ``cells`` x ``cells`` grid over the crop, and of the crop's central half, in [0, 1]
+    (N, C * (cells² + 1))."""
+    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    h, w = x.shape[-2:]
+    centre = x[..., h // 4 : h - h // 4, w // 4 : w - w // 4].mean(dim=(2, 3))
+    return torch.cat([F.adaptive_avg_pool2d(x, cells).flatten(1), centre], dim=1)
+
+
+def mask_cells(x: torch.Tensor, cells: int, ratio: float) -> torch.Tensor:
+    """``x`` with a random ``ratio`` of the cells of a ``cells`` x ``cells`` grid blanked in every crop (all
+    channels; drawn from torch's seeded generator): the masked input of the reconstruction objective."""
+    n, _, h, w = x.shape
+    keep = (torch.rand(n, 1, cells, cells, device=x.device) >= ratio).to(x.dtype)
+    return x * F.interpolate(keep, size=(h, w), mode="nearest")
+
+
+class ReconstructionObjective(torch.nn.Module):
+    """Masked reconstruction of the channel raster, beside the metric loss (after S2Vec, Google 2025, which
+    rasterises built-environment features and trains a masked autoencoder on them): a linear decoder
+    predicts ``channel_cells`` of the unmasked crop from the representation of the masked one, so the
+    representation keeps what lies where in the crop, and infers what the mask hid from its context."""
+
+    def __init__(self, representation_dim: int, channels: int, cells: int) -> None:
+        super().__init__()
+        if cells < 1:
+            raise ConfigError(f"recon_cells must be >= 1, got {cells}")
+        self.cells = cells
+        self.decoder = torch.nn.Linear(representation_dim, channels * (cells * cells + 1))
+
+    def forward(self, representation: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self.decoder(representation.float()), target)

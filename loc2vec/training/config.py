@@ -48,6 +48,11 @@ class TrainConfig:
     # cache_mib per process); the crops are the same either way, so these two are not part of the digest
     crop_reader: str = "auto"
     cache_mib: float = 1024.0
+    # masked reconstruction of the channel raster beside the metric loss (loc2vec.models.losses; 0: off):
+    # its weight, the grid of cells it predicts each channel's share of, and the share of cells masked
+    recon_weight: float = 0.0
+    recon_cells: int = 4
+    mask_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +70,9 @@ class TrainConfig:
             (self.val_triplets >= 8, "val_triplets must be >= 8"),
             (self.patience >= 1, "patience must be >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.recon_weight >= 0, "recon_weight must be >= 0"),
+            (self.recon_cells >= 1, "recon_cells must be >= 1"),
+            (0 <= self.mask_ratio < 1, "mask_ratio must be in [0, 1)"),
         ]
         errors = [f"{msg} (got {self._value_for(msg)!r})" for ok, msg in checks if not ok]
         if errors:
@@ -116,14 +124,19 @@ class TrainConfig:
         return asdict(self)
 
     def digest(self) -> str:
-        """Identity of what is trained: every field but the reader's; the sampler's only when not the default
-        (digests of configs from before it existed stay the same, and their checkpoints resume)."""
+        """Identity of what is trained: every field but the reader's; the sampler's and the reconstruction's
+        only when not the default (digests of configs from before they existed stay the same, and their
+        checkpoints resume)."""
         values = {k: v for k, v in self.to_dict().items() if k not in READER_FIELDS}
         if values["sampler"] == "uniform":
             for name in SAMPLER_FIELDS:
+                values.pop(name)
+        if values["recon_weight"] == 0 and values["mask_ratio"] == 0:
+            for name in RECON_FIELDS:
                 values.pop(name)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 READER_FIELDS = ("crop_reader", "cache_mib")
 SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
+RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio")

@@ -21,7 +21,7 @@ from loc2vec.data.crops import CropGeometry
 from loc2vec.data.triplets import TripletBatches, fixed_triplets
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import Encoder, build_encoder
-from loc2vec.models.losses import TripletObjective
+from loc2vec.models.losses import ReconstructionObjective, TripletObjective, channel_cells, mask_cells
 from loc2vec.training.checkpoint import load_checkpoint, save_checkpoint
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import DeviceSpec
@@ -154,7 +154,11 @@ def fit(
     if world > 1:
         ids = [device.index] if device.kind == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    recon = None
+    if config.recon_weight > 0:
+        recon = ReconstructionObjective(model.representation_dim, channels, config.recon_cells).to(device.device)
+    parameters = [*model.parameters(), *(recon.parameters() if recon is not None else [])]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.steps_per_epoch % world:
         raise ConfigError(f"steps_per_epoch ({config.steps_per_epoch}) must be a multiple of the world size {world}")
     local_steps = config.steps_per_epoch // world
@@ -180,6 +184,8 @@ def fit(
                 "could leak test ground into training: use a new directory"
             )
         model.load_state_dict(state["model"])
+        if recon is not None:
+            recon.load_state_dict(state["reconstruction"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = [EpochMetrics(**h) for h in state["history"]]
@@ -214,9 +220,15 @@ def fit(
                     pending = prefetch.submit(next, iterator)
                 x = device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2))
                 loc = locations.to(device.device)
+                target = channel_cells(x, config.recon_cells) if recon is not None else None
+                if config.mask_ratio > 0:
+                    x = mask_cells(x, config.recon_cells, config.mask_ratio)
                 with device.autocast():
-                    emb = net(x)
+                    out = net(x, with_representation=True) if recon is not None else net(x)
+                emb, rep = out if recon is not None else (out, None)
                 loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m)
+                if recon is not None:
+                    loss = loss + config.recon_weight * recon(rep, target)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -251,6 +263,7 @@ def fit(
                     "config": config.to_dict(),
                     "epoch": epoch,
                     "model": model.state_dict(),
+                    "reconstruction": recon.state_dict() if recon is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "history": [asdict(h) for h in history],

@@ -8,7 +8,7 @@ import torch
 
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import ENCODERS, build_encoder
-from loc2vec.models.losses import TripletObjective, soft_pn
+from loc2vec.models.losses import TripletObjective, channel_cells, mask_cells, soft_pn
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import select_device
 from loc2vec.training.loop import SimulatedCrash, train
@@ -143,6 +143,9 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"r_pos_m": 600.0, "r_neg_m": 500.0}, "r_pos_m < r_neg_m"),
         ({"batch_size": 1}, "batch_size must be >= 2"),
         ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"recon_weight": -1.0}, "recon_weight must be >= 0"),
+        ({"mask_ratio": 1.0}, "mask_ratio must be in"),
+        ({"recon_cells": 0}, "recon_cells must be >= 1"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -282,3 +285,40 @@ def test_an_encoder_is_saved_and_loaded_with_its_architecture(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(InputDataError, match="not a loc2vec encoder file"):
         load_encoder(tmp_path / "junk.pt")
+
+
+def test_reconstruction_targets_are_channel_shares_per_cell_and_at_the_centre():
+    x = torch.zeros(2, 12, 64, 64, dtype=torch.uint8)
+    x[0, 3, :32, :32] = 255  # channel 3 fills the top-left quarter of the first crop
+    x[1, 5, 16:48, 16:48] = 255  # channel 5 fills the central half of the second
+    target = channel_cells(x, 2).view(2, -1)
+    grid, centre = target[:, : 12 * 4].view(2, 12, 2, 2), target[:, 12 * 4 :]
+    assert grid[0, 3].tolist() == [[1.0, 0.0], [0.0, 0.0]] and grid[0].sum() == 1.0
+    assert torch.allclose(grid[1, 5], torch.full((2, 2), 0.25)) and centre[1, 5] == 1.0
+    assert centre[0, 3] == 0.25 and centre[0].sum() == 0.25
+
+
+def test_masking_blanks_the_asked_share_of_cells_in_every_channel():
+    torch.manual_seed(0)
+    x = torch.full((64, 12, 64, 64), 200, dtype=torch.uint8)
+    masked = mask_cells(x, 4, 0.5)
+    cells = masked.view(64, 12, 4, 16, 4, 16).amax(dim=(3, 5))
+    assert ((cells == 0) | (cells == 200)).all()  # whole cells, every channel alike
+    assert (cells == 0).all(dim=1).sum() == (cells[:, 0] == 0).sum()
+    assert 0.4 < (cells[:, 0] == 0).float().mean() < 0.6
+
+
+def test_training_with_masked_reconstruction_resumes_exactly(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    config = TrainConfig(epochs=2, patience=10, recon_weight=1.0, mask_ratio=0.25, **FAST)
+    assert config.digest() != TrainConfig(epochs=2, patience=10, **FAST).digest()
+    device = select_device("cpu")
+    full = train(config, reader, train_xy, val_xy, device, tmp_path / "full")
+    assert all(np.isfinite(h.train_loss) for h in full.history)
+    with pytest.raises(SimulatedCrash):
+        train(config, reader, train_xy, val_xy, device, tmp_path / "resumed", crash_after_epoch=0)
+    resumed = train(config, reader, train_xy, val_xy, device, tmp_path / "resumed")
+    assert [h.val_loss for h in resumed.history] == [h.val_loss for h in full.history]
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
