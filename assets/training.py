@@ -142,6 +142,14 @@ class TrainingConfig(dg.Config):
         "it through a chunk cache (the crops are the same).",
     )
     cache_mib: float = Field(_TRAIN.cache_mib, description="Chunk cache budget per process (MiB).")
+    recon_weight: float = Field(
+        _TRAIN.recon_weight,
+        description="Weight of the masked reconstruction of the channel raster beside the metric loss (0: off).",
+    )
+    recon_cells: int = Field(
+        _TRAIN.recon_cells, description="Cells per crop side whose channel shares the reconstruction predicts."
+    )
+    mask_ratio: float = Field(_TRAIN.mask_ratio, description="Share of the anchor's cells masked before encoding.")
 
 
 @dg.asset(
