@@ -9,7 +9,7 @@ runs share ``OUT/regions/NAME`` (each region prepared once) and ``OUT``'s MLflow
 R's protocol in ``OUT/evaluate/R``. Prints a table and writes ``OUT/transfer.json``. Not part of the test suite:
 
     .venv/bin/python benchmarks/transfer.py --regions helsinki-centre,kotka-karhula,monaco --out /tmp/transfer \\
-        [--epochs 4] [--seed 0] [--crop-px 64]
+        [--epochs 4] [--seed 0] [--crop-px 64] [--train-config FILE] [--held-out NAME,...]
 
 A region whose protocol cannot be built (too small for its leak buffer) is trained on, not scored.
 """
@@ -78,6 +78,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-px", type=int, default=64)
     p.add_argument("--train-config", help="training config JSON for train-regions (epochs, seed, crop from the flags)")
+    p.add_argument("--held-out", help="comma-separated regions to hold out and score (default: each of --regions)")
     args = p.parse_args()
 
     from loc2vec.regions import load_catalog
@@ -86,7 +87,10 @@ def main() -> int:
     names = [n.strip() for n in args.regions.split(",")]
     out = Path(args.out).resolve()
     results = {}
-    for held_out in names:
+    held_outs = [n.strip() for n in args.held_out.split(",")] if args.held_out else names
+    if unknown := sorted(set(held_outs) - set(names)):
+        p.error(f"--held-out names regions not in --regions: {', '.join(unknown)}")
+    for held_out in held_outs:
         others = [n for n in names if n != held_out]
         started = time.perf_counter()
         print(f"== {held_out}: train on {', '.join(others)}", flush=True)
