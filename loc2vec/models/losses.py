@@ -85,13 +85,21 @@ class TripletObjective:
 
 
 def channel_cells(x: torch.Tensor, cells: int) -> torch.Tensor:
-    """What the reconstruction objective predicts of a batch of crops (N, C, S, S): each channel's share of
-    every cell of a ``cells`` x ``cells`` grid over the crop, and of the crop's central half, in [0, 1]
-    (N, C * (cells² + 1))."""
+    """What the reconstruction objective predicts of a batch of crops (N, C, S, S), in [0, 1]: each channel's
+    share of every cell of a ``cells`` x ``cells`` grid over the crop and of the crop's central half, then
+    whether the channel draws anything there at all (N, 2 * C * (cells² + 1)). Presence carries what a share
+    hides: a point of interest covers a few pixels of a cell, a share near 0 whose loss is as small."""
     x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
     h, w = x.shape[-2:]
-    centre = x[..., h // 4 : h - h // 4, w // 4 : w - w // 4].mean(dim=(2, 3))
-    return torch.cat([F.adaptive_avg_pool2d(x, cells).flatten(1), centre], dim=1)
+    drawn = (x > 0).float()
+
+    def per_cell(values: torch.Tensor, pool) -> list[torch.Tensor]:
+        centre = values[..., h // 4 : h - h // 4, w // 4 : w - w // 4]
+        return [pool(values, cells).flatten(1), pool(centre, 1).flatten(1)]
+
+    shares = per_cell(x, F.adaptive_avg_pool2d)
+    presence = per_cell(drawn, F.adaptive_max_pool2d)
+    return torch.cat([*shares, *presence], dim=1)
 
 
 def mask_cells(x: torch.Tensor, cells: int, ratio: float) -> torch.Tensor:
@@ -113,7 +121,7 @@ class ReconstructionObjective(torch.nn.Module):
         if cells < 1:
             raise ConfigError(f"recon_cells must be >= 1, got {cells}")
         self.cells = cells
-        self.decoder = torch.nn.Linear(representation_dim, channels * (cells * cells + 1))
+        self.decoder = torch.nn.Linear(representation_dim, 2 * channels * (cells * cells + 1))
 
     def forward(self, representation: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self.decoder(representation.float()), target)

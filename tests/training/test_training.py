@@ -287,15 +287,23 @@ def test_an_encoder_is_saved_and_loaded_with_its_architecture(tmp_path):
         load_encoder(tmp_path / "junk.pt")
 
 
-def test_reconstruction_targets_are_channel_shares_per_cell_and_at_the_centre():
+def test_reconstruction_targets_are_channel_shares_and_presence_per_cell_and_at_the_centre():
     x = torch.zeros(2, 12, 64, 64, dtype=torch.uint8)
     x[0, 3, :32, :32] = 255  # channel 3 fills the top-left quarter of the first crop
     x[1, 5, 16:48, 16:48] = 255  # channel 5 fills the central half of the second
-    target = channel_cells(x, 2).view(2, -1)
-    grid, centre = target[:, : 12 * 4].view(2, 12, 2, 2), target[:, 12 * 4 :]
+    x[1, 9, 40, 40] = 51  # one faint pixel of channel 9 in the second crop's bottom-right cell, in its centre
+    target = channel_cells(x, 2)
+    assert target.shape == (2, 2 * 12 * (4 + 1))
+    shares, presence = target[:, : 12 * 5], target[:, 12 * 5 :]
+    grid, centre = shares[:, : 12 * 4].view(2, 12, 2, 2), shares[:, 12 * 4 :]
     assert grid[0, 3].tolist() == [[1.0, 0.0], [0.0, 0.0]] and grid[0].sum() == 1.0
     assert torch.allclose(grid[1, 5], torch.full((2, 2), 0.25)) and centre[1, 5] == 1.0
     assert centre[0, 3] == 0.25 and centre[0].sum() == 0.25
+    assert 0 < grid[1, 9, 1, 1] < 1e-3  # the faint pixel is all but lost in the shares ...
+    drawn, drawn_centre = presence[:, : 12 * 4].view(2, 12, 2, 2), presence[:, 12 * 4 :]
+    assert drawn[1, 9].tolist() == [[0.0, 0.0], [0.0, 1.0]] and drawn_centre[1, 9] == 1.0  # ... not here
+    assert drawn[0, 3].tolist() == [[1.0, 0.0], [0.0, 0.0]] and drawn[0].sum() == 1.0
+    assert drawn_centre[0].tolist() == [1.0 if c == 3 else 0.0 for c in range(12)]
 
 
 def test_masking_blanks_the_asked_share_of_cells_in_every_channel():
