@@ -32,8 +32,9 @@ def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequen
 class SmallCNN(nn.Module):
     """Patch stem (k4 s4) -> 3 stages (s2 conv + 3x3 conv) -> global average pool.
 
-    ``place_features`` adds what is *at* the place to that context: the stem's features (4x4-px
-    patches) averaged over the central half of the crop.
+    ``place_features`` adds what is *at* and *around* the place to that context, from the stem's features
+    (4x4-px patches): their mean over the crop's central half, their mean over the whole crop, and their
+    maximum over the whole crop (whether a pattern occurs at all: a point of interest is a few patches).
     """
 
     def __init__(self, in_channels: int = 12, widths: tuple[int, ...] = (32, 64, 128, 128)) -> None:
@@ -47,14 +48,15 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
-    def place_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(context, centre): globally pooled last stage, stem pooled over the central half."""
+    def place_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(context, centre, whole, peak): globally pooled last stage; the stem averaged over the central
+        half, averaged over the crop, and its maximum over the crop."""
         stem = self.features[0](x)
         context = F.adaptive_avg_pool2d(self.features[1:](stem), 1).flatten(1)
         h, w = stem.shape[-2:]
         top, left = h // 4, w // 4
         centre = stem[..., top : h - top, left : w - left].mean(dim=(2, 3))
-        return context, centre
+        return context, centre, stem.mean(dim=(2, 3)), stem.amax(dim=(2, 3))
 
 
 def _inflate_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -93,10 +95,10 @@ def _torchvision_backbone(name: str, in_channels: int, weights_path: str | None)
     return model, dim
 
 
-def _place_representation(context: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    """The context and the centre features, each normalised, as one unit-length vector."""
-    parts = [F.normalize(context.float(), dim=1), F.normalize(centre.float(), dim=1)]
-    return torch.cat(parts, dim=1) / math.sqrt(2.0)
+def _place_representation(*parts: torch.Tensor) -> torch.Tensor:
+    """The parts of ``SmallCNN.place_features``, each normalised, as one unit-length vector."""
+    normalised = [F.normalize(part.float(), dim=1) for part in parts]
+    return torch.cat(normalised, dim=1) / math.sqrt(len(parts))
 
 
 class Encoder(nn.Module):
@@ -127,8 +129,8 @@ class Encoder(nn.Module):
         if not isinstance(self.backbone, SmallCNN):
             features = self.backbone(x)
             return F.normalize(self.head(features).float(), dim=1), F.normalize(features.float(), dim=1)
-        context, centre = self.backbone.place_features(x)
-        return F.normalize(self.head(context).float(), dim=1), _place_representation(context, centre)
+        parts = self.backbone.place_features(x)
+        return F.normalize(self.head(parts[0]).float(), dim=1), _place_representation(*parts)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self._scaled(x)
@@ -139,7 +141,7 @@ class Encoder(nn.Module):
     @property
     def representation_dim(self) -> int:
         if isinstance(self.backbone, SmallCNN):
-            return self.head.in_features + self.backbone.features[0][0].out_channels
+            return self.head.in_features + 3 * self.backbone.features[0][0].out_channels
         return self.head.in_features
 
 

@@ -149,7 +149,7 @@ def test_the_town_scores_equal_evaluate_embeddings_on_the_vectors_the_model_wrot
     from loc2vec.evaluation.embedders import crops_at
 
     frame = gpd.read_parquet(town.out / "embeddings.parquet")
-    assert len(frame) == len(frame["point_id"].unique()) and np.stack(frame["embedding"]).shape[1] == 160
+    assert len(frame) == len(frame["point_id"].unique()) and np.stack(frame["embedding"]).shape[1] == 224
     # the vectors are the registered model's place embedding (what the registry serves)
     reader = open_reader(town.work / "mosaic" / f"{town.document['region']['mosaic_version']}.zarr")
     crops = crops_at(reader, frame[["x", "y"]].to_numpy()[:16], 128).transpose(0, 3, 1, 2)

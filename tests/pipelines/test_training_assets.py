@@ -54,7 +54,7 @@ def _assert_evaluation_outputs(instance, client, version) -> None:
     assert f"`{version.tags['samples_version']}`" in described and "| loss | `triplet`" in described
     assert "| **landuse_recall_at_10** |" in described and "| metric | model | channel_stats |" in described
     assert "## Champion status\n\n`champion` since " in described
-    assert "160-d place embedding" in client.get_registered_model("loc2vec-encoder").description
+    assert "224-d place embedding" in client.get_registered_model("loc2vec-encoder").description
     run_metrics = client.get_run(version.run_id).data.metrics
     assert {"eval/model/triplet_accuracy", "eval/untrained/triplet_accuracy"} <= set(run_metrics)
     assert "evaluation.json" in {a.path for a in client.list_artifacts(version.run_id)}

@@ -24,7 +24,7 @@ def test_registered_version_returns_the_place_embedding_and_is_described(monaco_
     weights = save_encoder(encoder, tmp_path / "model.pt")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = tracking.setup(uri, "registry-test", artifact_root=str(tmp_path / "artifacts"))
-    spec = model_card.EmbeddingIO(64, float(reader.grid.resolution), tuple(reader.channel_names), 160, "small_cnn", 16)
+    spec = model_card.EmbeddingIO(64, float(reader.grid.resolution), tuple(reader.channel_names), 224, "small_cnn", 16)
     lineage = {"region": "monaco", "osm_sha256": "ab" * 32, "mosaic_version": "m1", "samples_version": "s1"}
     description = model_card.version_description(spec, lineage, {"seed": 0})
     with tracking.using(uri), mlflow.start_run(experiment_id=experiment):
@@ -42,13 +42,13 @@ def test_registered_version_returns_the_place_embedding_and_is_described(monaco_
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     registered = client.get_registered_model("enc")
-    assert "160-d place embedding" in registered.description and "@champion" in registered.description
+    assert "224-d place embedding" in registered.description and "@champion" in registered.description
     found = client.get_model_version("enc", version)
     assert "## Data lineage" in found.description and "`" + "ab" * 32 + "`" in found.description
     assert "64 px at 3 m/px" in found.description and "`roads_major`" in found.description
-    assert info.signature.outputs.inputs[0].shape == (-1, 160)
+    assert info.signature.outputs.inputs[0].shape == (-1, 224)
     assert info.signature.inputs.inputs[0].type == np.dtype(np.uint8)
-    assert info.metadata["output_dim"] == 160 and info.metadata["channel_names"][0] == "roads_major"
+    assert info.metadata["output_dim"] == 224 and info.metadata["channel_names"][0] == "roads_major"
     # the whole encoder (with the 16-d projection head) sits beside it, loadable by loc2vec
     path = client.download_artifacts(found.run_id, "encoder/model.pt", str(tmp_path / "download"))
     assert load_encoder(path).head.out_features == 16

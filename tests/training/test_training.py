@@ -219,7 +219,7 @@ def test_training_refuses_positives_wider_than_the_split_buffer(monaco_samples):
         check_split_fits(TrainConfig(**{**FAST, "crop_px": 128}), manifest)
 
 
-def test_embed_is_context_before_the_head_plus_the_stem_at_the_centre(monaco_samples):
+def test_embed_is_context_before_the_head_plus_the_stem_at_the_centre_over_the_crop_and_its_peak(monaco_samples):
     from loc2vec.evaluation.embedders import encode
 
     reader, manifest = monaco_samples
@@ -227,23 +227,33 @@ def test_embed_is_context_before_the_head_plus_the_stem_at_the_centre(monaco_sam
     model = build_encoder("small_cnn", embedding_dim=16).eval()
     xy = manifest.xy("test")[:8]
     vectors = encode(model, reader, xy, crop_px=64)
-    assert vectors.shape == (8, model.representation_dim) and model.representation_dim == 128 + 32
+    assert vectors.shape == (8, model.representation_dim) and model.representation_dim == 128 + 3 * 32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     crops = torch.from_numpy(reader.crops_px(*reader.grid.xy_to_pixel(xy[:, 0], xy[:, 1]), 64)[0])
     x = crops.permute(0, 3, 1, 2).float() / 255.0
+    normalise = torch.nn.functional.normalize
     with torch.no_grad():
-        context = torch.nn.functional.normalize(model.backbone(x), dim=1)
+        context = normalise(model.backbone(x), dim=1)
         stem = model.backbone.features[0](x)  # (8, 32, 16, 16): the central half is rows/cols 4..11
-        centre = torch.nn.functional.normalize(stem[..., 4:12, 4:12].mean(dim=(2, 3)), dim=1)
+        centre = normalise(stem[..., 4:12, 4:12].mean(dim=(2, 3)), dim=1)
+        whole = normalise(stem.mean(dim=(2, 3)), dim=1)
+        peak = normalise(stem.amax(dim=(2, 3)), dim=1)
         projected = model(crops.permute(0, 3, 1, 2))
-    assert np.allclose(vectors[:, :128], context.numpy() / np.sqrt(2), atol=1e-5)
-    assert np.allclose(vectors[:, 128:], centre.numpy() / np.sqrt(2), atol=1e-5)
+    spans = [(0, 128), (128, 160), (160, 192), (192, 224)]
+    for part, (start, stop) in zip([context, centre, whole, peak], spans, strict=True):
+        assert np.allclose(vectors[:, start:stop], part.numpy() / 2, atol=1e-5)
     assert projected.shape == (8, 16)  # the loss still sees the 16-d projection
-    # the centre half moves with what is at the place: blank out the centre and only it changes much
+    # the centre half moves with what is at the place: blank out the centre and the centre part changes most
     blank = crops.clone()
     blank[:, 16:48, 16:48] = 0
-    changed = _embed_crops(model, blank) - _embed_crops(model, crops)
-    assert np.abs(changed[:, 128:]).sum() > np.abs(changed[:, :128]).sum()
+    changed = np.abs(_embed_crops(model, blank) - _embed_crops(model, crops))
+    assert changed[:, 128:160].sum() / 32 > changed[:, :128].sum() / 128
+    # a single drawn pixel (a point of interest) on an empty crop moves the peak part
+    empty = torch.zeros(1, 12, 64, 64, dtype=torch.uint8)
+    dot = empty.clone()
+    dot[0, 11, 2, 2] = 255  # far from the centre
+    moved = np.abs(_embed_crops(model, dot.permute(0, 2, 3, 1)) - _embed_crops(model, empty.permute(0, 2, 3, 1)))
+    assert moved[:, 192:].sum() > 0 and np.allclose(moved[:, 128:160], 0)
 
 
 def _embed_crops(model, crops):
