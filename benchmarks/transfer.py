@@ -9,8 +9,10 @@ runs share ``OUT/regions/NAME`` (each region prepared once) and ``OUT``'s MLflow
 R's protocol in ``OUT/evaluate/R``. Prints a table and writes ``OUT/transfer.json``. Not part of the test suite:
 
     .venv/bin/python benchmarks/transfer.py --regions helsinki-centre,kotka-karhula,monaco --out /tmp/transfer \\
-        [--epochs 4] [--seed 0] [--crop-px 64] [--train-config FILE] [--held-out NAME,...]
+        [--epochs N] [--seed 0] [--crop-px 64] [--train-config FILE] [--held-out NAME,...]
 
+Without ``--train-config`` the models train with ``train-regions``' default, the transfer recipe
+(``loc2vec.training.config.TRANSFER_RECIPE``); ``--train-config`` with ``{}`` trains with the plain defaults.
 A region whose protocol cannot be built (too small for its leak buffer) is trained on, not scored.
 """
 
@@ -74,10 +76,10 @@ def main() -> int:
     p.add_argument("--regions", default="helsinki-centre,kotka-karhula,monaco")
     p.add_argument("--out", required=True)
     p.add_argument("--catalog", default=str(ROOT / "regions.toml"))
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, help="training epochs (default: the training config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-px", type=int, default=64)
-    p.add_argument("--train-config", help="training config JSON for train-regions (epochs, seed, crop from the flags)")
+    p.add_argument("--train-config", help="training config JSON for train-regions (default: the transfer recipe; the flags override it)")
     p.add_argument("--held-out", help="comma-separated regions to hold out and score (default: each of --regions)")
     args = p.parse_args()
 
@@ -96,7 +98,8 @@ def main() -> int:
         print(f"== {held_out}: train on {', '.join(others)}", flush=True)
         done = cli(
             "train-regions", "--regions", ",".join(others), "--catalog", args.catalog, "--out", str(out),
-            "--epochs", str(args.epochs), "--seed", str(args.seed), "--crop-px", str(args.crop_px),
+            "--seed", str(args.seed), "--crop-px", str(args.crop_px),
+            *(["--epochs", str(args.epochs)] if args.epochs else []),
             *(["--train-config", args.train_config] if args.train_config else []),
         )  # fmt: skip
         if done.returncode:

@@ -432,7 +432,11 @@ def add_train_regions_parser(sub) -> None:
     tr.add_argument(
         "--crop-px", type=int, help="crop edge of every region's split and of training (default: the split's, 128)"
     )
-    tr.add_argument("--train-config", help="training config JSON (TrainConfig fields; default: the defaults)")
+    tr.add_argument(
+        "--train-config",
+        help="training config JSON (TrainConfig fields, the others at their defaults; default: the transfer recipe, "
+        "loc2vec.training.config.TRANSFER_RECIPE)",
+    )
     tr.set_defaults(func=cmd_train_regions)
 
 

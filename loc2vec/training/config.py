@@ -140,3 +140,12 @@ class TrainConfig:
 READER_FIELDS = ("crop_reader", "cache_mib")
 SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio")
+
+# What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the
+# leave-one-region-out study in docs/evaluation.md (masked reconstruction beside the triplet loss, 24 epochs)
+TRANSFER_RECIPE = {"recon_weight": 10.0, "mask_ratio": 0.5, "recon_cells": 4, "epochs": 24}
+
+
+def transfer_recipe() -> TrainConfig:
+    """The training config of ``TRANSFER_RECIPE`` (the other fields at their defaults)."""
+    return TrainConfig(**TRANSFER_RECIPE)
