@@ -79,7 +79,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, help="training epochs (default: the training config's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop-px", type=int, default=64)
-    p.add_argument("--train-config", help="training config JSON for train-regions (default: the transfer recipe; the flags override it)")
+    p.add_argument(
+        "--train-config", help="training config JSON for train-regions (default: the transfer recipe; flags win)"
+    )
     p.add_argument("--held-out", help="comma-separated regions to hold out and score (default: each of --regions)")
     args = p.parse_args()
 
