@@ -42,7 +42,7 @@ from resources import MlflowTracking, ProjectStorage
     group_name="evaluation",
     kinds={"pytorch", "parquet"},
     description="Embedding of every evaluation point (locations, POIs) and of a grid over the region.",
-    code_version="4",
+    code_version="5",
     check_specs=[dg.AssetCheckSpec("finite_and_shaped", asset="embeddings", blocking=True)],
 )
 def embeddings(
@@ -102,7 +102,7 @@ def embeddings(
     kinds={"sklearn", "mlflow"},
     description="Metrics on held-out test blocks for the model and baselines computed in the same run "
     "(re-run when the model changes, not for an OSM diff).",
-    code_version="2",
+    code_version="3",
 )
 def evaluation(
     context: dg.AssetExecutionContext,

@@ -238,7 +238,7 @@ class RegionEmbeddingsConfig(dg.Config):
     kinds={"pytorch", "parquet"},
     description="A grid over a catalog region's current mosaic, embedded with an existing model (no "
     "training): GeoParquet with one vector per point.",
-    code_version="1",
+    code_version="2",
 )
 def region_embeddings(
     context: dg.AssetExecutionContext,

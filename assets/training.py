@@ -160,7 +160,7 @@ class TrainingConfig(dg.Config):
     description="Triplet-trained encoder, logged and registered in MLflow with its data lineage. Retrained "
     "by the retraining policy (not on every OSM diff): on LOC2VEC_RETRAIN_CRON when its inputs changed, when "
     "retrain_when_region_changed sees LOC2VEC_RETRAIN_SHARE of the region changed, or by hand.",
-    code_version="1",
+    code_version="2",
 )
 def trained_model(
     context: dg.AssetExecutionContext,
