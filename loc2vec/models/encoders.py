@@ -58,6 +58,11 @@ class SmallCNN(nn.Module):
         centre = stem[..., top : h - top, left : w - left].mean(dim=(2, 3))
         return context, centre, stem.mean(dim=(2, 3)), stem.amax(dim=(2, 3))
 
+    @property
+    def place_dim(self) -> int:
+        """Width of ``place_features`` concatenated: the context, then three parts of the stem's width."""
+        return self.out_features + 3 * self.features[0][0].out_channels
+
 
 def _inflate_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """RGB stem weights (O, 3, k, k) -> (O, C, k, k): the RGB mean repeated, scaled by 3/C."""
@@ -141,7 +146,7 @@ class Encoder(nn.Module):
     @property
     def representation_dim(self) -> int:
         if isinstance(self.backbone, SmallCNN):
-            return self.head.in_features + 3 * self.backbone.features[0][0].out_channels
+            return self.backbone.place_dim
         return self.head.in_features
 
 
