@@ -147,7 +147,7 @@ class TrainingConfig(dg.Config):
         description="Weight of the masked reconstruction of the channel raster beside the metric loss (0: off).",
     )
     recon_cells: int = Field(
-        _TRAIN.recon_cells, description="Cells per crop side whose channel shares the reconstruction predicts."
+        _TRAIN.recon_cells, description="Cells per crop side of the grid whose channel shares and presence it predicts."
     )
     mask_ratio: float = Field(_TRAIN.mask_ratio, description="Share of the anchor's cells masked before encoding.")
 

@@ -101,7 +101,7 @@ def main() -> int:
         done = cli(
             "train-regions", "--regions", ",".join(others), "--catalog", args.catalog, "--out", str(out),
             "--seed", str(args.seed), "--crop-px", str(args.crop_px),
-            *(["--epochs", str(args.epochs)] if args.epochs else []),
+            *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
             *(["--train-config", args.train_config] if args.train_config else []),
         )  # fmt: skip
         if done.returncode:
