@@ -22,6 +22,8 @@ fitted on every cell of the region (SRAI's usual, transductive use: test blocks 
 blocks only as loc2vec's model is. Count embeddings hold the counts of the very tags the POI labels and
 the land-use classes are read from (``amenity=parking``, ``landuse=forest``, ...): on those tasks they
 leak the label, and Hex2Vec/GeoVex, trained to reconstruct those counts, carry it compressed.
+``--exclude-keys landuse,natural,leisure`` drops those keys from the tag filter (the keys loc2vec's land-use
+classes are read from, ``loc2vec.evaluation.protocol.LANDUSE_KEYS``): the fair land-use comparison.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import h3
 import numpy as np
 import pandas as pd
 
+EMBEDDERS = ("count", "hex2vec", "geovex")
+
 
 def install_spatial_extension() -> None:
     """quackosm loads DuckDB's spatial extension; with no network, install it once from the PyPI package."""
@@ -46,20 +50,38 @@ def install_spatial_extension() -> None:
     duckdb.connect().install_extension(str(path))
 
 
-def cell_embeddings(pbf: str, area: gpd.GeoDataFrame, resolution: int, epochs: int, work: Path) -> dict:
-    """``{embedder: DataFrame indexed by H3 cell}`` for count, Hex2Vec and GeoVex over ``area``."""
+def tag_filter(exclude_keys: tuple[str, ...] = ()) -> dict:
+    """SRAI's Hex2Vec tag filter without the keys ``exclude_keys`` (an unknown key is an error)."""
+    from srai.loaders.osm_loaders.filters import HEX2VEC_FILTER
+
+    unknown = sorted(set(exclude_keys) - set(HEX2VEC_FILTER))
+    if unknown:
+        raise SystemExit(f"--exclude-keys: not in the Hex2Vec filter: {', '.join(unknown)}")
+    return {key: values for key, values in HEX2VEC_FILTER.items() if key not in exclude_keys}
+
+
+def cell_embeddings(
+    pbf: str,
+    area: gpd.GeoDataFrame,
+    resolution: int,
+    epochs: int,
+    work: Path,
+    tags: dict,
+    embedders: tuple[str, ...] = EMBEDDERS,
+) -> dict:
+    """``{embedder: DataFrame indexed by H3 cell}`` for ``embedders`` (of count, Hex2Vec and GeoVex) over
+    ``area`` from the OSM features of the tag filter ``tags``."""
+    if unknown := sorted(set(embedders) - set(EMBEDDERS)):
+        raise SystemExit(f"--embedders: unknown {', '.join(unknown)} (choose from {', '.join(EMBEDDERS)})")
     import pytorch_lightning as pl
     from srai.embedders import CountEmbedder, GeoVexEmbedder, Hex2VecEmbedder
     from srai.joiners import IntersectionJoiner
     from srai.loaders import OSMPbfLoader
-    from srai.loaders.osm_loaders.filters import HEX2VEC_FILTER
     from srai.neighbourhoods import H3Neighbourhood
     from srai.regionalizers import H3Regionalizer
 
     regions = H3Regionalizer(resolution=resolution).transform(area)
-    features = OSMPbfLoader(pbf_file=pbf, download_directory=work / "files", verbosity_mode="silent").load(
-        area, HEX2VEC_FILTER
-    )
+    features = OSMPbfLoader(pbf_file=pbf, download_directory=work / "files", verbosity_mode="silent").load(area, tags)
     joint = IntersectionJoiner().transform(regions, features)
     neighbourhood = H3Neighbourhood(regions)
     trainer = {
@@ -72,23 +94,24 @@ def cell_embeddings(pbf: str, area: gpd.GeoDataFrame, resolution: int, epochs: i
     }
     out, seconds = {}, {}
 
-    started = time.perf_counter()
-    out["count"] = CountEmbedder(expected_output_features=HEX2VEC_FILTER).transform(regions, features, joint)
-    seconds["count"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    pl.seed_everything(0, workers=True)
-    hex2vec = Hex2VecEmbedder(encoder_sizes=[150, 75, 50], expected_output_features=HEX2VEC_FILTER)
-    out["hex2vec"] = hex2vec.fit_transform(
-        regions, features, joint, neighbourhood, batch_size=64, trainer_kwargs=trainer
-    )
-    seconds["hex2vec"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    pl.seed_everything(0, workers=True)
-    geovex = GeoVexEmbedder(target_features=HEX2VEC_FILTER, batch_size=64, neighbourhood_radius=4, embedding_size=32)
-    out["geovex"] = geovex.fit_transform(regions, features, joint, neighbourhood, trainer_kwargs=trainer)
-    seconds["geovex"] = time.perf_counter() - started
+    if "count" in embedders:
+        started = time.perf_counter()
+        out["count"] = CountEmbedder(expected_output_features=tags).transform(regions, features, joint)
+        seconds["count"] = time.perf_counter() - started
+    if "hex2vec" in embedders:
+        started = time.perf_counter()
+        pl.seed_everything(0, workers=True)
+        hex2vec = Hex2VecEmbedder(encoder_sizes=[150, 75, 50], expected_output_features=tags)
+        out["hex2vec"] = hex2vec.fit_transform(
+            regions, features, joint, neighbourhood, batch_size=64, trainer_kwargs=trainer
+        )
+        seconds["hex2vec"] = time.perf_counter() - started
+    if "geovex" in embedders:
+        started = time.perf_counter()
+        pl.seed_everything(0, workers=True)
+        geovex = GeoVexEmbedder(target_features=tags, batch_size=64, neighbourhood_radius=4, embedding_size=32)
+        out["geovex"] = geovex.fit_transform(regions, features, joint, neighbourhood, trainer_kwargs=trainer)
+        seconds["geovex"] = time.perf_counter() - started
     return {"embeddings": out, "seconds": seconds, "regions": len(regions), "features": len(features)}
 
 
@@ -112,14 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="directory for <embedder>.parquet and srai.json")
     parser.add_argument("--resolution", type=int, default=9, help="H3 resolution of the cells")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs of Hex2Vec and GeoVex")
+    parser.add_argument(
+        "--exclude-keys", default="", help="comma-separated OSM keys left out of the tag filter (e.g. landuse)"
+    )
+    parser.add_argument("--embedders", default="count,hex2vec,geovex", help="comma-separated subset to compute")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     install_spatial_extension()
     points = gpd.read_parquet(args.points)
     area = gpd.GeoDataFrame(geometry=[points.geometry.union_all().convex_hull.buffer(0.005)], crs="EPSG:4326")
-    result = cell_embeddings(args.pbf, area, args.resolution, args.epochs, out)
+    exclude = tuple(k.strip() for k in args.exclude_keys.split(",") if k.strip())
+    tags = tag_filter(exclude)
+    embedders = tuple(e.strip() for e in args.embedders.split(",") if e.strip())
+    result = cell_embeddings(args.pbf, area, args.resolution, args.epochs, out, tags, embedders)
     report = {k: v for k, v in result.items() if k != "embeddings"}
+    report["excluded_keys"] = list(exclude)
     for name, cells in result["embeddings"].items():
         cells.to_parquet(out / f"cells-{name}.parquet")  # per H3 cell, as SRAI returned them
         vectors, missing = point_vectors(points, cells, args.resolution)
