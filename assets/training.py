@@ -96,7 +96,9 @@ def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, stora
 
 
 class TrainingConfig(dg.Config):
-    encoder: str = Field(_TRAIN.encoder, description="small_cnn | resnet18 | efficientnet_b0 | mobilenet_v3_small")
+    encoder: str = Field(
+        _TRAIN.encoder, description="small_cnn | small_cnn_wide | resnet18 | efficientnet_b0 | mobilenet_v3_small"
+    )
     embedding_dim: int = Field(
         _TRAIN.embedding_dim,
         description="Projection size the triplet loss trains (16 as in Loc2Vec); embeddings are the layer before.",

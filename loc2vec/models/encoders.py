@@ -19,7 +19,9 @@ from torch import nn
 
 from loc2vec.errors import ConfigError, InputDataError
 
-ENCODERS = ("small_cnn", "resnet18", "efficientnet_b0", "mobilenet_v3_small")
+ENCODERS = ("small_cnn", "small_cnn_wide", "resnet18", "efficientnet_b0", "mobilenet_v3_small")
+# the stage widths of the small CNNs: ``small_cnn_wide`` doubles every one (a 448-d place embedding, not 224)
+SMALL_CNN_WIDTHS = {"small_cnn": (32, 64, 128, 128), "small_cnn_wide": (64, 128, 256, 256)}
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
@@ -228,10 +230,10 @@ def _new_encoder(name: str, embedding_dim: int, in_channels: int, weights_path: 
         raise ConfigError(f"unknown encoder {name!r}; choose one of {ENCODERS}")
     if embedding_dim < 2:
         raise ConfigError(f"embedding_dim must be >= 2, got {embedding_dim}")
-    if name == "small_cnn":
+    if name in SMALL_CNN_WIDTHS:
         if weights_path is not None:
-            raise ConfigError("small_cnn has no pretrained weights; weights_path is for torchvision encoders")
-        backbone = SmallCNN(in_channels)
+            raise ConfigError(f"{name} has no pretrained weights; weights_path is for torchvision encoders")
+        backbone = SmallCNN(in_channels, SMALL_CNN_WIDTHS[name])
         return Encoder(backbone, backbone.out_features, embedding_dim)
     backbone, dim = _torchvision_backbone(name, in_channels, weights_path)
     return Encoder(backbone, dim, embedding_dim)
