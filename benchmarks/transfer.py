@@ -14,6 +14,12 @@ R's protocol in ``OUT/evaluate/R``. Prints a table and writes ``OUT/transfer.jso
 Without ``--train-config`` the models train with ``train-regions``' default, the transfer recipe
 (``loc2vec.training.config.TRANSFER_RECIPE``); ``--train-config`` with ``{}`` trains with the plain defaults.
 A region whose protocol cannot be built (too small for its leak buffer) is trained on, not scored.
+
+``--own-region`` asks the other question: is the multi-region model worse on a region it trained on? One
+model is trained on every region of ``--regions``, and for each region R (or each of ``--held-out``) one on R
+alone; both embed R's protocol points and are scored on R's own test blocks (both trained on R's train blocks
+only; ``min_test_train_m`` records how far R's test points lie from any anchor they trained or validated on).
+Writes ``OUT/own-region.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("landuse_recall_at_10", "landuse_balanced_recall_at_10", "poi_presence_macro_auc", "triplet_accuracy")
+METRICS = (
+    "landuse_recall_at_10",
+    "landuse_balanced_recall_at_10",
+    "landuse_probe_macro_f1",
+    "poi_presence_macro_auc",
+    "triplet_accuracy",
+)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -67,8 +79,119 @@ def print_table(results: dict) -> None:
         if not r["scored"]:
             print(f"{held_out:<18}(not scored: no default protocol on it)")
             continue
-        for name, metrics in [("model", r["model"]), *r["baselines"].items()]:
+        rows = [("model", r["model"]), *([("model (alone)", r["model_alone"])] if "model_alone" in r else [])]
+        for name, metrics in [*rows, *r["baselines"].items()]:
             print(f"{held_out:<18}{name:<16}" + "".join(f"{_number(metrics.get(m)):>32}" for m in METRICS))
+
+
+def train(names: list[str], args: argparse.Namespace, out: Path, tag: str) -> Path:
+    """``loc2vec train-regions`` on ``names``; the model's manifest copied to ``OUT/model-<tag>.json``."""
+    done = cli(
+        "train-regions", "--regions", ",".join(names), "--catalog", args.catalog, "--out", str(out),
+        "--seed", str(args.seed), "--crop-px", str(args.crop_px),
+        *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
+        *(["--train-config", args.train_config] if args.train_config else []),
+    )  # fmt: skip
+    if done.returncode:
+        raise SystemExit(1)
+    model_json = out / f"model-{tag}.json"
+    model_json.write_text((out / "model.json").read_text())
+    return model_json
+
+
+def region_protocol(catalog, name: str, model_json: Path, out: Path) -> tuple[list[str], Path] | None:
+    """``evaluate`` arguments of R's protocol for the model's config, and its points (None: R has no protocol)."""
+    config = out / f"config-{name}.json"
+    config.write_text(json.dumps(json.loads(model_json.read_text())["config"]))
+    region = catalog.region(name).region
+    where = ["--pbf", str(region.extract)] + (
+        ["--bbox", ",".join(map(repr, region.bbox.as_tuple()))] if region.bbox else []
+    )
+    work = out / "evaluate" / name  # R's protocol as `loc2vec evaluate` builds it (its own import and render)
+    points = out / f"points-{name}.parquet"
+    # the points of the protocol the scoring below builds: the model's config (crop size, radii)
+    protocol = [*where, "--work", str(work), "--train-config", str(config)]
+    if cli("evaluate", "--points-out", str(points), *protocol).returncode:
+        return None
+    return protocol, points
+
+
+def score_model(model_json: Path, protocol: list[str], points: Path, out: Path, tag: str) -> dict:
+    """The evaluation document of the model's embeddings of R's protocol points (baselines beside them)."""
+    work = Path(protocol[protocol.index("--work") + 1])
+    embedded = embed_points(model_json, points, work / "mosaic" / "CURRENT", out / f"embedded-{tag}.parquet")
+    scored = out / f"eval-{tag}"
+    if cli("evaluate", *protocol, "--embeddings", str(embedded), "--out", str(scored)).returncode:
+        raise SystemExit(1)
+    return json.loads((scored / "evaluation.json").read_text())
+
+
+def min_test_train_m(points: Path, samples_path: str) -> float:
+    """The shortest distance (m) from a protocol test point to an anchor R's model trained or validated on."""
+    import geopandas as gpd
+    import pandas as pd
+    from scipy.spatial import cKDTree
+
+    frame = gpd.read_parquet(points)
+    test = frame.loc[frame["split"] == "test", ["x", "y"]].to_numpy()
+    anchors = pd.read_parquet(samples_path, columns=["x", "y", "split"])
+    seen = anchors.loc[anchors["split"].isin(["train", "val"]), ["x", "y"]].to_numpy()
+    return float(cKDTree(seen).query(test)[0].min())
+
+
+def leave_one_out(names: list[str], held_outs: list[str], catalog, args: argparse.Namespace, out: Path) -> dict:
+    results = {}
+    for held_out in held_outs:
+        others = [n for n in names if n != held_out]
+        started = time.perf_counter()
+        print(f"== {held_out}: train on {', '.join(others)}", flush=True)
+        model_json = train(others, args, out, f"without-{held_out}")
+        model = json.loads(model_json.read_text())
+        found = region_protocol(catalog, held_out, model_json, out)
+        if found is None:
+            results[held_out] = {"trained_on": others, "scored": False, "model_version": model["model_version"]}
+            continue
+        document = score_model(model_json, *found, out, held_out)
+        results[held_out] = {
+            "trained_on": others,
+            "scored": True,
+            "model_version": model["model_version"],
+            "seconds": round(time.perf_counter() - started),
+            "model": document["model"],
+            "baselines": document["baselines"],
+            "n_test_locations": document.get("n_test_locations"),
+            "insufficient": document.get("insufficient", []),
+        }
+    return results
+
+
+def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.Namespace, out: Path) -> dict:
+    """Each region R's own test blocks: the model trained on every region against one trained on R alone."""
+    print(f"== all: train on {', '.join(names)}", flush=True)
+    everywhere = train(names, args, out, "all")
+    results = {}
+    for name in held_outs:
+        print(f"== {name}: train on {name} alone", flush=True)
+        alone = train([name], args, out, f"only-{name}")
+        found = region_protocol(catalog, name, alone, out)
+        if found is None:
+            results[name] = {"scored": False}
+            continue
+        documents = {
+            tag: score_model(m, *found, out, f"{tag}-{name}") for tag, m in (("all", everywhere), ("alone", alone))
+        }
+        results[name] = {
+            "scored": True,
+            "trained_on": {"all": names, "alone": [name]},
+            "model": documents["all"]["model"],
+            "model_alone": documents["alone"]["model"],
+            "baselines": documents["all"]["baselines"],
+            "n_test_locations": documents["all"].get("n_test_locations"),
+            "insufficient": documents["all"].get("insufficient", []),
+            # both models trained on R's train blocks only: its test points lie beyond the leak buffer
+            "min_test_train_m": min_test_train_m(found[1], json.loads(alone.read_text())["samples_path"]),
+        }
+    return results
 
 
 def main() -> int:
@@ -83,6 +206,11 @@ def main() -> int:
         "--train-config", help="training config JSON for train-regions (default: the transfer recipe; flags win)"
     )
     p.add_argument("--held-out", help="comma-separated regions to hold out and score (default: each of --regions)")
+    p.add_argument(
+        "--own-region",
+        action="store_true",
+        help="score each region on its own test blocks with the model of all regions and one of the region alone",
+    )
     args = p.parse_args()
 
     from loc2vec.regions import load_catalog
@@ -90,53 +218,11 @@ def main() -> int:
     catalog = load_catalog(args.catalog)
     names = [n.strip() for n in args.regions.split(",")]
     out = Path(args.out).resolve()
-    results = {}
     held_outs = [n.strip() for n in args.held_out.split(",")] if args.held_out else names
     if unknown := sorted(set(held_outs) - set(names)):
         p.error(f"--held-out names regions not in --regions: {', '.join(unknown)}")
-    for held_out in held_outs:
-        others = [n for n in names if n != held_out]
-        started = time.perf_counter()
-        print(f"== {held_out}: train on {', '.join(others)}", flush=True)
-        done = cli(
-            "train-regions", "--regions", ",".join(others), "--catalog", args.catalog, "--out", str(out),
-            "--seed", str(args.seed), "--crop-px", str(args.crop_px),
-            *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
-            *(["--train-config", args.train_config] if args.train_config else []),
-        )  # fmt: skip
-        if done.returncode:
-            return 1
-        model_json = out / f"model-without-{held_out}.json"
-        model_json.write_text((out / "model.json").read_text())
-        model = json.loads(model_json.read_text())
-        config = out / f"config-without-{held_out}.json"
-        config.write_text(json.dumps(model["config"]))
-        region = catalog.region(held_out).region
-        where = ["--pbf", str(region.extract)] + (
-            ["--bbox", ",".join(map(repr, region.bbox.as_tuple()))] if region.bbox else []
-        )
-        work = out / "evaluate" / held_out  # R's protocol as `loc2vec evaluate` builds it (its own import and render)
-        points = out / f"points-{held_out}.parquet"
-        # the points of the protocol the scoring below builds: the model's config (crop size, radii)
-        protocol = ["--work", str(work), "--train-config", str(config)]
-        if cli("evaluate", *where, "--points-out", str(points), *protocol).returncode:
-            results[held_out] = {"trained_on": others, "scored": False, "model_version": model["model_version"]}
-            continue
-        embedded = embed_points(model_json, points, work / "mosaic" / "CURRENT", out / f"embedded-{held_out}.parquet")
-        scored = out / f"eval-{held_out}"
-        if cli("evaluate", *where, "--embeddings", str(embedded), "--out", str(scored), *protocol).returncode:
-            return 1
-        document = json.loads((scored / "evaluation.json").read_text())
-        results[held_out] = {
-            "trained_on": others,
-            "scored": True,
-            "model_version": model["model_version"],
-            "seconds": round(time.perf_counter() - started),
-            "model": document["model"],
-            "baselines": document["baselines"],
-            "n_test_locations": document.get("n_test_locations"),
-        }
-    (out / "transfer.json").write_text(json.dumps(results, indent=2))
+    results = (own_region if args.own_region else leave_one_out)(names, held_outs, catalog, args, out)
+    (out / ("own-region.json" if args.own_region else "transfer.json")).write_text(json.dumps(results, indent=2))
     print_table(results)
     return 0
 
