@@ -1,0 +1,96 @@
+"""The tables of docs/evaluation.md from ``benchmarks/transfer.py`` results of several training seeds.
+
+    .venv/bin/python benchmarks/transfer_table.py /tmp/transfer-0/transfer.json /tmp/transfer-1/transfer.json ...
+
+Prints, as Markdown: per held-out region and embedder the mean ± standard deviation over the files of
+every metric (``insufficient`` where R's protocol flags it), then the bar: per seed, the model minus the
+untrained encoder and minus channel statistics on balanced recall, the probe and POI presence. The files
+of ``--own-region`` runs (``own-region.json``) add the model trained on the region alone (and the model
+minus it). A region may be
+missing from some files (held out in other runs): its rows use the files that hold it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+METRICS = (
+    ("landuse_recall_at_10", "land-use recall@10"),
+    ("landuse_balanced_recall_at_10", "balanced recall@10"),
+    ("landuse_probe_macro_f1", "land-use probe macro-F1"),
+    ("poi_presence_macro_auc", "POI presence AUC"),
+    ("triplet_accuracy", "triplet acc"),
+)
+BAR = ("landuse_balanced_recall_at_10", "landuse_probe_macro_f1", "poi_presence_macro_auc")
+BASELINES = ("untrained", "channel_stats", "coordinates", "random")
+
+
+def _value(metrics: dict, metric: str) -> float:
+    value = metrics.get(metric)
+    return math.nan if value is None else float(value)
+
+
+def _cell(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1 or np.std(values) == 0:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def embedders(run: dict) -> dict[str, dict]:
+    """``{embedder: metrics}`` of one region in one file: the model(s), then the baselines."""
+    out = {"model": run["model"]}
+    if "model_alone" in run:
+        out["model (region alone)"] = run["model_alone"]
+    return {**out, **{name: run["baselines"][name] for name in BASELINES if name in run["baselines"]}}
+
+
+def tables(results: list[dict]) -> str:
+    regions = list(dict.fromkeys(r for result in results for r, run in result.items() if run.get("scored")))
+    head = "| held out | embedder | " + " | ".join(label for _, label in METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 2)]
+    bar = ["| held out | " + " | ".join(m for m in BAR) + " |", "|" + "---|" * (len(BAR) + 1)]
+    for region in regions:
+        runs = [result[region] for result in results if result.get(region, {}).get("scored")]
+        flagged = set().union(*(run.get("insufficient", []) for run in runs))
+        for i, name in enumerate(embedders(runs[0])):
+            cells = []
+            for metric, _ in METRICS:
+                cell = _cell([_value(embedders(run)[name], metric) for run in runs])
+                cells.append(f"{cell} (insufficient)" if metric in flagged and cell != "n/a" else cell)
+            lines.append(f"| {region if i == 0 else ''} | {name} | " + " | ".join(cells) + " |")
+        per_metric = []
+        for metric in BAR:
+            seeds = []
+            for run in runs:
+                model = _value(run["model"], metric)
+                others = [run["baselines"][b] for b in ("untrained", "channel_stats")]
+                others += [run["model_alone"]] if "model_alone" in run else []
+                gaps = [model - _value(other, metric) for other in others]
+                seeds.append("n/a" if any(math.isnan(g) for g in gaps) else " / ".join(f"{g:+.3f}" for g in gaps))
+            per_metric.append("; ".join(seeds) + (" (insufficient)" if metric in flagged else ""))
+        bar.append(f"| {region} | " + " | ".join(per_metric) + " |")
+    against = "untrained / channel statistics" + (
+        " / the region alone" if any("model_alone" in r for x in results for r in x.values()) else ""
+    )
+    return "\n".join([*lines, "", f"Model minus {against}, per file:", "", *bar])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="+", help="transfer.json or own-region.json files, one per training seed")
+    args = parser.parse_args(argv)
+    print(tables([json.loads(Path(f).read_text()) for f in args.files]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
