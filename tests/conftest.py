@@ -103,17 +103,27 @@ SHARED_SESSION_FIXTURES = ("monaco_run",)
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under ``pytest -n N --dist loadgroup`` (``make test``), keep what a fixture shares on one worker: a
-    module whose tests use ``monaco_run`` joins that fixture's group, a module with module-scoped fixtures
-    is its own group; other tests are spread one by one."""
+    module with module-scoped fixtures is one group (``monaco_run``'s when one of its tests uses it); in the
+    other modules each test using ``monaco_run`` joins that fixture's group and the rest are spread one by one
+    (a long test beside the shared ones need not wait on their worker)."""
     if not config.pluginmanager.hasplugin("xdist"):  # ``-p no:xdist``: one process, no groups
         return
+
+    def fixture_defs(item: pytest.Item) -> list:
+        return [d for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+
+    def shared_by(item: pytest.Item) -> list[str]:
+        return sorted({d.argname for d in fixture_defs(item) if d.argname in SHARED_SESSION_FIXTURES})
+
     by_module: dict[str, list[pytest.Item]] = {}
     for item in items:
         by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
     for module, members in by_module.items():
-        fixtures = [d for item in members for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
-        shared = sorted({d.argname for d in fixtures if d.argname in SHARED_SESSION_FIXTURES})
-        group = shared[0] if shared else module if any(d.scope == "module" for d in fixtures) else None
-        if group:
+        if any(d.scope == "module" for item in members for d in fixture_defs(item)):
+            shared = sorted({name for item in members for name in shared_by(item)})
             for item in members:
-                item.add_marker(pytest.mark.xdist_group(group))
+                item.add_marker(pytest.mark.xdist_group(shared[0] if shared else module))
+            continue
+        for item in members:
+            if shared := shared_by(item):
+                item.add_marker(pytest.mark.xdist_group(shared[0]))
