@@ -40,7 +40,7 @@ def _cell(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return "n/a"
-    if len(values) == 1 or np.std(values) == 0:
+    if len(values) == 1 or np.std(values) < 5e-4:
         return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
