@@ -1,0 +1,61 @@
+"""The docs' transfer tables from result files: means over seeds, the bar's gaps per seed, flags, own-region rows."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.transfer_table import main, tables
+
+METRIC_NAMES = (
+    "landuse_recall_at_10",
+    "landuse_balanced_recall_at_10",
+    "landuse_probe_macro_f1",
+    "poi_presence_macro_auc",
+    "triplet_accuracy",
+)
+
+
+def _metrics(value: float, probe: float | None = 0.5) -> dict:
+    out = dict.fromkeys(METRIC_NAMES, value)
+    out["landuse_probe_macro_f1"] = probe
+    return out
+
+
+def _run(model: float, untrained: float, stats: float, **extra) -> dict:
+    baselines = {"untrained": _metrics(untrained), "channel_stats": _metrics(stats), "random": _metrics(0.1)}
+    return {"scored": True, "model": _metrics(model), "baselines": baselines, **extra}
+
+
+def test_means_gaps_and_flags_over_seeds():
+    seed0 = {"north": _run(0.6, 0.5, 0.7, insufficient=["poi_presence_macro_auc"]), "small": {"scored": False}}
+    seed1 = {"north": _run(0.8, 0.5, 0.7)}
+    text = tables([seed0, seed1])
+    lines = text.splitlines()
+    model_row = next(line for line in lines if line.startswith("| north | model |"))
+    assert "0.700 ± 0.100" in model_row  # mean ± std of 0.6 and 0.8
+    assert "(insufficient)" in model_row.split("|")[6]  # POI presence, flagged in one seed's protocol
+    assert "(insufficient)" not in model_row.split("|")[4]  # balanced recall is not flagged
+    assert not any(line.startswith("| small") for line in lines)  # not scored: no rows
+    bar = next(line for line in lines if line.startswith("| north |") and "/" in line and "±" not in line)
+    # per seed: model - untrained / model - channel stats
+    assert bar.split("|")[2].strip() == "+0.100 / -0.100; +0.300 / +0.100"
+
+
+def test_own_region_files_add_the_region_alone(tmp_path, capsys):
+    result = {"north": _run(0.6, 0.5, 0.7, model_alone=_metrics(0.65))}
+    path = tmp_path / "own-region.json"
+    path.write_text(json.dumps(result))
+    assert main([str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "| | model (region alone) | 0.650 |" in text.replace("|  |", "| |")
+    assert "Model minus untrained / channel statistics / the region alone" in text
+    assert "+0.100 / -0.100 / -0.050" in text
+
+
+def test_a_missing_probe_is_na_not_a_number():
+    run = _run(0.6, 0.5, 0.7)
+    for metrics in (run["model"], *run["baselines"].values()):
+        metrics["landuse_probe_macro_f1"] = None
+    text = tables([{"north": run}])
+    model_row = next(line for line in text.splitlines() if line.startswith("| north | model |"))
+    assert model_row.split("|")[5].strip() == "n/a"
