@@ -19,7 +19,8 @@ A region whose protocol cannot be built (too small for its leak buffer) is train
 model is trained on every region of ``--regions``, and for each region R (or each of ``--held-out``) one on R
 alone; both embed R's protocol points and are scored on R's own test blocks (both trained on R's train blocks
 only; ``min_test_train_m`` records how far R's test points lie from any anchor they trained or validated on).
-Writes ``OUT/own-region.json``.
+Writes ``OUT/own-region.json``. ``--weights monaco=1,kotka-karhula=0.2,...`` sets the regions' sampling
+weights of every training (each training passes those of its regions to ``train-regions --weights``).
 """
 
 from __future__ import annotations
@@ -85,10 +86,13 @@ def print_table(results: dict) -> None:
 
 
 def train(names: list[str], args: argparse.Namespace, out: Path, tag: str) -> Path:
-    """``loc2vec train-regions`` on ``names``; the model's manifest copied to ``OUT/model-<tag>.json``."""
+    """``loc2vec train-regions`` on ``names`` (with ``--weights`` of those regions, when given); the model's
+    manifest copied to ``OUT/model-<tag>.json``."""
+    weights = [args.weights[n] for n in names] if args.weights and len(names) > 1 else []
     done = cli(
         "train-regions", "--regions", ",".join(names), "--catalog", args.catalog, "--out", str(out),
         "--seed", str(args.seed), "--crop-px", str(args.crop_px),
+        *(["--weights", ",".join(weights)] if weights else []),
         *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
         *(["--train-config", args.train_config] if args.train_config else []),
     )  # fmt: skip
@@ -207,6 +211,9 @@ def main() -> int:
     )
     p.add_argument("--held-out", help="comma-separated regions to hold out and score (default: each of --regions)")
     p.add_argument(
+        "--weights", help="NAME=WEIGHT,... for every region: the sampling weights of each training (default: catalog's)"
+    )
+    p.add_argument(
         "--own-region",
         action="store_true",
         help="score each region on its own test blocks with the model of all regions and one of the region alone",
@@ -219,6 +226,11 @@ def main() -> int:
     names = [n.strip() for n in args.regions.split(",")]
     out = Path(args.out).resolve()
     held_outs = [n.strip() for n in args.held_out.split(",")] if args.held_out else names
+    if args.weights:
+        pairs = [part.split("=", 1) for part in args.weights.split(",")]
+        args.weights = {name.strip(): value.strip() for name, value in pairs}
+        if missing := sorted(set(names) - set(args.weights)):
+            p.error(f"--weights gives no weight for {', '.join(missing)}")
     if unknown := sorted(set(held_outs) - set(names)):
         p.error(f"--held-out names regions not in --regions: {', '.join(unknown)}")
     results = (own_region if args.own_region else leave_one_out)(names, held_outs, catalog, args, out)
