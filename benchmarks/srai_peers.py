@@ -92,26 +92,21 @@ def cell_embeddings(
         "enable_checkpointing": False,
         "default_root_dir": str(work),
     }
-    out, seconds = {}, {}
-
-    if "count" in embedders:
-        started = time.perf_counter()
-        out["count"] = CountEmbedder(expected_output_features=tags).transform(regions, features, joint)
-        seconds["count"] = time.perf_counter() - started
-    if "hex2vec" in embedders:
-        started = time.perf_counter()
-        pl.seed_everything(0, workers=True)
-        hex2vec = Hex2VecEmbedder(encoder_sizes=[150, 75, 50], expected_output_features=tags)
-        out["hex2vec"] = hex2vec.fit_transform(
+    fits = {
+        "count": lambda: CountEmbedder(expected_output_features=tags).transform(regions, features, joint),
+        "hex2vec": lambda: Hex2VecEmbedder(encoder_sizes=[150, 75, 50], expected_output_features=tags).fit_transform(
             regions, features, joint, neighbourhood, batch_size=64, trainer_kwargs=trainer
-        )
-        seconds["hex2vec"] = time.perf_counter() - started
-    if "geovex" in embedders:
+        ),
+        "geovex": lambda: GeoVexEmbedder(
+            target_features=tags, batch_size=64, neighbourhood_radius=4, embedding_size=32
+        ).fit_transform(regions, features, joint, neighbourhood, trainer_kwargs=trainer),
+    }
+    out, seconds = {}, {}
+    for name in embedders:
         started = time.perf_counter()
-        pl.seed_everything(0, workers=True)
-        geovex = GeoVexEmbedder(target_features=tags, batch_size=64, neighbourhood_radius=4, embedding_size=32)
-        out["geovex"] = geovex.fit_transform(regions, features, joint, neighbourhood, trainer_kwargs=trainer)
-        seconds["geovex"] = time.perf_counter() - started
+        pl.seed_everything(0, workers=True)  # the trained embedders start from the same seed whatever ran before
+        out[name] = fits[name]()
+        seconds[name] = time.perf_counter() - started
     return {"embeddings": out, "seconds": seconds, "regions": len(regions), "features": len(features)}
 
 
