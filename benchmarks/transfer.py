@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = (
@@ -103,8 +104,16 @@ def train(names: list[str], args: argparse.Namespace, out: Path, tag: str) -> Pa
     return model_json
 
 
-def region_protocol(catalog, name: str, model_json: Path, out: Path) -> tuple[list[str], Path] | None:
-    """``evaluate`` arguments of R's protocol for the model's config, and its points (None: R has no protocol)."""
+class Protocol(NamedTuple):
+    """R's protocol for a model's config: the ``evaluate`` arguments that build it, its points and work dir."""
+
+    args: list[str]
+    points: Path
+    work: Path
+
+
+def region_protocol(catalog, name: str, model_json: Path, out: Path) -> Protocol | None:
+    """R's protocol for the model's config (None: R has no protocol)."""
     config = out / f"config-{name}.json"
     config.write_text(json.dumps(json.loads(model_json.read_text())["config"]))
     region = catalog.region(name).region
@@ -117,15 +126,15 @@ def region_protocol(catalog, name: str, model_json: Path, out: Path) -> tuple[li
     protocol = [*where, "--work", str(work), "--train-config", str(config)]
     if cli("evaluate", "--points-out", str(points), *protocol).returncode:
         return None
-    return protocol, points
+    return Protocol(protocol, points, work)
 
 
-def score_model(model_json: Path, protocol: list[str], points: Path, out: Path, tag: str) -> dict:
+def score_model(model_json: Path, protocol: Protocol, out: Path, tag: str) -> dict:
     """The evaluation document of the model's embeddings of R's protocol points (baselines beside them)."""
-    work = Path(protocol[protocol.index("--work") + 1])
-    embedded = embed_points(model_json, points, work / "mosaic" / "CURRENT", out / f"embedded-{tag}.parquet")
+    mosaic = protocol.work / "mosaic" / "CURRENT"
+    embedded = embed_points(model_json, protocol.points, mosaic, out / f"embedded-{tag}.parquet")
     scored = out / f"eval-{tag}"
-    if cli("evaluate", *protocol, "--embeddings", str(embedded), "--out", str(scored)).returncode:
+    if cli("evaluate", *protocol.args, "--embeddings", str(embedded), "--out", str(scored)).returncode:
         raise SystemExit(1)
     return json.loads((scored / "evaluation.json").read_text())
 
@@ -155,7 +164,7 @@ def leave_one_out(names: list[str], held_outs: list[str], catalog, args: argpars
         if found is None:
             results[held_out] = {"trained_on": others, "scored": False, "model_version": model["model_version"]}
             continue
-        document = score_model(model_json, *found, out, held_out)
+        document = score_model(model_json, found, out, held_out)
         results[held_out] = {
             "trained_on": others,
             "scored": True,
@@ -182,7 +191,7 @@ def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.N
             results[name] = {"scored": False}
             continue
         documents = {
-            tag: score_model(m, *found, out, f"{tag}-{name}") for tag, m in (("all", everywhere), ("alone", alone))
+            tag: score_model(m, found, out, f"{tag}-{name}") for tag, m in (("all", everywhere), ("alone", alone))
         }
         results[name] = {
             "scored": True,
@@ -193,7 +202,7 @@ def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.N
             "n_test_locations": documents["all"].get("n_test_locations"),
             "insufficient": documents["all"].get("insufficient", []),
             # both models trained on R's train blocks only: its test points lie beyond the leak buffer
-            "min_test_train_m": min_test_train_m(found[1], json.loads(alone.read_text())["samples_path"]),
+            "min_test_train_m": min_test_train_m(found.points, json.loads(alone.read_text())["samples_path"]),
         }
     return results
 

@@ -6,8 +6,8 @@ Prints, as Markdown: per held-out region and embedder the mean ± standard devia
 every metric (``insufficient`` where R's protocol flags it), then the bar: per seed, the model minus the
 untrained encoder and minus channel statistics on balanced recall, the probe and POI presence. The files
 of ``--own-region`` runs (``own-region.json``) add the model trained on the region alone (and the model
-minus it). A region may be
-missing from some files (held out in other runs): its rows use the files that hold it.
+minus it). A region may be missing from some files (held out in other runs): its rows use the files that
+hold it.
 """
 
 from __future__ import annotations
