@@ -124,12 +124,10 @@ def evaluation(
         uri, trained_model.model_name, trained_model.model_version, MAIN_METRIC, result["model"][MAIN_METRIC]
     )
     context.log.info(f"model version {trained_model.model_version} champion: {promoted}")
-    names = ["model", *result["baselines"]]
-    rows = [[m] + [_cell(result, n, m) for n in names] + _support_cells(result, m) for m in METRICS]
     return dg.Output(
         result,
         metadata={
-            "metrics": markdown_table(["metric", *names, "n", "insufficient"], rows),
+            "metrics": metrics_table(result),
             "n_test_locations": result["n_test_locations"],
             "n_test_pois": result["n_test_pois"],
             "main_metric": f"{MAIN_METRIC} = {result['model'][MAIN_METRIC]:.4f}",
@@ -140,6 +138,14 @@ def evaluation(
             ),
         },
     )
+
+
+def metrics_table(result: dict) -> dg.MetadataValue:
+    """The evaluation's metrics, one row per metric: the model, each baseline, the test-set size and, when
+    too small to tell embedders apart, why."""
+    names = ["model", *result["baselines"]]
+    rows = [[m] + [_cell(result, n, m) for n in names] + _support_cells(result, m) for m in METRICS]
+    return markdown_table(["metric", *names, "n", "insufficient"], rows)
 
 
 def _cell(result: dict, embedder: str, metric: str) -> float | str:

@@ -231,8 +231,13 @@ def trained_model(
 
 @dg.asset_check(asset=trained_model, blocking=True, description="All model weights are finite.")
 def trained_model_weights_finite(trained_model: ModelManifest) -> dg.AssetCheckResult:
+    return weights_finite(trained_model)
+
+
+def weights_finite(model: ModelManifest) -> dg.AssetCheckResult:
+    """Passed when every floating-point tensor of the model's weights is finite; names the others."""
     import torch
 
-    state = load_encoder(trained_model.weights_path).state_dict()
+    state = load_encoder(model.weights_path).state_dict()
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     return dg.AssetCheckResult(passed=not bad, metadata={"non_finite_tensors": ", ".join(bad) or "none"})

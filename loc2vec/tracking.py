@@ -213,6 +213,17 @@ def log_evaluation(tracking_uri: str, run_id: str, metrics: dict[str, dict[str, 
     mlflow_client.log_text(run_id, document_json, "evaluation.json")
 
 
+def log_region_evaluation(
+    tracking_uri: str, run_id: str, region: str, metrics: dict[str, dict[str, float]], document_json: str
+) -> None:
+    """A region's scores onto the model's training run (``region/<region>/<embedder>/<metric>``, and
+    ``evaluation/<region>.json``): one model is scored on many regions, each under its own keys."""
+    mlflow_client = client(tracking_uri)
+    for key, value in _flat_metrics(f"region/{region}", metrics).items():
+        mlflow_client.log_metric(run_id, key, value)
+    mlflow_client.log_text(run_id, document_json, f"evaluation/{region}.json")
+
+
 def _flat_metrics(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     """``{embedder: {metric: value}}`` -> ``{prefix/embedder/metric: value}``, without missing values."""
     return {

@@ -339,7 +339,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "column": external.column,
         "dim": int(vectors.shape[1]),
     }
-    document["region"] = region_record(protocol.features, protocol.mosaic, samples, protocol.split)
+    document["region"] = region_record(protocol.features, protocol.mosaic.version, samples, protocol.split)
     out = Path(args.out)
     write_json(document, out / "evaluation.json")
     _log(f"wrote {out / 'evaluation.json'}")
@@ -379,7 +379,7 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     check_compatible(model, MapnikRenderer.from_env().resolution_m, list(names))
     protocol = _protocol_for(args, model.config.crop_px)
     document, vectors = embed_and_evaluate(model, protocol.points, protocol.reader)
-    document["region"] = region_record(protocol.features, protocol.mosaic, protocol.samples, protocol.split)
+    document["region"] = region_record(protocol.features, protocol.mosaic.version, protocol.samples, protocol.split)
     out = Path(args.out)
     write_geoparquet(embeddings_frame(protocol.points, vectors), out / "embeddings.parquet")
     write_json(document, out / "evaluation.json")  # last: its presence means the evaluation is complete

@@ -8,7 +8,7 @@ configure_process()  # the code location is the entry point of every Dagster pro
 
 import dagster as dg  # noqa: E402
 
-from assets import evaluation, osm, raster, regions, training  # noqa: E402
+from assets import evaluation, multiregion, osm, raster, regions, training  # noqa: E402
 from pipelines.jobs import ingest_job, main_job, observe_osm_job, render_job  # noqa: E402
 from pipelines.loggers import file_logger, progress_logger  # noqa: E402
 from pipelines.sensors import (  # noqa: E402
@@ -53,6 +53,7 @@ def build_definitions(
             evaluation.similarity_index,
             evaluation.maps,
             *regions.REGION_ASSETS,
+            *multiregion.MULTI_REGION_ASSETS,
         ],
         asset_checks=[
             osm.osm_features_channels_covered,
@@ -60,6 +61,7 @@ def build_definitions(
             evaluation.evaluation_metrics_valid,
             evaluation.similarity_index_recall,
             evaluation.maps_pages_written,
+            *multiregion.MULTI_REGION_CHECKS,
         ],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
         sensors=[osm_update_sensor, osm_follow_automation, retrain_when_region_changed, region_catalog_sensor],

@@ -12,8 +12,6 @@ Then one model is trained over the regions (``loc2vec.training.multi``) and regi
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import multiprocessing
 import os
 import time
@@ -168,12 +166,6 @@ def prepare_regions(
     return [found[name][0] for name in names], found[names[0]][1]
 
 
-def model_dir_name(config_digest: str, regions: list[RegionInput]) -> str:
-    """One model directory per (regions, weights, splits, config): a checkpoint never resumes on other data."""
-    key = json.dumps([[r.name, r.weight, Path(r.samples.path).stem] for r in regions])
-    return f"regions-{hashlib.sha256(key.encode()).hexdigest()[:10]}-{config_digest}"
-
-
 def train_regions_command(
     names: list[str],
     weights_text: str | None,
@@ -192,7 +184,7 @@ def train_regions_command(
     from loc2vec.io import write_json
     from loc2vec.lock import DataDirLock
     from loc2vec.training.config import TrainConfig, transfer_recipe
-    from loc2vec.training.multi import train_and_register_regions
+    from loc2vec.training.multi import model_dir_name, train_and_register_regions
     from pipelines.cli import _catalog
     from resources import MlflowTracking, TorchDevice
     from resources.paths import PROJECT_ROOT

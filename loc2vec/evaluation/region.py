@@ -17,7 +17,6 @@ from loc2vec.evaluation.existing_model import ExistingModel
 from loc2vec.evaluation.protocol import to_geoparquet_frame
 from loc2vec.evaluation.run import evaluate_embeddings
 from loc2vec.osm.layers import FeaturesManifest
-from loc2vec.render.mosaic import MosaicManifest
 
 
 def embed_and_evaluate(model: ExistingModel, points: pd.DataFrame, reader: CropGeometry) -> tuple[dict, np.ndarray]:
@@ -35,7 +34,7 @@ def embeddings_frame(points: pd.DataFrame, vectors: np.ndarray) -> gpd.GeoDataFr
 
 
 def region_record(
-    features: FeaturesManifest, mosaic: MosaicManifest, samples: SamplesManifest, split: str
+    features: FeaturesManifest, mosaic_version: str, samples: SamplesManifest, split: str
 ) -> dict[str, object]:
     """The scored region and its data versions: extract, bbox, OSM state, mosaic, samples and which split
     (``training``: the split ``loc2vec run`` trains and tests on; ``evaluation_only``: ``EVALUATION_ONLY``)."""
@@ -46,7 +45,7 @@ def region_record(
         "osm_sequence": features.osm_sequence,
         "osm_timestamp": features.osm_timestamp,
         "features_version": features.version,
-        "mosaic_version": mosaic.version,
+        "mosaic_version": mosaic_version,
         "samples_version": Path(samples.path).stem,
         "split": split,
         "split_spec": dict(samples.spec),

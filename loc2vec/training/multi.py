@@ -9,6 +9,7 @@ version record every region (name, weight, mosaic, features and OSM versions, sp
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,6 +70,57 @@ class RegionInput:
             "n_train": int(self.samples.counts.get("train", 0)),
             "n_val": int(self.samples.counts.get("val", 0)),
         }
+
+    def to_dict(self) -> dict:
+        """Every field, the split's manifest as a dict (JSON-serialisable; ``from_dict`` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RegionInput:
+        return cls(**{**values, "samples": SamplesManifest(**values["samples"])})
+
+
+def region_input(
+    name: str, weight: float, samples: SamplesManifest, mosaic_path: str, osm_bbox: str = ""
+) -> RegionInput:
+    """A region's training inputs from its split and the mosaic version it was cut from, the OSM lineage read
+    from the mosaic's own attributes (so it is the lineage of exactly those pixels)."""
+    from loc2vec.store.mosaic import open_mosaic
+
+    attrs = open_mosaic(mosaic_path).attrs
+    version = str(attrs.get("mosaic_version") or Path(mosaic_path).name.removesuffix(".zarr"))
+    if version != samples.mosaic_version:
+        raise RegionDataError(name, f"its split was cut from mosaic {samples.mosaic_version}, not {version}")
+    return RegionInput(
+        name=name,
+        weight=weight,
+        samples=samples,
+        mosaic_path=str(mosaic_path),
+        mosaic_version=version,
+        features_version=str(attrs["features_version"]),
+        osm_sha256=str(attrs["osm_sha256"]),
+        osm_bbox=osm_bbox,
+        osm_sequence=attrs.get("osm_sequence"),
+        osm_timestamp=attrs.get("osm_timestamp"),
+    )
+
+
+def common_crop_px(regions: list[RegionInput]) -> int:
+    """The crop edge every region was split for (one model trains one crop size); regions split for different
+    edges are refused, naming them."""
+    edges = {r.name: int(r.samples.spec["crop_px"]) for r in regions}
+    if not edges:
+        raise ConfigError("no region to train on")
+    if len(set(edges.values())) > 1:
+        found = ", ".join(f"{name}: {edge} px" for name, edge in edges.items())
+        raise ConfigError(f"the regions were split for different crop edges ({found}): split them for one crop_px")
+    return next(iter(edges.values()))
+
+
+def model_dir_name(config_digest: str, regions: list[RegionInput]) -> str:
+    """One model directory per (regions, weights, splits, config): a checkpoint never resumes on other data."""
+    key = json.dumps([[r.name, r.weight, Path(r.samples.path).stem] for r in regions])
+    return f"regions-{hashlib.sha256(key.encode()).hexdigest()[:10]}-{config_digest}"
 
 
 def check_region_split(config: TrainConfig, region: RegionInput) -> None:

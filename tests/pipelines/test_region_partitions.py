@@ -93,15 +93,16 @@ def _env(home: Path, data: Path, catalog: Path) -> dict[str, str]:
 
 
 def _materialize_in_processes(
-    env: dict[str, str], asset: str, partitions: list[str], config: dict | None = None, parallel: int = 2
-) -> dict[str, subprocess.CompletedProcess]:
-    """``dagster asset materialize`` for each partition, ``parallel`` processes at a time."""
+    env: dict[str, str], asset: str, partitions: list[str | None], config: dict | None = None, parallel: int = 2
+) -> dict[str | None, subprocess.CompletedProcess]:
+    """``dagster asset materialize`` for each partition (None: an unpartitioned asset), ``parallel`` at a time."""
     done = {}
     for i in range(0, len(partitions), parallel):
         procs = {}
         for key in partitions[i : i + parallel]:
             command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize"]
-            command += ["-m", "pipelines.definitions", "--select", asset, "--partition", key]
+            command += ["-m", "pipelines.definitions", "--select", asset]
+            command += ["--partition", key] if key is not None else []
             if config:
                 command += ["--config-json", json.dumps(config)]
             procs[key] = subprocess.Popen(
