@@ -9,6 +9,12 @@ metres (WGS84 x, y, z), one frame for every region whatever its CRS, so the loss
 exactly when it lies at least ``r_neg_m`` from the anchor on the ground (another region is always that
 far, unless two regions touch and the two places lie within ``r_neg_m`` of their common edge).
 Validation triplets are cut inside each region from its val split, negatives from its own val and train anchors.
+
+With ``sampler="neighbourhood"`` (regions read out of core) the region of every anchor is drawn the same
+way, and the anchors a region contributes come from that region's own endless neighbourhood stream
+(:mod:`loc2vec.data.sampler`): each region's reader then only needs the chunks of a few neighbourhoods at a
+time. A region's stream goes on across batches and epochs (its position is the number of anchors it gave
+before, known from the seeded region draws), so a resumed run draws the same batches.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 
 from loc2vec.data.crops import CropGeometry
+from loc2vec.data.sampler import neighbourhood_order
 from loc2vec.data.triplets import TripletSpec, cut_pairs, fixed_triplets
 from loc2vec.errors import ConfigError
 
@@ -119,25 +126,60 @@ class MultiRegionBatches(torch.utils.data.IterableDataset):
         world: int = 1,
     ) -> None:
         super().__init__()
-        if spec.sampler != "uniform":
-            raise ConfigError(
-                f"training on several regions draws anchors uniformly; sampler {spec.sampler!r} is not supported"
-            )
         self.regions, self.spec = regions, spec
         self.shares = region_shares(regions)
         self.seed, self.epoch, self.steps = seed, epoch, steps
         self.rank, self.world = rank, world
         self.xy = [np.asarray(r.train_xy, dtype=np.float64) for r in regions]
         self.locations = [geocentric_m(r.reader, xy) for r, xy in zip(regions, self.xy, strict=True)]
+        self.orders: list[np.ndarray] | None = None  # per region, the epoch's anchors in draw order
+        if spec.sampler == "neighbourhood":
+            self.orders, self.offsets = self._neighbourhood_orders()
+
+    def _region_counts(self, epoch: int) -> np.ndarray:
+        """(steps, regions): how many anchors each batch of ``epoch`` draws from each region."""
+        return np.stack([self._region_of(np.random.default_rng([self.seed, epoch, k])) for k in range(self.steps)])
+
+    def _region_of(self, rng: np.random.Generator) -> np.ndarray:
+        """A batch's anchors per region: the first draw of the batch's generator, the same for every sampler."""
+        region_of = rng.choice(len(self.regions), size=self.spec.batch_size, p=self.shares)
+        return np.bincount(region_of, minlength=len(self.regions))
+
+    def _neighbourhood_orders(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Each region's draws of this epoch from its neighbourhood stream (which goes on where the earlier
+        epochs stopped), and each batch's offset into them."""
+        before = sum((self._region_counts(e).sum(axis=0) for e in range(self.epoch)), np.zeros(len(self.regions), int))
+        counts = self._region_counts(self.epoch)
+        orders = []
+        for r, region in enumerate(self.regions):
+            cols, rows = region.reader.grid.xy_to_pixel(self.xy[r][:, 0], self.xy[r][:, 1])
+            stream_seed = int(np.random.SeedSequence([self.seed, r]).generate_state(1)[0])
+            orders.append(
+                neighbourhood_order(
+                    cols,
+                    rows,
+                    int(before[r]),
+                    int(counts[:, r].sum()),
+                    self.spec.neighbourhood_px,
+                    self.spec.shuffle_neighbourhoods,
+                    stream_seed,
+                )
+            )
+        offsets = np.vstack([np.zeros(len(self.regions), int), np.cumsum(counts, axis=0)[:-1]])
+        return orders, offsets
 
     def _draw(self, step: int) -> tuple[np.random.Generator, list[tuple[int, np.ndarray]]]:
         rng = np.random.default_rng([self.seed, self.epoch, step])
-        region_of = rng.choice(len(self.regions), size=self.spec.batch_size, p=self.shares)
+        counts = self._region_of(rng)
         plan = []
-        for r in range(len(self.regions)):
-            n = int((region_of == r).sum())
-            if n:
+        for r, n in enumerate(counts.tolist()):
+            if not n:
+                continue
+            if self.orders is None:
                 plan.append((r, rng.choice(len(self.xy[r]), size=n, replace=n > len(self.xy[r]))))
+            else:
+                start = int(self.offsets[step, r])
+                plan.append((r, self.orders[r][start : start + n]))
         return rng, plan
 
     def plan(self, step: int) -> list[tuple[int, np.ndarray]]:

@@ -77,6 +77,42 @@ def test_anchors_are_drawn_from_each_region_by_weight_seeded(regions):
     assert any(not np.array_equal(i1, i2) for (_, i1), (_, i2) in zip(batches.plan(0), other.plan(0), strict=False))
 
 
+def test_the_neighbourhood_sampler_draws_each_region_from_its_own_stream_by_weight(regions):
+    """Across regions, the neighbourhood sampler keeps the weighted region mix of uniform draws (the same counts
+    per batch), walks each region's anchors in its own neighbourhood stream (every train anchor once per pass,
+    a few neighbourhoods at a time) and continues that stream across epochs and after a restart."""
+    config = TrainConfig(**{**FAST, "batch_size": 32}, sampler="neighbourhood", neighbourhood_px=128)
+    spec = config.triplet_spec()
+    data = _triplets(regions, [3.0, 1.0])
+    steps, epochs = 10, 4
+    uniform = MultiRegionBatches(data, TrainConfig(**{**FAST, "batch_size": 32}).triplet_spec(), 5, 0, steps)
+    first = MultiRegionBatches(data, spec, seed=5, epoch=0, steps=steps)
+    for k in range(steps):
+        counts = {r: len(idx) for r, idx in first.plan(k)}
+        assert counts == {r: len(idx) for r, idx in uniform.plan(k)}
+    streams = {0: [], 1: []}
+    for epoch in range(epochs):
+        batches = MultiRegionBatches(data, spec, seed=5, epoch=epoch, steps=steps)
+        restarted = MultiRegionBatches(_triplets(regions, [3.0, 1.0]), spec, seed=5, epoch=epoch, steps=steps)
+        for k in range(steps):
+            plan = batches.plan(k)
+            assert [(r, i.tolist()) for r, i in plan] == [(r, i.tolist()) for r, i in restarted.plan(k)]
+            for r, idx in plan:
+                streams[r].extend(idx.tolist())
+    helsinki = len(data[1].train_xy)
+    assert len(streams[1]) >= helsinki  # a whole pass over Helsinki's anchors: each exactly once
+    assert sorted(streams[1][:helsinki]) == list(range(helsinki))
+    # batches stay local: the anchors Kotka gives one batch lie in few of its neighbourhoods
+    cols, rows = data[0].reader.grid.xy_to_pixel(data[0].train_xy[:, 0], data[0].train_xy[:, 1])
+    cell = (np.asarray(rows) // 128).astype(int) * 1000 + (np.asarray(cols) // 128).astype(int)
+    per_batch = [len(set(cell[idx].tolist())) for r, idx in first.plan(0) if r == 0]
+    spread = len(set(cell[np.random.default_rng(0).choice(len(cell), 24, replace=False)].tolist()))
+    assert per_batch[0] <= 2 * spec.shuffle_neighbourhoods < spread
+    # the crops are the region's own train anchors
+    known = {tuple(p) for r in data for p in geocentric_m(r.reader, r.train_xy).astype(np.float32).tolist()}
+    assert all(tuple(p) in known for p in first.batch(3)[2].tolist())
+
+
 class _Recording:
     """A reader that records the centres (pixels) of every crop it cuts."""
 
