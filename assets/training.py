@@ -117,6 +117,11 @@ class TrainingConfig(dg.Config):
     weight_decay: float = Field(_TRAIN.weight_decay, description="AdamW weight decay.")
     r_pos_m: float = Field(_TRAIN.r_pos_m, description="Positives within this distance of the anchor.")
     r_neg_m: float = Field(_TRAIN.r_neg_m, description="Negatives at least this far from the anchor.")
+    max_negative_m: float | None = Field(
+        _TRAIN.max_negative_m,
+        description="Negatives at most this far from the anchor (None: no limit); below the distance between "
+        "regions, multi-region batches keep each anchor's negatives inside its own region.",
+    )
     r_context_m: float | None = Field(
         _TRAIN.r_context_m,
         description="Wider positive radius for a share of anchors (None: off); sample_locations.max_positive_m must "

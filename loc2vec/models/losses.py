@@ -48,26 +48,43 @@ class TripletObjective:
         self.all_triplets = miners.TripletMarginMiner(margin=1e9, type_of_triplets="all")
 
     @staticmethod
-    def _far_apart(labels: torch.Tensor, locations: torch.Tensor, i: torch.Tensor, j: torch.Tensor, r_neg: float):
-        """Mask of sample pairs (i, j) whose anchors lie at least ``r_neg`` apart on the ground."""
-        return (locations[labels[i]] - locations[labels[j]]).norm(dim=1) >= r_neg
+    def _far_apart(
+        labels: torch.Tensor,
+        locations: torch.Tensor,
+        i: torch.Tensor,
+        j: torch.Tensor,
+        r_neg: float,
+        r_max: float | None = None,
+    ):
+        """Mask of sample pairs (i, j) whose anchors lie at least ``r_neg`` (and at most ``r_max``) apart on the
+        ground."""
+        distance = (locations[labels[i]] - locations[labels[j]]).norm(dim=1)
+        return (distance >= r_neg) if r_max is None else (distance >= r_neg) & (distance <= r_max)
 
     @classmethod
-    def far_negatives(cls, triplets, labels: torch.Tensor, locations: torch.Tensor, r_neg: float):
+    def far_negatives(
+        cls, triplets, labels: torch.Tensor, locations: torch.Tensor, r_neg: float, r_max: float | None = None
+    ):
         a, p, n = triplets
-        keep = cls._far_apart(labels, locations, a, n, r_neg)
+        keep = cls._far_apart(labels, locations, a, n, r_neg, r_max)
         return a[keep], p[keep], n[keep]
 
     def __call__(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, locations: torch.Tensor, r_neg: float
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        locations: torch.Tensor,
+        r_neg: float,
+        r_max: float | None = None,
     ) -> torch.Tensor:
-        """``locations[label]`` are the anchors' ground coordinates (metres)."""
+        """``locations[label]`` are the anchors' ground coordinates (metres); negatives lie ``r_neg`` to
+        ``r_max`` (None: any distance) from the anchor."""
         if self.kind == "infonce":
-            return self.infonce(embeddings, labels, locations, r_neg)
+            return self.infonce(embeddings, labels, locations, r_neg, r_max)
         triplets = self.miner(embeddings, labels)
         if triplets[0].numel() == 0:  # nothing violates the margin: fall back to all triplets
             triplets = self.all_triplets(embeddings, labels)
-        triplets = self.far_negatives(triplets, labels, locations, r_neg)
+        triplets = self.far_negatives(triplets, labels, locations, r_neg, r_max)
         if triplets[0].numel() == 0:
             return embeddings.sum() * 0.0  # keeps the graph: a zero loss with zero gradients
         if self.kind == "triplet":
@@ -76,11 +93,16 @@ class TripletObjective:
         return soft_pn(embeddings[a], embeddings[p], embeddings[n])
 
     def infonce(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, locations: torch.Tensor, r_neg: float
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        locations: torch.Tensor,
+        r_neg: float,
+        r_max: float | None = None,
     ) -> torch.Tensor:
-        """NT-Xent over every positive pair, each against all samples of anchors ``r_neg`` or more away."""
+        """NT-Xent over every positive pair, each against all samples of anchors ``r_neg`` (to ``r_max``) away."""
         a1, p, a2, n = lmu.get_all_pairs_indices(labels)
-        keep = self._far_apart(labels, locations, a2, n, r_neg)
+        keep = self._far_apart(labels, locations, a2, n, r_neg, r_max)
         return self.ntxent(embeddings, labels, indices_tuple=(a1, p, a2[keep], n[keep]))
 
 

@@ -31,6 +31,9 @@ class TrainConfig:
     crop_px: int = 128
     r_pos_m: float = 100.0
     r_neg_m: float = 500.0
+    # negatives at most this far from the anchor (None: no limit); below the distance between regions, a
+    # multi-region batch keeps each anchor's negatives inside its own region
+    max_negative_m: float | None = None
     r_context_m: float | None = 250.0
     context_share: float = 0.5
     max_shift_px: int = 4
@@ -70,6 +73,7 @@ class TrainConfig:
             (self.val_triplets >= 8, "val_triplets must be >= 8"),
             (self.patience >= 1, "patience must be >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.max_negative_m is None or self.max_negative_m > self.r_neg_m, "max_negative_m must be > r_neg_m"),
             (self.recon_weight >= 0, "recon_weight must be >= 0"),
             (self.recon_cells >= 1, "recon_cells must be >= 1"),
             (0 <= self.mask_ratio < 1, "mask_ratio must be in [0, 1)"),
@@ -131,6 +135,8 @@ class TrainConfig:
         if values["sampler"] == "uniform":
             for name in SAMPLER_FIELDS:
                 values.pop(name)
+        if values["max_negative_m"] is None:
+            values.pop("max_negative_m")
         if values["recon_weight"] == 0 and values["mask_ratio"] == 0:
             for name in RECON_FIELDS:
                 values.pop(name)

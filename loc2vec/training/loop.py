@@ -226,7 +226,7 @@ def fit(
                 with device.autocast():
                     out = net(x, with_representation=True) if recon is not None else net(x)
                 emb, rep = out if recon is not None else (out, None)
-                loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m)
+                loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m, config.max_negative_m)
                 if recon is not None:
                     loss = loss + config.recon_weight * recon(rep, target)
                 optimizer.zero_grad(set_to_none=True)

@@ -115,6 +115,27 @@ def test_objective_drops_negatives_closer_than_r_neg():
     assert (0, 1) not in pairs and (1, 0) not in pairs and (0, 2) in pairs
 
 
+def test_max_negative_m_keeps_negatives_within_reach_of_the_anchor():
+    """Anchors 0-2 in one region, 3 another region 2,000 km away: with max_negative_m, 3 is no one's negative."""
+    emb = torch.nn.functional.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.arange(4).repeat(2)
+    locations = torch.tensor([[0.0, 0.0], [1000.0, 0.0], [3000.0, 0.0], [2.0e6, 0.0]])
+    objective = TripletObjective("triplet", 0.2, "all")
+    triplets = objective.all_triplets(emb, labels)
+    a, _, n = objective.far_negatives(triplets, labels, locations, r_neg=500.0, r_max=50_000.0)
+    pairs = {(int(labels[i]), int(labels[j])) for i, j in zip(a, n, strict=True)}
+    assert pairs == {(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)}
+    a, _, n = objective.far_negatives(triplets, labels, locations, r_neg=500.0)
+    assert {(int(labels[i]), int(labels[j])) for i, j in zip(a, n, strict=True)} >= {(0, 3), (3, 0)}
+    infonce = TripletObjective("infonce", temperature=0.5)
+    alone = torch.tensor([[0.0, 0.0], [1.0e6, 0.0], [2.0e6, 0.0], [3.0e6, 0.0]])  # no pair within 50 km
+    emb.requires_grad_()
+    assert infonce(emb, labels, alone, r_neg=500.0, r_max=50_000.0).item() == 0.0
+    assert infonce(emb, labels, alone, r_neg=500.0).item() > 0.0
+    assert TrainConfig().digest() == TrainConfig(max_negative_m=None).digest()  # older runs keep their identity
+    assert TrainConfig(max_negative_m=50_000.0).digest() != TrainConfig().digest()
+
+
 def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
     torch.manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
@@ -138,6 +159,7 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
     [
         ({"lr": -1.0}, "lr must be > 0"),
         ({"epochs": 0}, "epochs must be >= 1"),
+        ({"max_negative_m": 400.0}, "max_negative_m must be > r_neg_m"),
         ({"encoder": "vgg99"}, "encoder must be one of"),
         ({"loss": "contrastive"}, "loss must be one of"),
         ({"r_pos_m": 600.0, "r_neg_m": 500.0}, "r_pos_m < r_neg_m"),
