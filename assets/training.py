@@ -157,6 +157,11 @@ class TrainingConfig(dg.Config):
         _TRAIN.recon_cells, description="Cells per crop side of the grid whose channel shares and presence it predicts."
     )
     mask_ratio: float = Field(_TRAIN.mask_ratio, description="Share of the anchor's cells masked before encoding.")
+    freeze_stem: bool = Field(
+        _TRAIN.freeze_stem,
+        description="Keep the small CNN's patch stem at its seeded initial weights (a frozen random patch "
+        "projection) and train the rest.",
+    )
 
 
 @dg.asset(

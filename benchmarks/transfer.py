@@ -52,20 +52,33 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return done
 
 
-def embed_points(model_json: Path, points: Path, mosaic_current: Path, out: Path) -> Path:
-    """The model's place embeddings of the protocol's points, cut from R's mosaic, as a GeoParquet."""
+def embed_points(
+    model_json: Path, points: Path, mosaic_current: Path, out: Path, adapt: bool = False, untrained: bool = False
+) -> Path:
+    """The model's place embeddings of the protocol's points, cut from R's mosaic, as a GeoParquet. ``adapt``:
+    with batch-norm statistics recomputed on R's train locations (``loc2vec.evaluation.adapt``);
+    ``untrained``: the untrained baseline's encoder (the model's architecture, its seeded initial weights)."""
     import geopandas as gpd
+    import torch
 
     from loc2vec.data.chunked import open_reader
+    from loc2vec.evaluation.adapt import adapt_batchnorm
     from loc2vec.evaluation.embedders import encode
-    from loc2vec.models.encoders import load_encoder
+    from loc2vec.models.encoders import build_encoder, load_encoder
 
     model = json.loads(model_json.read_text())
+    config = model["config"]
     frame = gpd.read_parquet(points)
     reader = open_reader(mosaic_current.read_text().strip())
-    vectors = encode(
-        load_encoder(model["weights_path"]), reader, frame[["x", "y"]].to_numpy(), model["config"]["crop_px"]
-    )
+    if untrained:
+        torch.manual_seed(config["seed"])  # as the protocol's untrained baseline is built
+        encoder = build_encoder(config["encoder"], config["embedding_dim"], reader.channels)
+    else:
+        encoder = load_encoder(model["weights_path"])
+    if adapt:
+        train = frame.loc[(frame["split"] == "train") & (frame["kind"] == "location"), ["x", "y"]].to_numpy()
+        encoder = adapt_batchnorm(encoder, reader, train, config["crop_px"], seed=config["seed"])
+    vectors = encode(encoder, reader, frame[["x", "y"]].to_numpy(), config["crop_px"])
     embedded = gpd.GeoDataFrame({"vector": [v.tolist() for v in vectors]}, geometry=frame.geometry, crs=frame.crs)
     embedded.to_parquet(out)
     return out
@@ -76,14 +89,24 @@ def _number(value) -> str:
 
 
 def print_table(results: dict) -> None:
-    print(f"{'held out':<18}{'embedder':<16}" + "".join(f"{m:>32}" for m in METRICS))
+    print(f"{'held out':<18}{'embedder':<24}" + "".join(f"{m:>32}" for m in METRICS))
     for held_out, r in results.items():
         if not r["scored"]:
             print(f"{held_out:<18}(not scored: no default protocol on it)")
             continue
-        rows = [("model", r["model"]), *([("model (alone)", r["model_alone"])] if "model_alone" in r else [])]
+        rows = [
+            (label, r[key])
+            for key, label in (
+                ("model", "model"),
+                ("model_alone", "model (alone)"),
+                ("model_adapted", "model (BN adapted)"),
+                ("model_alone_adapted", "alone (BN adapted)"),
+                ("untrained_adapted", "untrained (BN adapted)"),
+            )
+            if key in r
+        ]
         for name, metrics in [*rows, *r["baselines"].items()]:
-            print(f"{held_out:<18}{name:<16}" + "".join(f"{_number(metrics.get(m)):>32}" for m in METRICS))
+            print(f"{held_out:<18}{name:<24}" + "".join(f"{_number(metrics.get(m)):>32}" for m in METRICS))
 
 
 def train(names: list[str], args: argparse.Namespace, out: Path, tag: str) -> Path:
@@ -129,10 +152,22 @@ def region_protocol(catalog, name: str, model_json: Path, out: Path) -> Protocol
     return Protocol(protocol, points, work)
 
 
-def score_model(model_json: Path, protocol: Protocol, out: Path, tag: str) -> dict:
-    """The evaluation document of the model's embeddings of R's protocol points (baselines beside them)."""
+def score_model(model_json: Path, protocol: Protocol, out: Path, tag: str, adapt: bool = False) -> dict:
+    """The evaluation document of the model's embeddings of R's protocol points (baselines beside them);
+    with ``adapt`` also ``model_adapted`` and ``untrained_adapted``: the model's and the untrained encoder's
+    metrics with batch-norm statistics recomputed on R's train locations."""
+    document = _score_embeddings(model_json, protocol, out, tag)
+    if adapt:
+        for name, untrained in (("model_adapted", False), ("untrained_adapted", True)):
+            document[name] = _score_embeddings(
+                model_json, protocol, out, f"{tag}-{name}", adapt=True, untrained=untrained
+            )["model"]
+    return document
+
+
+def _score_embeddings(model_json: Path, protocol: Protocol, out: Path, tag: str, **embedding) -> dict:
     mosaic = protocol.work / "mosaic" / "CURRENT"
-    embedded = embed_points(model_json, protocol.points, mosaic, out / f"embedded-{tag}.parquet")
+    embedded = embed_points(model_json, protocol.points, mosaic, out / f"embedded-{tag}.parquet", **embedding)
     scored = out / f"eval-{tag}"
     if cli("evaluate", *protocol.args, "--embeddings", str(embedded), "--out", str(scored)).returncode:
         raise SystemExit(1)
@@ -164,7 +199,7 @@ def leave_one_out(names: list[str], held_outs: list[str], catalog, args: argpars
         if found is None:
             results[held_out] = {"trained_on": others, "scored": False, "model_version": model["model_version"]}
             continue
-        document = score_model(model_json, found, out, held_out)
+        document = score_model(model_json, found, out, held_out, adapt=args.adapt_norm)
         results[held_out] = {
             "trained_on": others,
             "scored": True,
@@ -172,6 +207,7 @@ def leave_one_out(names: list[str], held_outs: list[str], catalog, args: argpars
             "seconds": round(time.perf_counter() - started),
             "model": document["model"],
             "baselines": document["baselines"],
+            **{k: document[k] for k in ("model_adapted", "untrained_adapted") if k in document},
             "n_test_locations": document.get("n_test_locations"),
             "insufficient": document.get("insufficient", []),
         }
@@ -190,15 +226,16 @@ def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.N
         if found is None:
             results[name] = {"scored": False}
             continue
-        documents = {
-            tag: score_model(m, found, out, f"{tag}-{name}") for tag, m in (("all", everywhere), ("alone", alone))
-        }
+        models = (("all", everywhere), ("alone", alone))
+        documents = {tag: score_model(m, found, out, f"{tag}-{name}", adapt=args.adapt_norm) for tag, m in models}
         results[name] = {
             "scored": True,
             "trained_on": {"all": names, "alone": [name]},
             "model": documents["all"]["model"],
             "model_alone": documents["alone"]["model"],
             "baselines": documents["all"]["baselines"],
+            **{k: documents["all"][k] for k in ("model_adapted", "untrained_adapted") if k in documents["all"]},
+            **({"model_alone_adapted": documents["alone"]["model_adapted"]} if args.adapt_norm else {}),
             "n_test_locations": documents["all"].get("n_test_locations"),
             "insufficient": documents["all"].get("insufficient", []),
             # both models trained on R's train blocks only: its test points lie beyond the leak buffer
@@ -226,6 +263,12 @@ def main() -> int:
         "--own-region",
         action="store_true",
         help="score each region on its own test blocks with the model of all regions and one of the region alone",
+    )
+    p.add_argument(
+        "--adapt-norm",
+        action="store_true",
+        help="also score the model and the untrained encoder with batch-norm statistics recomputed on the "
+        "scored region's train locations (AdaBN)",
     )
     args = p.parse_args()
 

@@ -50,6 +50,11 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
+    @property
+    def stem(self) -> nn.Module:
+        """The patch stem (4 x 4-px patches projected to the first width, batch norm, ReLU)."""
+        return self.features[0]
+
     def place_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(context, centre, whole, peak): globally pooled last stage; the stem averaged over the central
         half, averaged over the crop, and its maximum over the crop."""

@@ -56,6 +56,9 @@ class TrainConfig:
     recon_weight: float = 0.0
     recon_cells: int = 4
     mask_ratio: float = 0.0
+    # keep the small CNN's patch stem at its seeded initial weights (its batch norm the identity) and train the
+    # rest: a frozen random patch projection, as MoCo v3 (Chen et al. 2021) does for ViTs (loc2vec.training.loop)
+    freeze_stem: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,6 +80,10 @@ class TrainConfig:
             (self.recon_weight >= 0, "recon_weight must be >= 0"),
             (self.recon_cells >= 1, "recon_cells must be >= 1"),
             (0 <= self.mask_ratio < 1, "mask_ratio must be in [0, 1)"),
+            (
+                not self.freeze_stem or self.encoder.startswith("small_cnn"),
+                "freeze_stem needs a small_cnn encoder (the torchvision backbones have no patch stem)",
+            ),
         ]
         errors = [f"{msg} (got {self._value_for(msg)!r})" for ok, msg in checks if not ok]
         if errors:
@@ -128,15 +135,16 @@ class TrainConfig:
         return asdict(self)
 
     def digest(self) -> str:
-        """Identity of what is trained: every field but the reader's; the sampler's and the reconstruction's
-        only when not the default (digests of configs from before they existed stay the same, and their
-        checkpoints resume)."""
+        """Identity of what is trained: every field but the reader's; the sampler's, the reconstruction's,
+        ``max_negative_m`` and ``freeze_stem`` only when not the default (digests of configs from before they
+        existed stay the same, and their checkpoints resume)."""
         values = {k: v for k, v in self.to_dict().items() if k not in READER_FIELDS}
         if values["sampler"] == "uniform":
             for name in SAMPLER_FIELDS:
                 values.pop(name)
-        if values["max_negative_m"] is None:
-            values.pop("max_negative_m")
+        for name, default in (("max_negative_m", None), ("freeze_stem", False)):
+            if values[name] == default:
+                values.pop(name)
         if values["recon_weight"] == 0 and values["mask_ratio"] == 0:
             for name in RECON_FIELDS:
                 values.pop(name)

@@ -127,6 +127,13 @@ def train(
     )
 
 
+def _freeze_stem(model: Encoder) -> torch.nn.Module:
+    """The encoder's patch stem, its weights no longer trained (its batch norm is kept in eval mode by the loop)."""
+    stem = model.backbone.stem
+    stem.requires_grad_(False)
+    return stem
+
+
 EpochBatches = Callable[[int, int, int], torch.utils.data.IterableDataset]  # (epoch, rank, world) -> the batches
 
 
@@ -150,6 +157,7 @@ def fit(
     model = model.to(device.device)
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    frozen = _freeze_stem(model) if config.freeze_stem else None  # before DDP, which registers what trains
     net: torch.nn.Module = model
     if world > 1:
         ids = [device.index] if device.kind == "cuda" else None
@@ -157,7 +165,8 @@ def fit(
     recon = None
     if config.recon_weight > 0:
         recon = ReconstructionObjective(model.representation_dim, channels, config.recon_cells).to(device.device)
-    parameters = [*model.parameters(), *(recon.parameters() if recon is not None else [])]
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    parameters += list(recon.parameters()) if recon is not None else []
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.steps_per_epoch % world:
         raise ConfigError(f"steps_per_epoch ({config.steps_per_epoch}) must be a multiple of the world size {world}")
@@ -201,6 +210,8 @@ def fit(
     labels_of = torch.arange(config.batch_size).repeat(2).to(device.device)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
+        if frozen is not None:
+            frozen.eval()  # its batch norm keeps its initial statistics (evaluate_triplets sets train mode)
         data = batches(epoch, rank, world)
         loader = torch.utils.data.DataLoader(
             data, batch_size=None, num_workers=config.num_workers, pin_memory=device.pin_memory

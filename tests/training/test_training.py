@@ -168,6 +168,7 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"recon_weight": -1.0}, "recon_weight must be >= 0"),
         ({"mask_ratio": 1.0}, "mask_ratio must be in"),
         ({"recon_cells": 0}, "recon_cells must be >= 1"),
+        ({"encoder": "resnet18", "freeze_stem": True}, "freeze_stem needs a small_cnn encoder"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -362,3 +363,21 @@ def test_training_with_masked_reconstruction_resumes_exactly(monaco_samples, tmp
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in full.history]
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_frozen_stem_stays_the_untrained_encoders_and_the_rest_trains(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    config = TrainConfig(epochs=2, patience=10, recon_weight=1.0, freeze_stem=True, **FAST)
+    assert config.digest() != TrainConfig(epochs=2, patience=10, recon_weight=1.0, **FAST).digest()
+    assert TrainConfig().digest() == TrainConfig(freeze_stem=False).digest()  # older runs keep their identity
+    trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path).model
+    torch.manual_seed(config.seed)  # as the protocol builds its untrained baseline
+    untrained = build_encoder(config.encoder, config.embedding_dim, reader.channels).eval()
+    before, after = untrained.state_dict(), trained.state_dict()
+    stem = {k for k in after if k.startswith("backbone.features.0.")}
+    assert stem and all(torch.equal(before[k], after[k]) for k in stem)  # weights and batch-norm statistics
+    assert all(not torch.equal(before[k], after[k]) for k in after if k.endswith("weight") and k not in stem)
+    x = torch.from_numpy(reader.crops_px([400, 500], [300, 350], 64)[0]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        assert torch.equal(trained.backbone.stem(x.float() / 255), untrained.backbone.stem(x.float() / 255))
