@@ -162,6 +162,10 @@ class TrainingConfig(dg.Config):
         description="Keep the small CNN's patch stem at its seeded initial weights (a frozen random patch "
         "projection) and train the rest.",
     )
+    stem_lr_scale: float = Field(
+        _TRAIN.stem_lr_scale,
+        description="Share of the learning rate the small CNN's patch stem trains at (1: as the rest).",
+    )
 
 
 @dg.asset(

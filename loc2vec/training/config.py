@@ -59,6 +59,8 @@ class TrainConfig:
     # keep the small CNN's patch stem at its seeded initial weights (its batch norm the identity) and train the
     # rest: a frozen random patch projection, as MoCo v3 (Chen et al. 2021) does for ViTs (loc2vec.training.loop)
     freeze_stem: bool = False
+    # the small CNN's patch stem trained at this share of the learning rate (1: as the rest; freeze_stem: not at all)
+    stem_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -83,6 +85,11 @@ class TrainConfig:
             (
                 not self.freeze_stem or self.encoder.startswith("small_cnn"),
                 "freeze_stem needs a small_cnn encoder (the torchvision backbones have no patch stem)",
+            ),
+            (0 < self.stem_lr_scale <= 1, "stem_lr_scale must be in (0, 1]"),
+            (
+                self.stem_lr_scale == 1 or self.encoder.startswith("small_cnn"),
+                "stem_lr_scale needs a small_cnn encoder (the torchvision backbones have no patch stem)",
             ),
         ]
         errors = [f"{msg} (got {self._value_for(msg)!r})" for ok, msg in checks if not ok]
@@ -136,13 +143,13 @@ class TrainConfig:
 
     def digest(self) -> str:
         """Identity of what is trained: every field but the reader's; the sampler's, the reconstruction's,
-        ``max_negative_m`` and ``freeze_stem`` only when not the default (digests of configs from before they
-        existed stay the same, and their checkpoints resume)."""
+        ``max_negative_m``, ``freeze_stem`` and ``stem_lr_scale`` only when not the default (digests of
+        configs from before they existed stay the same, and their checkpoints resume)."""
         values = {k: v for k, v in self.to_dict().items() if k not in READER_FIELDS}
         if values["sampler"] == "uniform":
             for name in SAMPLER_FIELDS:
                 values.pop(name)
-        for name, default in (("max_negative_m", None), ("freeze_stem", False)):
+        for name, default in (("max_negative_m", None), ("freeze_stem", False), ("stem_lr_scale", 1.0)):
             if values[name] == default:
                 values.pop(name)
         if values["recon_weight"] == 0 and values["mask_ratio"] == 0:

@@ -134,6 +134,19 @@ def _freeze_stem(model: Encoder) -> torch.nn.Module:
     return stem
 
 
+def parameter_groups(model: Encoder, recon: torch.nn.Module | None, config: TrainConfig) -> list[dict]:
+    """What the optimizer trains, with each group's peak learning rate: one group, or the rest and the patch
+    stem at ``stem_lr_scale`` of it (parameters a frozen stem holds are left out)."""
+    stem = {id(p) for p in model.backbone.stem.parameters()} if config.stem_lr_scale != 1 else set()
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in stem]
+    rest += list(recon.parameters()) if recon is not None else []
+    groups = [{"params": rest, "lr": config.lr}]
+    slow = [p for p in model.parameters() if p.requires_grad and id(p) in stem]
+    if slow:
+        groups.append({"params": slow, "lr": config.lr * config.stem_lr_scale})
+    return groups
+
+
 EpochBatches = Callable[[int, int, int], torch.utils.data.IterableDataset]  # (epoch, rank, world) -> the batches
 
 
@@ -165,15 +178,14 @@ def fit(
     recon = None
     if config.recon_weight > 0:
         recon = ReconstructionObjective(model.representation_dim, channels, config.recon_cells).to(device.device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    parameters += list(recon.parameters()) if recon is not None else []
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    groups = parameter_groups(model, recon, config)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.steps_per_epoch % world:
         raise ConfigError(f"steps_per_epoch ({config.steps_per_epoch}) must be a multiple of the world size {world}")
     local_steps = config.steps_per_epoch // world
     total_steps = config.epochs * local_steps
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=0.15
     )
     scaler = device.grad_scaler()
     objective = TripletObjective(config.loss, config.margin, config.mining, config.temperature)

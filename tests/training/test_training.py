@@ -11,7 +11,7 @@ from loc2vec.models.encoders import ENCODERS, build_encoder
 from loc2vec.models.losses import TripletObjective, channel_cells, mask_cells, soft_pn
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import select_device
-from loc2vec.training.loop import SimulatedCrash, train
+from loc2vec.training.loop import SimulatedCrash, parameter_groups, train
 
 FAST = dict(crop_px=64, batch_size=32, steps_per_epoch=8, val_triplets=64, r_neg_m=300.0, seed=1)
 
@@ -169,6 +169,8 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"mask_ratio": 1.0}, "mask_ratio must be in"),
         ({"recon_cells": 0}, "recon_cells must be >= 1"),
         ({"encoder": "resnet18", "freeze_stem": True}, "freeze_stem needs a small_cnn encoder"),
+        ({"stem_lr_scale": 0.0}, "stem_lr_scale must be in"),
+        ({"encoder": "resnet18", "stem_lr_scale": 0.1}, "stem_lr_scale needs a small_cnn encoder"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -381,3 +383,24 @@ def test_a_frozen_stem_stays_the_untrained_encoders_and_the_rest_trains(monaco_s
     x = torch.from_numpy(reader.crops_px([400, 500], [300, 350], 64)[0]).permute(0, 3, 1, 2)
     with torch.no_grad():
         assert torch.equal(trained.backbone.stem(x.float() / 255), untrained.backbone.stem(x.float() / 255))
+
+
+def test_a_slow_stem_trains_at_its_share_of_the_learning_rate(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    torch.manual_seed(0)
+    model = build_encoder("small_cnn", 8, reader.channels)
+    groups = parameter_groups(model, None, TrainConfig(stem_lr_scale=0.1, lr=1e-3))
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.backbone.stem.parameters()}
+    assert len(parameter_groups(model, None, TrainConfig())) == 1
+    assert TrainConfig().digest() == TrainConfig(stem_lr_scale=1.0).digest()
+
+    def stem_moved(scale: float) -> float:
+        config = TrainConfig(epochs=1, patience=10, stem_lr_scale=scale, **FAST)
+        trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(scale)).model
+        torch.manual_seed(config.seed)
+        start = build_encoder(config.encoder, config.embedding_dim, reader.channels)
+        return float((trained.backbone.stem[0].weight - start.backbone.stem[0].weight).norm())
+
+    assert 0 < stem_moved(0.01) < 0.2 * stem_moved(1.0)
