@@ -59,26 +59,23 @@ def embed_points(
     with batch-norm statistics recomputed on R's train locations (``loc2vec.evaluation.adapt``);
     ``untrained``: the untrained baseline's encoder (the model's architecture, its seeded initial weights)."""
     import geopandas as gpd
-    import torch
 
     from loc2vec.data.chunked import open_reader
     from loc2vec.evaluation.adapt import adapt_batchnorm
     from loc2vec.evaluation.embedders import encode
-    from loc2vec.models.encoders import build_encoder, load_encoder
+    from loc2vec.evaluation.run import untrained_encoder
+    from loc2vec.models.encoders import load_encoder
+    from loc2vec.training.config import TrainConfig
 
     model = json.loads(model_json.read_text())
-    config = model["config"]
+    config = TrainConfig(**model["config"])
     frame = gpd.read_parquet(points)
     reader = open_reader(mosaic_current.read_text().strip())
-    if untrained:
-        torch.manual_seed(config["seed"])  # as the protocol's untrained baseline is built
-        encoder = build_encoder(config["encoder"], config["embedding_dim"], reader.channels)
-    else:
-        encoder = load_encoder(model["weights_path"])
+    encoder = untrained_encoder(config, reader.channels) if untrained else load_encoder(model["weights_path"])
     if adapt:
         train = frame.loc[(frame["split"] == "train") & (frame["kind"] == "location"), ["x", "y"]].to_numpy()
-        encoder = adapt_batchnorm(encoder, reader, train, config["crop_px"], seed=config["seed"])
-    vectors = encode(encoder, reader, frame[["x", "y"]].to_numpy(), config["crop_px"])
+        encoder = adapt_batchnorm(encoder, reader, train, config.crop_px, seed=config.seed)
+    vectors = encode(encoder, reader, frame[["x", "y"]].to_numpy(), config.crop_px)
     embedded = gpd.GeoDataFrame({"vector": [v.tolist() for v in vectors]}, geometry=frame.geometry, crs=frame.crs)
     embedded.to_parquet(out)
     return out

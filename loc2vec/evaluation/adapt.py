@@ -20,7 +20,7 @@ from torch.optim.swa_utils import update_bn
 
 from loc2vec.data.crops import CropGeometry
 from loc2vec.errors import InputDataError
-from loc2vec.evaluation.embedders import crops_at
+from loc2vec.evaluation.embedders import crops_tensor
 
 MIN_ADAPTATION_CROPS = 64  # fewer crops give statistics noisier than the training regions' ones
 
@@ -50,8 +50,7 @@ def adapt_batchnorm(
     def crops() -> Iterator[torch.Tensor]:
         # batches of (nearly) equal size: update_bn averages the batches' statistics with equal weights
         for part_order in np.array_split(order, -(-len(order) // batch)):
-            part = crops_at(reader, xy[part_order], crop_px)
-            yield torch.from_numpy(part).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+            yield crops_tensor(reader, xy[part_order], crop_px, device)
 
-    update_bn(crops(), adapted, device=device)
+    update_bn(crops(), adapted)
     return adapted.eval()

@@ -44,14 +44,19 @@ def encode(model: torch.nn.Module, reader: CropGeometry, xy: np.ndarray, crop_px
     return in_locality_order(reader, np.asarray(xy), lambda part: _encode(model, reader, part, crop_px, batch))
 
 
+def crops_tensor(reader: CropGeometry, xy: np.ndarray, crop_px: int, device: torch.device) -> torch.Tensor:
+    """The crops at CRS points as a model's uint8 input batch (N, C, S, S), channels-last on ``device``."""
+    crops = crops_at(reader, xy, crop_px)
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def _encode(model: torch.nn.Module, reader: CropGeometry, xy: np.ndarray, crop_px: int, batch: int) -> np.ndarray:
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(xy), batch):
-        crops = crops_at(reader, xy[start : start + batch], crop_px)
-        x = torch.from_numpy(crops).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+        x = crops_tensor(reader, xy[start : start + batch], crop_px, device)
         vectors = model.embed(x) if hasattr(model, "embed") else model(x)
         out.append(vectors.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -40,13 +40,17 @@ def protocol_radii(config: TrainConfig, resolution: float) -> dict[str, float]:
     }
 
 
+def untrained_encoder(config: TrainConfig, channels: int) -> torch.nn.Module:
+    """The ``untrained`` baseline's encoder: the config's architecture with its seeded initial weights."""
+    torch.manual_seed(config.seed)
+    return build_encoder(config.encoder, config.embedding_dim, channels)
+
+
 def baseline_embeddings(points: pd.DataFrame, reader: CropGeometry, config: TrainConfig) -> dict[str, np.ndarray]:
     xy = points[["x", "y"]].to_numpy()
-    torch.manual_seed(config.seed)
-    untrained = build_encoder(config.encoder, config.embedding_dim, reader.channels)
     return {
         "channel_stats": channel_stats(reader, xy, config.crop_px),
-        "untrained": encode(untrained, reader, xy, config.crop_px),
+        "untrained": encode(untrained_encoder(config, reader.channels), reader, xy, config.crop_px),
         "coordinates": coordinates(xy),
         "random": random_vectors(len(xy), RANDOM_DIM, config.seed),
     }
