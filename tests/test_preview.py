@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import ImageFont
+from PIL import Image, ImageFont
 
-from loc2vec.preview import LABEL_FONT_PX, LAND, PALETTE, WATER, _wrap, channel_panel, composite, overview
+from loc2vec.preview import (
+    LABEL_FONT_PX,
+    LAND,
+    PALETTE,
+    WATER,
+    _wrap,
+    channel_panel,
+    channel_strip,
+    composite,
+    overview,
+    resized_composite,
+)
 from loc2vec.schema import load_schema
 from loc2vec.store.mosaic import open_mosaic
 
@@ -65,3 +76,26 @@ def test_overview_keeps_thin_lines(monaco_mosaic):
     # max-pooled: every drawn pixel of the mosaic shows in its overview pixel
     rows, cols = np.nonzero(full[railways])
     assert (small[railways][rows // step, cols // step] > 0).all()
+
+
+def _strip_by_resizing(crop: np.ndarray, names, cell: int) -> np.ndarray:
+    """The strip drawn at full size and resized after: the picture ``channel_strip`` must give."""
+    alpha = crop.astype(np.float32)[..., None] / 255.0
+    tiles = [(LAND * (1 - alpha[j]) + PALETTE[j] * alpha[j]).clip(0, 255).astype(np.uint8) for j in range(len(crop))]
+    tiles.append(composite(crop, names))
+    return np.concatenate([np.asarray(Image.fromarray(t).resize((cell, cell), Image.NEAREST)) for t in tiles], axis=1)
+
+
+def test_strips_and_thumbnails_sampled_first_equal_the_resized_full_pictures(monaco_mosaic):
+    _, mosaic = monaco_mosaic
+    full = open_mosaic(mosaic.path).mosaic
+    rng = np.random.default_rng(0)
+    coast = np.pad(_coast(), ((0, 0), (0, 88), (0, 88)))  # open sea reaching the edge, 128 px
+    crops = [coast] + [full[:, y : y + 128, x : x + 128] for y, x in rng.integers(0, 400, (6, 2))]
+    assert any((composite(c, NAMES) == WATER.astype(np.uint8)).all(axis=-1).any() for c in crops)
+    for crop in crops:
+        for cell in (24, 48, 64, 96):
+            assert np.array_equal(channel_strip(crop, NAMES, cell=cell), _strip_by_resizing(crop, NAMES, cell))
+            resized = Image.fromarray(composite(crop, NAMES)).resize((cell, cell), Image.NEAREST)
+            assert np.array_equal(resized_composite(crop, NAMES, cell), np.asarray(resized))
+    assert np.array_equal(channel_strip(coast, None, cell=48), _strip_by_resizing(coast, None, 48))

@@ -198,22 +198,16 @@ def previews(reader: CropGeometry, xy: np.ndarray, crop_px: int, cell: int = 48)
     out = []
     for start in range(0, len(xy), 256):
         crops = crops_at(reader, xy[start : start + 256], crop_px).transpose(0, 3, 1, 2)
-        out += [png_bytes(channel_strip(c, reader.channel_names, cell=cell)) for c in crops]
+        out += [png_bytes(channel_strip(c, reader.channel_names, cell=cell), optimize=False) for c in crops]
     return out
 
 
 def _thumbnails(reader: CropGeometry, xy: np.ndarray, crop_px: int, size: int = 64) -> list[bytes]:
-    from PIL import Image
-
     from loc2vec.evaluation.embedders import crops_at
-    from loc2vec.preview import composite, png_bytes
+    from loc2vec.preview import png_bytes, resized_composite
 
-    out = []
-    for crop in crops_at(reader, xy, crop_px):
-        picture = composite(crop.transpose(2, 0, 1), reader.channel_names)
-        picture = Image.fromarray(picture).resize((size, size), Image.NEAREST)
-        out.append(png_bytes(np.asarray(picture)))
-    return out
+    crops = crops_at(reader, xy, crop_px).transpose(0, 3, 1, 2)
+    return [png_bytes(resized_composite(c, reader.channel_names, size), optimize=False) for c in crops]
 
 
 def build_maps(

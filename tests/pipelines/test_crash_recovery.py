@@ -1,7 +1,8 @@
 """A run killed with SIGKILL, a second run on the same data dir, a restart, and Ctrl-C: each as a real process.
 
-One scenario, shared by the tests below: ``loc2vec run`` is started and killed (SIGKILL of its process
-group) once it has checkpointed an epoch; meanwhile a second run on the same directory is refused; then
+One scenario, shared by the tests below: ``loc2vec run`` is started, stopped (SIGSTOP) once it has
+checkpointed an epoch, and killed (SIGKILL of its process group) after a second run on the same directory
+was refused meanwhile (stopped, it cannot finish training however slowly the second run starts); then
 the same command is run again and must resume; finally a run with another config is interrupted (SIGINT).
 """
 
@@ -47,14 +48,16 @@ def _env() -> dict:
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
-def _wait_for(predicate, what: str, proc: subprocess.Popen | None = None, timeout: float = TIMEOUT_S) -> None:
+def _wait_for(
+    predicate, what: str, proc: subprocess.Popen | None = None, timeout: float = TIMEOUT_S, poll_s: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"process ended (rc {proc.returncode}) before {what}: {proc.stdout.read()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(poll_s)
 
 
 def _versions(out: Path) -> list:
@@ -84,7 +87,9 @@ def scenario(tmp_path_factory) -> Scenario:
         text=True,
     )  # fmt: skip
     try:
-        _wait_for(lambda: any(out.glob("models/*/checkpoints/last.pt")), "the first checkpoint", first)
+        _wait_for(lambda: any(out.glob("models/*/checkpoints/last.pt")), "the first checkpoint", first, poll_s=0.1)
+        # frozen (alive, holding its lock) so it cannot train on to the end while the second run starts
+        os.killpg(first.pid, signal.SIGSTOP)
         second = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
     finally:
         os.killpg(first.pid, signal.SIGKILL)

@@ -1,0 +1,94 @@
+"""Place embeddings assembled from the parts of a trained model and of its untrained encoder, scored on R's protocol.
+
+The small CNN's place embedding has four parts (``SmallCNN.place_features``): the context, and the stem's
+centre, whole-crop mean and peak. This scores, on a held-out region of a ``benchmarks/transfer.py`` output
+directory, embeddings that take each part from the model trained without that region (``M``), from its
+untrained encoder (``U``: the same architecture at its seeded initial weights), or from both, e.g. a trained
+context over random stem summaries. Each part is normalised, as in ``Encoder.embed``. Not part of the suite:
+
+    .venv/bin/python -m benchmarks.embedding_parts --run /tmp/transfer-0 --region neubrandenburg \\
+        --variants MMMM----,M----UUU,MMMMUUUU
+
+A variant is 8 letters: the model's context, centre, whole, peak (``M`` or ``-``), then the untrained
+encoder's (``U`` or ``-``). ``MMMM----`` is the model's own embedding, ``----UUUU`` the untrained baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from benchmarks.transfer import METRICS, ROOT, _number, cli
+
+PARTS = ("context", "centre", "whole", "peak")
+
+
+class PartsEmbedding(torch.nn.Module):
+    """``embed``: the chosen parts of the model's and the untrained encoder's place features, normalised."""
+
+    def __init__(self, model: torch.nn.Module, untrained: torch.nn.Module, variant: str) -> None:
+        super().__init__()
+        if len(variant) != 8 or set(variant[:4]) - {"M", "-"} or set(variant[4:]) - {"U", "-"} or variant == "-" * 8:
+            raise SystemExit(f"variant {variant!r}: 4 of M/- then 4 of U/-, at least one part")
+        self.model, self.untrained, self.variant = model, untrained, variant
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        from loc2vec.models.encoders import _place_representation
+
+        x = x.float().div_(255.0)
+        trained, random = self.model.backbone.place_features(x), self.untrained.backbone.place_features(x)
+        parts = [trained[i] for i in range(4) if self.variant[i] == "M"]
+        parts += [random[i] for i in range(4) if self.variant[4 + i] == "U"]
+        return _place_representation(*parts)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, required=True, help="a benchmarks/transfer.py --out directory")
+    p.add_argument("--region", required=True, help="a held-out region of that run")
+    p.add_argument("--variants", required=True, help="comma-separated, e.g. MMMM----,M----UUU")
+    p.add_argument("--catalog", default=str(ROOT / "regions.toml"))
+    args = p.parse_args()
+
+    import geopandas as gpd
+
+    from loc2vec.data.chunked import open_reader
+    from loc2vec.evaluation.embedders import encode
+    from loc2vec.evaluation.run import untrained_encoder
+    from loc2vec.models.encoders import load_encoder
+    from loc2vec.regions import load_catalog
+    from loc2vec.training.config import TrainConfig
+
+    run, region = args.run, args.region
+    model = json.loads((run / f"model-without-{region}.json").read_text())
+    config = TrainConfig(**model["config"])
+    frame = gpd.read_parquet(run / f"points-{region}.parquet")
+    reader = open_reader((run / "evaluate" / region / "mosaic" / "CURRENT").read_text().strip())
+    trained, untrained = load_encoder(model["weights_path"]), untrained_encoder(config, reader.channels)
+    spec = load_catalog(args.catalog).region(region).region
+    where = ["--pbf", str(spec.extract)] + (["--bbox", ",".join(map(repr, spec.bbox.as_tuple()))] if spec.bbox else [])
+    protocol = [*where, "--work", str(run / "evaluate" / region), "--train-config", str(run / f"config-{region}.json")]
+    out = run / "parts"
+    out.mkdir(exist_ok=True)
+    print("| variant | " + " | ".join(METRICS) + " |")
+    for variant in args.variants.split(","):
+        vectors = encode(
+            PartsEmbedding(trained, untrained, variant), reader, frame[["x", "y"]].to_numpy(), config.crop_px
+        )
+        embedded = out / f"{region}-{variant}.parquet"
+        gpd.GeoDataFrame({"vector": [v.tolist() for v in vectors]}, geometry=frame.geometry, crs=frame.crs).to_parquet(
+            embedded
+        )
+        scored = out / f"eval-{region}-{variant}"
+        if cli("evaluate", *protocol, "--embeddings", str(embedded), "--out", str(scored)).returncode:
+            return 1
+        metrics = json.loads((scored / "evaluation.json").read_text())["model"]
+        print(f"| {variant} | " + " | ".join(_number(metrics.get(m)) for m in METRICS) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
