@@ -10,6 +10,7 @@ BENCHMARKS = (
     "benchmarks.render_bench",
     "benchmarks.train_bench",
     "benchmarks.incremental_bench",
+    "benchmarks.maps_bench",
 )
 
 
