@@ -209,7 +209,7 @@ def similarity_index(
     group_name="evaluation",
     kinds={"html"},
     description="A folium map of the region coloured by embedding cluster and a plotly projector page.",
-    code_version="1",
+    code_version="2",  # 2: UMAP on scikit-learn's exact neighbours, pictures drawn at their size
 )
 def maps(
     trained_model: ModelManifest, embeddings: EmbeddingsManifest, storage: ProjectStorage
