@@ -151,9 +151,12 @@ def _blend(channels: np.ndarray, names: Sequence[str] | None, open_sea: np.ndarr
 
 @functools.lru_cache(maxsize=32)
 def nearest_indices(size: int, cell: int) -> np.ndarray:
-    """The source pixels PIL's NEAREST resize from ``size`` to ``cell`` px samples (its own rounding)."""
-    index = Image.fromarray(np.tile(np.arange(size, dtype=np.int32), (1, 1)))
-    return np.asarray(index.resize((cell, 1), Image.NEAREST))[0].astype(np.intp)
+    """The source pixels PIL's NEAREST resize from ``size`` to ``cell`` px samples (its own rounding, read
+    off a resized row of pixel indices); read-only, as it is shared."""
+    index = Image.fromarray(np.arange(size, dtype=np.int32)[None, :])
+    sampled = np.asarray(index.resize((cell, 1), Image.NEAREST))[0].astype(np.intp)
+    sampled.setflags(write=False)
+    return sampled
 
 
 def channel_strip(crop: np.ndarray, names: Sequence[str] | None = None, cell: int = 48) -> np.ndarray:
