@@ -21,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.transfer import METRICS, ROOT, _number, cli
-
-PARTS = ("context", "centre", "whole", "peak")
+from benchmarks.transfer import METRICS, ROOT, _number, score_embedded, write_embedded, written_protocol
 
 
 class PartsEmbedding(torch.nn.Module):
@@ -65,27 +63,18 @@ def main() -> int:
     run, region = args.run, args.region
     model = json.loads((run / f"model-without-{region}.json").read_text())
     config = TrainConfig(**model["config"])
-    frame = gpd.read_parquet(run / f"points-{region}.parquet")
-    reader = open_reader((run / "evaluate" / region / "mosaic" / "CURRENT").read_text().strip())
+    protocol = written_protocol(load_catalog(args.catalog), region, run)
+    frame = gpd.read_parquet(protocol.points)
+    reader = open_reader((protocol.work / "mosaic" / "CURRENT").read_text().strip())
     trained, untrained = load_encoder(model["weights_path"]), untrained_encoder(config, reader.channels)
-    spec = load_catalog(args.catalog).region(region).region
-    where = ["--pbf", str(spec.extract)] + (["--bbox", ",".join(map(repr, spec.bbox.as_tuple()))] if spec.bbox else [])
-    protocol = [*where, "--work", str(run / "evaluate" / region), "--train-config", str(run / f"config-{region}.json")]
     out = run / "parts"
     out.mkdir(exist_ok=True)
     print("| variant | " + " | ".join(METRICS) + " |")
     for variant in args.variants.split(","):
-        vectors = encode(
-            PartsEmbedding(trained, untrained, variant), reader, frame[["x", "y"]].to_numpy(), config.crop_px
-        )
-        embedded = out / f"{region}-{variant}.parquet"
-        gpd.GeoDataFrame({"vector": [v.tolist() for v in vectors]}, geometry=frame.geometry, crs=frame.crs).to_parquet(
-            embedded
-        )
-        scored = out / f"eval-{region}-{variant}"
-        if cli("evaluate", *protocol, "--embeddings", str(embedded), "--out", str(scored)).returncode:
-            return 1
-        metrics = json.loads((scored / "evaluation.json").read_text())["model"]
+        embedding = PartsEmbedding(trained, untrained, variant)
+        vectors = encode(embedding, reader, frame[["x", "y"]].to_numpy(), config.crop_px)
+        embedded = write_embedded(vectors, frame, out / f"{region}-{variant}.parquet")
+        metrics = score_embedded(protocol, embedded, out / f"eval-{region}-{variant}")["model"]
         print(f"| {variant} | " + " | ".join(_number(metrics.get(m)) for m in METRICS) + " |", flush=True)
     return 0
 

@@ -39,29 +39,26 @@ MONACO_PROPER = (7.405, 43.722, 7.445, 43.752)
 CROP = 128
 
 
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
 def _resized(picture: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(picture).resize((size, size), Image.NEAREST))
 
 
-def baseline_pictures(crops: np.ndarray, names: list[str]) -> tuple[list[bytes], list[bytes]]:
-    """Strips and thumbnails drawn at the crop's size and resized after (``(N, C, S, S)`` crops)."""
+def strip_drawn_full_size(crop: np.ndarray, names: list[str] | None, cell: int) -> np.ndarray:
+    """A ``(C, S, S)`` crop's channel strip coloured at the crop's size and resized after: the reference
+    ``loc2vec.preview.channel_strip`` equals (tests/test_preview.py)."""
     from loc2vec.preview import LAND, PALETTE, composite
 
-    strips, thumbs = [], []
-    for crop in crops:
-        alpha = crop.astype(np.float32)[..., None] / 255.0
-        tiles = [
-            (LAND * (1 - alpha[j]) + PALETTE[j] * alpha[j]).clip(0, 255).astype(np.uint8) for j in range(len(crop))
-        ]
-        full = composite(crop, names)
-        strips.append(_png(np.concatenate([_resized(t, 48) for t in [*tiles, full]], axis=1)))
-        thumbs.append(_png(_resized(full, 64)))
+    alpha = crop.astype(np.float32)[..., None] / 255.0
+    tiles = [(LAND * (1 - alpha[j]) + PALETTE[j] * alpha[j]).clip(0, 255).astype(np.uint8) for j in range(len(crop))]
+    return np.concatenate([_resized(t, cell) for t in [*tiles, composite(crop, names)]], axis=1)
+
+
+def baseline_pictures(crops: np.ndarray, names: list[str]) -> tuple[list[bytes], list[bytes]]:
+    """Strips and thumbnails drawn at the crop's size, resized after, PNG optimized (``(N, C, S, S)`` crops)."""
+    from loc2vec.preview import composite, png_bytes
+
+    strips = [png_bytes(strip_drawn_full_size(crop, names, 48)) for crop in crops]
+    thumbs = [png_bytes(_resized(composite(crop, names), 64)) for crop in crops]
     return strips, thumbs
 
 

@@ -75,7 +75,14 @@ def embed_points(
     if adapt:
         train = frame.loc[(frame["split"] == "train") & (frame["kind"] == "location"), ["x", "y"]].to_numpy()
         encoder = adapt_batchnorm(encoder, reader, train, config.crop_px, seed=config.seed)
-    vectors = encode(encoder, reader, frame[["x", "y"]].to_numpy(), config.crop_px)
+    return write_embedded(encode(encoder, reader, frame[["x", "y"]].to_numpy(), config.crop_px), frame, out)
+
+
+def write_embedded(vectors, frame, out: Path) -> Path:
+    """``vectors`` of the protocol's points (``frame``, in its order) as the GeoParquet ``evaluate
+    --embeddings`` scores."""
+    import geopandas as gpd
+
     embedded = gpd.GeoDataFrame({"vector": [v.tolist() for v in vectors]}, geometry=frame.geometry, crs=frame.crs)
     embedded.to_parquet(out)
     return out
@@ -134,19 +141,24 @@ class Protocol(NamedTuple):
 
 def region_protocol(catalog, name: str, model_json: Path, out: Path) -> Protocol | None:
     """R's protocol for the model's config (None: R has no protocol)."""
-    config = out / f"config-{name}.json"
-    config.write_text(json.dumps(json.loads(model_json.read_text())["config"]))
+    (out / f"config-{name}.json").write_text(json.dumps(json.loads(model_json.read_text())["config"]))
+    protocol = written_protocol(catalog, name, out)
+    if cli("evaluate", "--points-out", str(protocol.points), *protocol.args).returncode:
+        return None
+    return protocol
+
+
+def written_protocol(catalog, name: str, out: Path) -> Protocol:
+    """R's protocol in OUT as ``region_protocol`` lays it out: built for the model config in
+    ``OUT/config-R.json`` (crop size, radii), its work dir ``OUT/evaluate/R`` (``loc2vec evaluate``'s own
+    import and render of R) and its points in ``OUT/points-R.parquet``."""
     region = catalog.region(name).region
     where = ["--pbf", str(region.extract)] + (
         ["--bbox", ",".join(map(repr, region.bbox.as_tuple()))] if region.bbox else []
     )
-    work = out / "evaluate" / name  # R's protocol as `loc2vec evaluate` builds it (its own import and render)
-    points = out / f"points-{name}.parquet"
-    # the points of the protocol the scoring below builds: the model's config (crop size, radii)
-    protocol = [*where, "--work", str(work), "--train-config", str(config)]
-    if cli("evaluate", "--points-out", str(points), *protocol).returncode:
-        return None
-    return Protocol(protocol, points, work)
+    work = out / "evaluate" / name
+    args = [*where, "--work", str(work), "--train-config", str(out / f"config-{name}.json")]
+    return Protocol(args, out / f"points-{name}.parquet", work)
 
 
 def score_model(model_json: Path, protocol: Protocol, out: Path, tag: str, adapt: bool = False) -> dict:
@@ -165,7 +177,11 @@ def score_model(model_json: Path, protocol: Protocol, out: Path, tag: str, adapt
 def _score_embeddings(model_json: Path, protocol: Protocol, out: Path, tag: str, **embedding) -> dict:
     mosaic = protocol.work / "mosaic" / "CURRENT"
     embedded = embed_points(model_json, protocol.points, mosaic, out / f"embedded-{tag}.parquet", **embedding)
-    scored = out / f"eval-{tag}"
+    return score_embedded(protocol, embedded, out / f"eval-{tag}")
+
+
+def score_embedded(protocol: Protocol, embedded: Path, scored: Path) -> dict:
+    """``loc2vec evaluate --embeddings`` of a GeoParquet of R's protocol points: its evaluation document."""
     if cli("evaluate", *protocol.args, "--embeddings", str(embedded), "--out", str(scored)).returncode:
         raise SystemExit(1)
     return json.loads((scored / "evaluation.json").read_text())

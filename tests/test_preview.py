@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFont
 
+from benchmarks.maps_bench import strip_drawn_full_size
 from loc2vec.preview import (
     LABEL_FONT_PX,
     LAND,
@@ -78,14 +79,6 @@ def test_overview_keeps_thin_lines(monaco_mosaic):
     assert (small[railways][rows // step, cols // step] > 0).all()
 
 
-def _strip_by_resizing(crop: np.ndarray, names, cell: int) -> np.ndarray:
-    """The strip drawn at full size and resized after: the picture ``channel_strip`` must give."""
-    alpha = crop.astype(np.float32)[..., None] / 255.0
-    tiles = [(LAND * (1 - alpha[j]) + PALETTE[j] * alpha[j]).clip(0, 255).astype(np.uint8) for j in range(len(crop))]
-    tiles.append(composite(crop, names))
-    return np.concatenate([np.asarray(Image.fromarray(t).resize((cell, cell), Image.NEAREST)) for t in tiles], axis=1)
-
-
 def test_strips_and_thumbnails_sampled_first_equal_the_resized_full_pictures(monaco_mosaic):
     _, mosaic = monaco_mosaic
     full = open_mosaic(mosaic.path).mosaic
@@ -95,7 +88,7 @@ def test_strips_and_thumbnails_sampled_first_equal_the_resized_full_pictures(mon
     assert any((composite(c, NAMES) == WATER.astype(np.uint8)).all(axis=-1).any() for c in crops)
     for crop in crops:
         for cell in (24, 48, 64, 96):
-            assert np.array_equal(channel_strip(crop, NAMES, cell=cell), _strip_by_resizing(crop, NAMES, cell))
+            assert np.array_equal(channel_strip(crop, NAMES, cell=cell), strip_drawn_full_size(crop, NAMES, cell))
             resized = Image.fromarray(composite(crop, NAMES)).resize((cell, cell), Image.NEAREST)
             assert np.array_equal(resized_composite(crop, NAMES, cell), np.asarray(resized))
-    assert np.array_equal(channel_strip(coast, None, cell=48), _strip_by_resizing(coast, None, 48))
+    assert np.array_equal(channel_strip(coast, None, cell=48), strip_drawn_full_size(coast, None, 48))
