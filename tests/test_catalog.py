@@ -290,7 +290,7 @@ def test_partition_keys_round_trip(tmp_path):
 def test_default_catalog_regions_validate_against_their_extracts():
     catalog = load_catalog(DEFAULT_CATALOG)
     assert catalog.check() == []
-    assert catalog.names() == ["monaco", "helsinki-centre", "kotka-karhula", "neubrandenburg"]
+    assert catalog.names() == ["monaco", "helsinki-centre", "kotka-karhula", "neubrandenburg", "liechtenstein"]
     for entry in catalog:
         assert entry.region.extract.is_relative_to(ROOT / "data" / "osm")
         assert entry.area is not None and entry.grid is not None
@@ -301,7 +301,8 @@ def test_default_catalog_regions_validate_against_their_extracts():
     width, height = neubrandenburg.size_km()
     assert 19 < width < 21 and 19 < height < 21
     assert neubrandenburg.blocks_per_side == 4
-    assert len(catalog.partition_keys()) == 4 + 1 + 1 + 16
+    assert catalog.region("liechtenstein").blocks_per_side == 5  # 5 x 9 units: no more blocks than its shorter side has units
+    assert len(catalog.partition_keys()) == 4 + 1 + 1 + 16 + 25
 
 
 @pytest.mark.slow
