@@ -132,6 +132,20 @@ def mask_cells(x: torch.Tensor, cells: int, ratio: float) -> torch.Tensor:
     return x * F.interpolate(keep, size=(h, w), mode="nearest")
 
 
+def decorrelation(representation: torch.Tensor) -> torch.Tensor:
+    """Redundancy of a batch of representations: the squared correlations between different dimensions,
+    summed and divided by the width (the covariance term of VICReg, Bardes et al. 2022, on standardised
+    dimensions, so it does not depend on their scale). Low when the batch spreads over many independent
+    directions; high when a few directions carry it (dimensional collapse)."""
+    if representation.shape[0] < 2:
+        raise ConfigError("decorrelation needs a batch of at least 2 representations")
+    z = representation.float()
+    z = (z - z.mean(dim=0)) / (z.std(dim=0) + 1e-4)
+    correlation = z.T @ z / (len(z) - 1)
+    off_diagonal = correlation - torch.diag(torch.diagonal(correlation))
+    return off_diagonal.pow(2).sum() / z.shape[1]
+
+
 class ReconstructionObjective(torch.nn.Module):
     """Masked reconstruction of the channel raster, beside the metric loss (after S2Vec, Google 2025, which
     rasterises built-environment features and trains a masked autoencoder on them): a linear decoder

@@ -56,6 +56,9 @@ class TrainConfig:
     recon_weight: float = 0.0
     recon_cells: int = 4
     mask_ratio: float = 0.0
+    # weight of the decorrelation of the place representation within a batch (loc2vec.models.losses.decorrelation;
+    # 0: off): keeps the representation from collapsing onto a few directions, as the triplet loss alone lets it
+    decorrelation_weight: float = 0.0
     # keep the small CNN's patch stem at its seeded initial weights (its batch norm the identity) and train the
     # rest: a frozen random patch projection, as MoCo v3 (Chen et al. 2021) does for ViTs (loc2vec.training.loop)
     freeze_stem: bool = False
@@ -80,6 +83,7 @@ class TrainConfig:
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.max_negative_m is None or self.max_negative_m > self.r_neg_m, "max_negative_m must be > r_neg_m"),
             (self.recon_weight >= 0, "recon_weight must be >= 0"),
+            (self.decorrelation_weight >= 0, "decorrelation_weight must be >= 0"),
             (self.recon_cells >= 1, "recon_cells must be >= 1"),
             (0 <= self.mask_ratio < 1, "mask_ratio must be in [0, 1)"),
             (
@@ -143,13 +147,13 @@ class TrainConfig:
 
     def digest(self) -> str:
         """Identity of what is trained: every field but the reader's; the sampler's, the reconstruction's,
-        ``max_negative_m``, ``freeze_stem`` and ``stem_lr_scale`` only when not the default (digests of
-        configs from before they existed stay the same, and their checkpoints resume)."""
+        ``max_negative_m``, ``freeze_stem``, ``stem_lr_scale`` and ``decorrelation_weight`` only when not the
+        default (digests of configs from before they existed stay the same, and their checkpoints resume)."""
         values = {k: v for k, v in self.to_dict().items() if k not in READER_FIELDS}
         if values["sampler"] == "uniform":
             for name in SAMPLER_FIELDS:
                 values.pop(name)
-        for name, default in (("max_negative_m", None), ("freeze_stem", False), ("stem_lr_scale", 1.0)):
+        for name, default in UNLESS_DEFAULT.items():
             if values[name] == default:
                 values.pop(name)
         if values["recon_weight"] == 0 and values["mask_ratio"] == 0:
@@ -161,6 +165,8 @@ class TrainConfig:
 READER_FIELDS = ("crop_reader", "cache_mib")
 SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio")
+# fields added after the first trained configs, part of the digest only when not at these defaults
+UNLESS_DEFAULT = {"max_negative_m": None, "freeze_stem": False, "stem_lr_scale": 1.0, "decorrelation_weight": 0.0}
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the
 # leave-one-region-out study in docs/evaluation.md (masked reconstruction beside the triplet loss, 24 epochs).

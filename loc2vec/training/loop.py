@@ -21,7 +21,7 @@ from loc2vec.data.crops import CropGeometry
 from loc2vec.data.triplets import TripletBatches, fixed_triplets
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import Encoder, build_encoder
-from loc2vec.models.losses import ReconstructionObjective, TripletObjective, channel_cells, mask_cells
+from loc2vec.models.losses import ReconstructionObjective, TripletObjective, channel_cells, decorrelation, mask_cells
 from loc2vec.training.checkpoint import load_checkpoint, save_checkpoint
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import DeviceSpec
@@ -178,6 +178,7 @@ def fit(
     recon = None
     if config.recon_weight > 0:
         recon = ReconstructionObjective(model.representation_dim, channels, config.recon_cells).to(device.device)
+    with_representation = recon is not None or config.decorrelation_weight > 0
     groups = parameter_groups(model, recon, config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.steps_per_epoch % world:
@@ -247,11 +248,13 @@ def fit(
                 if config.mask_ratio > 0:
                     x = mask_cells(x, config.recon_cells, config.mask_ratio)
                 with device.autocast():
-                    out = net(x, with_representation=True) if recon is not None else net(x)
-                emb, rep = out if recon is not None else (out, None)
+                    out = net(x, with_representation=True) if with_representation else net(x)
+                emb, rep = out if with_representation else (out, None)
                 loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m, config.max_negative_m)
                 if recon is not None:
                     loss = loss + config.recon_weight * recon(rep, target)
+                if config.decorrelation_weight > 0:
+                    loss = loss + config.decorrelation_weight * decorrelation(rep)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

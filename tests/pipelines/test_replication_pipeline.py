@@ -224,7 +224,7 @@ def test_the_daemon_applies_a_new_sequence_and_refreshes_downstream_without_retr
     published_at = time.time()
     followed.publish_edits(3)
     sequence = followed.sequence
-    env = followed.env(LOC2VEC_OSM_CHECK_SECONDS="30", LOC2VEC_AUTOMATION_SECONDS="10")
+    env = followed.env(LOC2VEC_OSM_CHECK_SECONDS="30", LOC2VEC_AUTOMATION_SECONDS="2")
 
     with dagster_ui(env, followed.root / "dagster_dev.log") as server:
         _start_sensor(server, "osm_update_sensor")  # the README's one switch

@@ -64,12 +64,12 @@ def _assert_equals_a_one_process_render(home: Path, per_process: Path, one_proce
 def test_materialize_the_render_partitions_from_the_ui(tmp_path_factory, request):
     base = tmp_path_factory.mktemp("ui-backfill")
     home, data = base / "dagster_home", base / "data"
-    # the automation sensor looks every 10 s instead of 30 (the test waits for it)
+    # the automation sensor looks every 2 s instead of 30 (the test waits for it)
     env = clean_env(
         DAGSTER_HOME=str(home),
         LOC2VEC_DATA_DIR=str(data),
         LOC2VEC_PBF=str(KOTKA),
-        LOC2VEC_AUTOMATION_SECONDS="10",
+        LOC2VEC_AUTOMATION_SECONDS="2",
         **RENDER_ENV,
     )
     # the import is done first, in the same instance, as an earlier run would have done it; the UI's part
