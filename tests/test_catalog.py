@@ -301,7 +301,7 @@ def test_default_catalog_regions_validate_against_their_extracts():
     width, height = neubrandenburg.size_km()
     assert 19 < width < 21 and 19 < height < 21
     assert neubrandenburg.blocks_per_side == 4
-    assert catalog.region("liechtenstein").blocks_per_side == 5  # 5 x 9 units: no more blocks than its shorter side has units
+    assert catalog.region("liechtenstein").blocks_per_side == 5  # 5 x 9 units: no more blocks than the shorter side
     assert len(catalog.partition_keys()) == 4 + 1 + 1 + 16 + 25
 
 
