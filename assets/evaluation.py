@@ -20,6 +20,7 @@ from loc2vec.evaluation.incremental import (
 from loc2vec.evaluation.metrics import METRICS
 from loc2vec.evaluation.run import MAIN_METRIC
 from loc2vec.evaluation.serve_maps import page_url
+from loc2vec.evaluation.significance import LEVEL
 from loc2vec.evaluation.stage import (
     EmbeddingsManifest,
     IndexManifest,
@@ -142,10 +143,21 @@ def evaluation(
 
 def metrics_table(result: dict) -> dg.MetadataValue:
     """The evaluation's metrics, one row per metric: the model, each baseline, the test-set size and, when
-    too small to tell embedders apart, why."""
+    too small to tell embedders apart, why; then the model's lead over each compared baseline with its
+    bootstrap interval (``loc2vec.evaluation.significance``), where the metric has one."""
     names = ["model", *result["baselines"]]
-    rows = [[m] + [_cell(result, n, m) for n in names] + _support_cells(result, m) for m in METRICS]
-    return markdown_table(["metric", *names, "n", "insufficient"], rows)
+    compared = list(result.get("leads") or {})
+    rows = [
+        [m] + [_cell(result, n, m) for n in names] + _support_cells(result, m) + [_lead(result, n, m) for n in compared]
+        for m in METRICS
+    ]
+    leads = [f"lead over {n} [{LEVEL:.0%}]" for n in compared]
+    return markdown_table(["metric", *names, "n", "insufficient", *leads], rows)
+
+
+def _lead(result: dict, baseline: str, metric: str) -> str:
+    lead = result["leads"][baseline].get(metric)
+    return "" if lead is None else f"{lead['lead']:+.3f} [{lead['low']:+.3f}, {lead['high']:+.3f}]"
 
 
 def _cell(result: dict, embedder: str, metric: str) -> float | str:

@@ -157,6 +157,11 @@ class TrainingConfig(dg.Config):
         _TRAIN.recon_cells, description="Cells per crop side of the grid whose channel shares and presence it predicts."
     )
     mask_ratio: float = Field(_TRAIN.mask_ratio, description="Share of the anchor's cells masked before encoding.")
+    decorrelation_weight: float = Field(
+        _TRAIN.decorrelation_weight,
+        description="Weight of the correlation between the place representation's dimensions within a batch "
+        "(VICReg's covariance term; 0: off).",
+    )
     freeze_stem: bool = Field(
         _TRAIN.freeze_stem,
         description="Keep the small CNN's patch stem at its seeded initial weights (a frozen random patch "

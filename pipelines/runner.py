@@ -310,6 +310,7 @@ def run_sweep(pipeline: Pipeline, seeds: list[int], split_seeds: list[int | None
                 "mlflow_run_id": model.run_id,
                 "model": result["model"],
                 "baselines": result["baselines"],
+                "leads": result.get("leads"),
             }
         )
     document = sweep_document(results, runs, seeds)

@@ -16,9 +16,27 @@ from rich.table import Table
 from loc2vec import tracking
 from loc2vec.evaluation.metrics import METRICS
 from loc2vec.evaluation.run import MAIN_METRIC
+from loc2vec.evaluation.significance import LEAD_METRICS, LEVEL
 from loc2vec.evaluation.stage import IndexManifest, MapsManifest
 
 CHAMPION = "champion"
+
+
+def lead_lines(evaluation: dict) -> list[str]:
+    """The model's lead over each compared baseline on the bar's metrics with its bootstrap interval
+    (``loc2vec.evaluation.significance``), as plain lines; none when the document has no leads."""
+    leads = evaluation.get("leads")
+    if not leads:
+        return []
+    names = list(leads)
+    width = max(len(m) for m in LEAD_METRICS) + 2
+    lines = [f"the model's lead, with its {LEVEL:.0%} interval over resampled test examples (evaluation.json 'leads'):"]
+    lines.append(" " * (width + 2) + "".join(f"{'over ' + n:<28}" for n in names).rstrip())
+    for metric in LEAD_METRICS:
+        cells = [leads[n].get(metric) for n in names]
+        text = ["n/a" if c is None else f"{c['lead']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" for c in cells]
+        lines.append(f"  {metric:<{width}}" + "".join(f"{x:<28}" for x in text).rstrip())
+    return lines
 
 
 @dataclass
@@ -84,6 +102,8 @@ class RunSummary:
             console.print(table)
         finally:
             console.width = saved
+        for line in lead_lines(self.evaluation):
+            console.print(line, markup=False)
 
     def render(self, console: Console) -> None:
         took = "" if self.seconds is None else f" in {self.seconds / 60:.1f} min"

@@ -21,9 +21,11 @@ from sklearn.preprocessing import StandardScaler
 from loc2vec.evaluation.probes import (
     MIN_PER_CLASS,
     UNMAPPED,
-    landuse_probe_macro_f1,
+    landuse_probe_predictions,
     location_mask,
-    poi_presence_macro_auc,
+    macro_auc_of,
+    macro_f1_of,
+    poi_presence_scores,
 )
 
 METRICS = (
@@ -128,6 +130,24 @@ def balanced_recall_at_k(
     return float(np.mean(per_class)) if per_class else float("nan")
 
 
+def landuse_neighbour_agreement(
+    emb: np.ndarray, points: pd.DataFrame, exclude_m: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The per-query outcomes of ``landuse_balanced_recall_at_10``: (share of its 10 nearest neighbours
+    with its class, class) of each test location it averages, those of a class with at least
+    ``MIN_PER_CLASS`` labelled test locations that have neighbours beyond ``exclude_m``."""
+    loc = location_mask(points, "test")
+    emb = np.asarray(emb, dtype=np.float64)[loc]
+    xy, labels = points.loc[loc, ["x", "y"]].to_numpy(), points.loc[loc, "landuse_class"].to_numpy()
+    emb, labels, xy = _drop_label(emb, labels, xy, UNMAPPED)
+    if len(emb) < 2:
+        return np.zeros(0), labels[:0]
+    same, valid = _neighbour_agreement(emb, labels, xy, 10, exclude_m)
+    classes, counts = np.unique(labels, return_counts=True)
+    counted = (valid > 0) & np.isin(labels, classes[counts >= MIN_PER_CLASS])
+    return same[counted] / valid[counted], labels[counted]
+
+
 def geo_spearman(emb: np.ndarray, xy: np.ndarray, max_m: float, max_pairs: int, seed: int) -> float:
     """Spearman correlation of embedding and ground distance over pairs closer than ``max_m``."""
     pairs = np.asarray(sorted(cKDTree(xy).query_pairs(max_m)), dtype=np.int64).reshape(-1, 2)
@@ -169,6 +189,21 @@ def score(
     clusters: int = 8,
 ) -> dict[str, float]:
     """Every metric of the protocol for one embedder (rows of ``emb`` align with ``points``)."""
+    return score_with_outcomes(emb, points, r_pos, r_neg, exclude_m, seed, clusters)[0]
+
+
+def score_with_outcomes(
+    emb: np.ndarray,
+    points: pd.DataFrame,
+    r_pos: float,
+    r_neg: float,
+    exclude_m: float,
+    seed: int = 0,
+    clusters: int = 8,
+) -> tuple[dict[str, float], dict[str, tuple | None]]:
+    """``score``, and the per-example outcomes of the bar's metrics it computed them from (balanced recall:
+    ``landuse_neighbour_agreement``; the probe: ``landuse_probe_predictions``; POI presence:
+    ``poi_presence_scores``), for ``loc2vec.evaluation.significance``."""
     emb = np.asarray(emb, dtype=np.float64)
     loc = location_mask(points, "test")
     xy, e, labels = points.loc[loc, ["x", "y"]].to_numpy(), emb[loc], points.loc[loc, "landuse_class"].to_numpy()
@@ -176,14 +211,20 @@ def score(
     k = min(clusters, len(e) - 1)
     assign = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(e)
     sub = np.random.default_rng(seed).permutation(len(e))[:1500]
-    return {
+    outcomes = {
+        "landuse_balanced_recall_at_10": landuse_neighbour_agreement(emb, points, exclude_m),
+        "landuse_probe_macro_f1": landuse_probe_predictions(emb, points, seed),
+        "poi_presence_macro_auc": poi_presence_scores(emb, points, seed),
+    }
+    scores = {
         "triplet_accuracy": triplet_accuracy(e, triplets) if len(triplets) else float("nan"),
         **poi_scores(emb, points),
         "landuse_recall_at_10": recall_at_k(e, labels, xy, 10, exclude_m, skip_label=UNMAPPED),
         "landuse_balanced_recall_at_10": balanced_recall_at_k(e, labels, xy, 10, exclude_m, skip_label=UNMAPPED),
-        "landuse_probe_macro_f1": landuse_probe_macro_f1(emb, points, seed),
-        "poi_presence_macro_auc": poi_presence_macro_auc(emb, points, seed),
+        "landuse_probe_macro_f1": macro_f1_of(outcomes["landuse_probe_macro_f1"]),
+        "poi_presence_macro_auc": macro_auc_of(outcomes["poi_presence_macro_auc"]),
         "silhouette": float(silhouette_score(e, assign)) if len(set(assign)) > 1 else float("nan"),
         "geo_spearman": geo_spearman(e, xy, 1000.0, 20000, seed),
         "trustworthiness": float(trustworthiness(xy[sub], e[sub], n_neighbors=10)),
     }
+    return scores, outcomes

@@ -55,17 +55,33 @@ def landuse_probe_classes(points: pd.DataFrame) -> list[str]:
     return [c for c in landuse_test_classes(points) if train.get(c, 0) >= MIN_PER_CLASS]
 
 
-def landuse_probe_macro_f1(emb: np.ndarray, points: pd.DataFrame, seed: int = 0) -> float:
-    """Macro-F1 on test locations of a linear probe of the land-use class fitted on train locations, over
-    the classes with enough examples on both sides; NaN with fewer than two such classes."""
+def landuse_probe_predictions(
+    emb: np.ndarray, points: pd.DataFrame, seed: int = 0
+) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """(classes, true class, predicted class) of the test locations the land-use probe scores: a linear
+    probe fitted on train locations, over the classes with enough examples on both sides; None with fewer
+    than two such classes."""
     classes = landuse_probe_classes(points)
     if len(classes) < 2:
-        return float("nan")
+        return None
     labels = points["landuse_class"].to_numpy()
     scored = np.isin(labels, classes)
     train, test = location_mask(points, "train") & scored, location_mask(points, "test") & scored
     probe = _linear_probe(seed).fit(emb[train], labels[train])
-    return float(f1_score(labels[test], probe.predict(emb[test]), labels=classes, average="macro"))
+    return classes, labels[test], probe.predict(emb[test])
+
+
+def macro_f1_of(predicted: tuple[list[str], np.ndarray, np.ndarray] | None) -> float:
+    """Macro-F1 of ``landuse_probe_predictions``' output; NaN with fewer than two classes to score."""
+    if predicted is None:
+        return float("nan")
+    classes, truth, guess = predicted
+    return float(f1_score(truth, guess, labels=classes, average="macro"))
+
+
+def landuse_probe_macro_f1(emb: np.ndarray, points: pd.DataFrame, seed: int = 0) -> float:
+    """Macro-F1 on test locations of the land-use probe (``landuse_probe_predictions``)."""
+    return macro_f1_of(landuse_probe_predictions(emb, points, seed))
 
 
 def presence_matrix(points: pd.DataFrame, mask: np.ndarray, categories: list[str]) -> np.ndarray:
@@ -95,16 +111,32 @@ def presence_categories(points: pd.DataFrame) -> list[str]:
     return [c for c, k in zip(candidates, keep, strict=True) if k]
 
 
-def poi_presence_macro_auc(emb: np.ndarray, points: pd.DataFrame, seed: int = 0) -> float:
-    """Macro ROC-AUC on test anchors of one linear probe per frequent POI category (is one within the
-    presence radius?), fitted on train anchors; NaN without any category with enough examples."""
+def poi_presence_scores(
+    emb: np.ndarray, points: pd.DataFrame, seed: int = 0
+) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """(categories, presence, probe scores) on the test anchors, (anchors, categories) each: one linear
+    probe per frequent POI category (is one within the presence radius?), fitted on train anchors; None
+    without any category with enough examples."""
     categories = presence_categories(points)
     if not categories:
-        return float("nan")
+        return None
     train, test = anchor_mask(points, "train"), anchor_mask(points, "test")
     y_train, y_test = presence_matrix(points, train, categories), presence_matrix(points, test, categories)
-    aucs = []
+    scores = np.empty(y_test.shape, dtype=np.float64)
     for j in range(len(categories)):
         probe = _linear_probe(seed).fit(emb[train], y_train[:, j])
-        aucs.append(roc_auc_score(y_test[:, j], probe.predict_proba(emb[test])[:, 1]))
-    return float(np.mean(aucs))
+        scores[:, j] = probe.predict_proba(emb[test])[:, 1]
+    return categories, y_test, scores
+
+
+def macro_auc_of(scored: tuple[list[str], np.ndarray, np.ndarray] | None) -> float:
+    """Macro ROC-AUC of ``poi_presence_scores``' output; NaN without any category to score."""
+    if scored is None:
+        return float("nan")
+    _, truth, scores = scored
+    return float(np.mean([roc_auc_score(truth[:, j], scores[:, j]) for j in range(truth.shape[1])]))
+
+
+def poi_presence_macro_auc(emb: np.ndarray, points: pd.DataFrame, seed: int = 0) -> float:
+    """Macro ROC-AUC on test anchors of the POI presence probes (``poi_presence_scores``)."""
+    return macro_auc_of(poi_presence_scores(emb, points, seed))

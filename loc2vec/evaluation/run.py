@@ -12,8 +12,10 @@ from threadpoolctl import threadpool_limits
 
 from loc2vec.data.crops import CropGeometry
 from loc2vec.evaluation.embedders import channel_stats, coordinates, encode, random_vectors
-from loc2vec.evaluation.metrics import METRICS, held_out_triplets, score
+from loc2vec.evaluation.metrics import METRICS, held_out_triplets, score_with_outcomes
 from loc2vec.evaluation.probes import landuse_probe_classes, landuse_test_classes, presence_categories
+from loc2vec.evaluation.significance import LEAD_BASELINES, leads, outcomes
+from loc2vec.evaluation.significance import RULE as LEAD_RULE
 from loc2vec.evaluation.support import RULE, insufficient, merge_support, metric_support
 from loc2vec.models.encoders import build_encoder
 from loc2vec.training.config import TrainConfig
@@ -73,8 +75,13 @@ def evaluate_embeddings(
     baselines = baseline_embeddings(points, reader, config)
     test = points["split"] == "test"
     with threadpool_limits(limits=METRIC_THREADS):
-        model = score(model_embeddings, points, seed=seed, **radii)
-        scored = {name: score(emb, points, seed=seed, **radii) for name, emb in baselines.items()}
+        model, model_outcomes = score_with_outcomes(model_embeddings, points, seed=seed, **radii)
+        scored, compared = {}, {}
+        for name, emb in baselines.items():
+            scored[name], raw = score_with_outcomes(emb, points, seed=seed, **radii)
+            if name in LEAD_BASELINES:
+                compared[name] = outcomes(raw)
+        model_leads = leads(outcomes(model_outcomes), compared, seed=seed)
     test_xy = points.loc[test & (points["kind"] == "location"), ["x", "y"]].to_numpy()
     support = metric_support(points, len(held_out_triplets(test_xy, radii["r_pos"], radii["r_neg"], 1000, seed)))
     return {
@@ -90,6 +97,8 @@ def evaluate_embeddings(
         "support": support,
         "insufficient": insufficient(support),
         "support_rule": RULE,
+        "leads": model_leads,
+        "lead_rule": LEAD_RULE,
         "protocol": {**radii, "seed": seed, "main_metric": MAIN_METRIC},
         "by_construction": {name: list(metrics) for name, metrics in BY_CONSTRUCTION.items()},
     }
@@ -116,10 +125,12 @@ def aggregate_seeds(results: Sequence[Mapping]) -> dict:
 
 def sweep_document(results: Sequence[Mapping], runs: list[dict], seeds: list[int]) -> dict:
     """The evaluation document of several runs: the first run's, with the means in place of its metrics,
-    plus ``seeds`` (mean and std per metric) and ``runs`` (every run's metrics), and the support of the
-    smallest test set among the runs; one run's as it is."""
+    plus ``seeds`` (mean and std per metric) and ``runs`` (every run's metrics and leads: a lead's interval
+    is one run's, so the document has none of its own), and the support of the smallest test set among the
+    runs; one run's as it is."""
     document = dict(results[0])
     if len(results) > 1:
+        document.pop("leads", None)
         summary = aggregate_seeds(results)
         document["model"] = {m: v["mean"] for m, v in summary["model"].items()}
         document["baselines"] = {n: {m: v["mean"] for m, v in b.items()} for n, b in summary["baselines"].items()}

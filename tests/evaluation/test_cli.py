@@ -41,6 +41,14 @@ def test_seeds_give_mean_and_std_in_the_json_and_in_mlflow(run_dir):
     stats = doc["seeds"]["model"]["triplet_accuracy"]
     assert stats == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values))}
     assert doc["model"]["triplet_accuracy"] == pytest.approx(np.mean(values))
+    assert "leads" not in doc  # an interval is one run's: each run keeps its own
+    for r in runs:
+        assert set(r["leads"]) == {"untrained", "channel_stats"}
+        for lead in r["leads"]["untrained"].values():
+            assert lead is None or lead["low"] <= lead["lead"] <= lead["high"]
+        assert r["leads"]["untrained"]["landuse_balanced_recall_at_10"]["lead"] == pytest.approx(
+            r["model"]["landuse_balanced_recall_at_10"] - r["baselines"]["untrained"]["landuse_balanced_recall_at_10"]
+        )
 
     from mlflow import MlflowClient
 

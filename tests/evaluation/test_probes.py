@@ -20,15 +20,6 @@ from loc2vec.evaluation.support import MIN_N, insufficient, merge_support, metri
 NEW = ("landuse_balanced_recall_at_10", "landuse_probe_macro_f1", "poi_presence_macro_auc")
 
 
-@pytest.fixture(scope="module")
-def monaco_points(monaco_mosaic, monaco_samples):
-    features, _ = monaco_mosaic
-    reader, samples = monaco_samples
-    spec = samples.split_spec()
-    points = build_points(samples.read(), features.read(), reader, spec.block_m, samples.leak_distance_m)
-    return points, reader, spec.crop_px
-
-
 def test_probes_score_informative_features_above_random_ones(monaco_points):
     points, reader, crop_px = monaco_points
     informative = channel_stats(reader, points[["x", "y"]].to_numpy(), crop_px).astype(np.float64)

@@ -1,5 +1,6 @@
 """Training through Dagster: lineage-tagged model versions, fail-fast tracking, blocking leakage check."""
 
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -46,6 +47,10 @@ def _assert_evaluation_outputs(instance, client, version) -> None:
     table = evaluation["metrics"].value
     assert table.startswith("| metric | model | channel_stats | untrained | coordinates |")
     assert "| landuse_recall_at_10 |" in table and "(by construction)" in table
+    header, *rows = table.splitlines()
+    assert header.endswith("| insufficient | lead over channel_stats [95%] | lead over untrained [95%] |")
+    (balanced,) = [row for row in rows if row.startswith("| landuse_balanced_recall_at_10 |")]
+    assert len(re.findall(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", balanced)) == 2
     assert evaluation["champion"].value is True  # the first scored version becomes champion
     assert str(client.get_model_version_by_alias("loc2vec-encoder", "champion").version) == str(version.version)
     described = client.get_model_version("loc2vec-encoder", version.version).description
