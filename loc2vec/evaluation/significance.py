@@ -64,15 +64,16 @@ def _weighted_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.
     """ROC-AUC of ``score`` for ``positive`` with example weights ``w`` (resamples, examples): the weighted
     share of (positive, negative) pairs ranked right, ties counting half."""
     order = np.argsort(score, kind="stable")
-    _, starts = np.unique(score[order], return_index=True)
-    ranked = np.ascontiguousarray(w.T[order])  # (examples by score, resamples): groups are rows
-    pos = np.where(positive[order, None], ranked, 0)
-    neg = ranked - pos
-    if len(starts) < len(score):  # ties: one row per group of equal scores
-        pos, neg = np.add.reduceat(pos, starts, axis=0), np.add.reduceat(neg, starts, axis=0)
-    below = np.cumsum(neg, axis=0) - neg  # negatives scored lower than the group
-    pairs = pos.sum(axis=0) * neg.sum(axis=0)
-    right = (pos * (below + 0.5 * neg)).sum(axis=0)
+    _, starts, counts = np.unique(score[order], return_index=True, return_counts=True)
+    ranked = np.ascontiguousarray(w.T[order])  # (examples by score, resamples)
+    below = np.cumsum(np.where(positive[order, None], 0, ranked), axis=0)  # negatives up to each row
+    rows = np.flatnonzero(positive[order])
+    group = np.repeat(np.arange(len(starts)), counts)[rows]
+    first, last = starts[group], starts[group] + counts[group] - 1  # each positive's group of equal scores
+    before = below[np.maximum(first - 1, 0)] * (first > 0)[:, None]  # negatives scored lower
+    weight = ranked[rows]
+    right = (weight * (before + below[last]) / 2).sum(axis=0)  # lower ones, and half of the tied ones
+    pairs = weight.sum(axis=0) * below[-1]
     return np.divide(right, pairs, out=np.full(len(w), np.nan), where=pairs > 0)
 
 
