@@ -20,7 +20,7 @@ from loc2vec.evaluation.incremental import (
 from loc2vec.evaluation.metrics import METRICS
 from loc2vec.evaluation.run import MAIN_METRIC
 from loc2vec.evaluation.serve_maps import page_url
-from loc2vec.evaluation.significance import LEVEL
+from loc2vec.evaluation.significance import LEVEL, format_lead
 from loc2vec.evaluation.stage import (
     EmbeddingsManifest,
     IndexManifest,
@@ -157,7 +157,7 @@ def metrics_table(result: dict) -> dg.MetadataValue:
 
 def _lead(result: dict, baseline: str, metric: str) -> str:
     lead = result["leads"][baseline].get(metric)
-    return "" if lead is None else f"{lead['lead']:+.3f} [{lead['low']:+.3f}, {lead['high']:+.3f}]"
+    return "" if lead is None else format_lead(lead)
 
 
 def _cell(result: dict, embedder: str, metric: str) -> float | str:

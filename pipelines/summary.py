@@ -16,7 +16,7 @@ from rich.table import Table
 from loc2vec import tracking
 from loc2vec.evaluation.metrics import METRICS
 from loc2vec.evaluation.run import MAIN_METRIC
-from loc2vec.evaluation.significance import LEAD_METRICS, LEVEL
+from loc2vec.evaluation.significance import LEAD_METRICS, LEVEL, format_lead
 from loc2vec.evaluation.stage import IndexManifest, MapsManifest
 
 CHAMPION = "champion"
@@ -33,8 +33,7 @@ def lead_lines(evaluation: dict) -> list[str]:
     lines = [f"the model's lead, with its {LEVEL:.0%} interval over resampled test examples (evaluation.json 'leads'):"]
     lines.append(" " * (width + 2) + "".join(f"{'over ' + n:<28}" for n in names).rstrip())
     for metric in LEAD_METRICS:
-        cells = [leads[n].get(metric) for n in names]
-        text = ["n/a" if c is None else f"{c['lead']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" for c in cells]
+        text = [format_lead(leads[n].get(metric)) for n in names]
         lines.append(f"  {metric:<{width}}" + "".join(f"{x:<28}" for x in text).rstrip())
     return lines
 

@@ -129,3 +129,8 @@ def leads(
                 "high": float(np.nanquantile(lead, 1 - tail)),
             }
     return out
+
+
+def format_lead(lead: dict[str, float] | None) -> str:
+    """``+0.031 [+0.001, +0.060]``: a lead and its interval; ``n/a`` without one."""
+    return "n/a" if lead is None else f"{lead['lead']:+.3f} [{lead['low']:+.3f}, {lead['high']:+.3f}]"

@@ -58,3 +58,22 @@ def test_a_metric_without_value_has_no_lead_and_other_test_examples_are_refused(
     fewer = outcomes({**cs_raw, "landuse_balanced_recall_at_10": (agreement[:-5], labels[:-5])})
     with pytest.raises(ValueError, match="other test examples"):
         leads(cs, {"fewer": fewer})
+
+
+def test_the_summary_prints_each_lead_with_its_interval(scored):
+    from pipelines.summary import lead_lines
+
+    (_, cs_raw), (_, noise_raw) = scored["cs"], scored["noise"]
+    document = {"leads": leads(outcomes(cs_raw), {"untrained": outcomes(noise_raw)}, seed=0)}
+    document["leads"]["untrained"]["poi_presence_macro_auc"] = None
+    header, columns, *rows = lead_lines(document)
+    assert "95%" in header and columns.split() == ["over", "untrained"]
+    lead = document["leads"]["untrained"]["landuse_balanced_recall_at_10"]
+    assert rows[0].split() == [
+        "landuse_balanced_recall_at_10",
+        f"{lead['lead']:+.3f}",
+        f"[{lead['low']:+.3f},",
+        f"{lead['high']:+.3f}]",
+    ]
+    assert rows[2].split() == ["poi_presence_macro_auc", "n/a"]
+    assert lead_lines({"model": {}}) == []  # a document of several runs has none
