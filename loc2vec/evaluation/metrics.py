@@ -105,6 +105,27 @@ def recall_at_k(
     return float(same.sum() / max(valid.sum(), 1))
 
 
+def class_agreement(
+    emb: np.ndarray,
+    labels: np.ndarray,
+    xy: np.ndarray,
+    k: int,
+    exclude_m: float,
+    min_per_class: int = MIN_PER_CLASS,
+    skip_label: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(share of its k nearest embedding neighbours with its label, label) of each query
+    ``balanced_recall_at_k`` averages: points of a label with at least ``min_per_class`` points (after
+    dropping ``skip_label``) that have neighbours beyond ``exclude_m``."""
+    emb, labels, xy = _drop_label(emb, labels, xy, skip_label)
+    if len(emb) < 2:
+        return np.zeros(0), labels[:0]
+    same, valid = _neighbour_agreement(emb, labels, xy, k, exclude_m)
+    classes, counts = np.unique(labels, return_counts=True)
+    counted = (valid > 0) & np.isin(labels, classes[counts >= min_per_class])
+    return same[counted] / valid[counted], labels[counted]
+
+
 def balanced_recall_at_k(
     emb: np.ndarray,
     labels: np.ndarray,
@@ -117,35 +138,26 @@ def balanced_recall_at_k(
     """Recall@k (as :func:`recall_at_k`, every labelled point a candidate neighbour) averaged per query
     within each class, then over the classes with at least ``min_per_class`` points: each such class
     counts once, however large. NaN without such a class."""
-    emb, labels, xy = _drop_label(emb, labels, xy, skip_label)
-    if len(emb) < 2:
-        return float("nan")
-    same, valid = _neighbour_agreement(emb, labels, xy, k, exclude_m)
-    classes, counts = np.unique(labels, return_counts=True)
-    per_class = []
-    for c in classes[counts >= min_per_class]:
-        queries = (labels == c) & (valid > 0)
-        if queries.any():
-            per_class.append(float(np.mean(same[queries] / valid[queries])))
-    return float(np.mean(per_class)) if per_class else float("nan")
+    return balanced_recall_of(*class_agreement(emb, labels, xy, k, exclude_m, min_per_class, skip_label))
 
 
 def landuse_neighbour_agreement(
     emb: np.ndarray, points: pd.DataFrame, exclude_m: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The per-query outcomes of ``landuse_balanced_recall_at_10``: (share of its 10 nearest neighbours
-    with its class, class) of each test location it averages, those of a class with at least
-    ``MIN_PER_CLASS`` labelled test locations that have neighbours beyond ``exclude_m``."""
+    """The per-query outcomes of ``landuse_balanced_recall_at_10`` (``class_agreement`` of the labelled
+    test locations, 10 neighbours)."""
     loc = location_mask(points, "test")
     emb = np.asarray(emb, dtype=np.float64)[loc]
     xy, labels = points.loc[loc, ["x", "y"]].to_numpy(), points.loc[loc, "landuse_class"].to_numpy()
-    emb, labels, xy = _drop_label(emb, labels, xy, UNMAPPED)
-    if len(emb) < 2:
-        return np.zeros(0), labels[:0]
-    same, valid = _neighbour_agreement(emb, labels, xy, 10, exclude_m)
-    classes, counts = np.unique(labels, return_counts=True)
-    counted = (valid > 0) & np.isin(labels, classes[counts >= MIN_PER_CLASS])
-    return same[counted] / valid[counted], labels[counted]
+    return class_agreement(emb, labels, xy, 10, exclude_m, skip_label=UNMAPPED)
+
+
+def balanced_recall_of(agreement: np.ndarray, labels: np.ndarray) -> float:
+    """``landuse_balanced_recall_at_10`` from ``landuse_neighbour_agreement``'s outcomes: the mean per
+    class, then over the classes; NaN without any."""
+    if len(agreement) == 0:
+        return float("nan")
+    return float(np.mean([np.mean(agreement[labels == c]) for c in np.unique(labels)]))
 
 
 def geo_spearman(emb: np.ndarray, xy: np.ndarray, max_m: float, max_pairs: int, seed: int) -> float:
@@ -220,7 +232,7 @@ def score_with_outcomes(
         "triplet_accuracy": triplet_accuracy(e, triplets) if len(triplets) else float("nan"),
         **poi_scores(emb, points),
         "landuse_recall_at_10": recall_at_k(e, labels, xy, 10, exclude_m, skip_label=UNMAPPED),
-        "landuse_balanced_recall_at_10": balanced_recall_at_k(e, labels, xy, 10, exclude_m, skip_label=UNMAPPED),
+        "landuse_balanced_recall_at_10": balanced_recall_of(*outcomes["landuse_balanced_recall_at_10"]),
         "landuse_probe_macro_f1": macro_f1_of(outcomes["landuse_probe_macro_f1"]),
         "poi_presence_macro_auc": macro_auc_of(outcomes["poi_presence_macro_auc"]),
         "silhouette": float(silhouette_score(e, assign)) if len(set(assign)) > 1 else float("nan"),
