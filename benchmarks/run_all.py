@@ -11,6 +11,7 @@ BENCHMARKS = (
     "benchmarks.train_bench",
     "benchmarks.incremental_bench",
     "benchmarks.maps_bench",
+    "benchmarks.leads_bench",
 )
 
 
