@@ -171,6 +171,10 @@ class TrainingConfig(dg.Config):
         _TRAIN.stem_lr_scale,
         description="Share of the learning rate the small CNN's patch stem trains at (1: as the rest).",
     )
+    patch_recon_weight: float = Field(
+        _TRAIN.patch_recon_weight,
+        description="Weight of decoding each patch's pixels from the small CNN's patch stem features (0: off).",
+    )
 
 
 @dg.asset(

@@ -161,3 +161,21 @@ class ReconstructionObjective(torch.nn.Module):
 
     def forward(self, representation: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(self.decoder(representation.float()), target)
+
+
+class PatchReconstruction(torch.nn.Module):
+    """Each stem patch's pixels from that patch's stem features (a 1 x 1 convolution, a linear decoder per
+    patch). The triplet loss alone lets a trained patch stem collapse onto a few directions, whose averages
+    keep a place's channel composition worse than random filters do (docs/evaluation.md); decoding every
+    pixel of the patch back from its features keeps the stem's view of the patch whole while it trains."""
+
+    def __init__(self, stem_width: int, channels: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.decoder = torch.nn.Conv2d(stem_width, channels * patch * patch, kernel_size=1)
+
+    def forward(self, stem: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``stem``: (N, W, S/p, S/p) features of the crops ``x`` (N, C, S, S) it was computed from."""
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        target = F.pixel_unshuffle(x, self.patch)
+        return F.binary_cross_entropy_with_logits(self.decoder(stem.float()), target)

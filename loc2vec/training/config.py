@@ -64,6 +64,9 @@ class TrainConfig:
     freeze_stem: bool = False
     # the small CNN's patch stem trained at this share of the learning rate (1: as the rest; freeze_stem: not at all)
     stem_lr_scale: float = 1.0
+    # weight of decoding each stem patch's pixels from its stem features (loc2vec.models.losses.PatchReconstruction;
+    # 0: off): keeps the small CNN's patch stem from collapsing onto a few directions as it trains
+    patch_recon_weight: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -91,6 +94,15 @@ class TrainConfig:
                 "freeze_stem needs a small_cnn encoder (the torchvision backbones have no patch stem)",
             ),
             (0 < self.stem_lr_scale <= 1, "stem_lr_scale must be in (0, 1]"),
+            (self.patch_recon_weight >= 0, "patch_recon_weight must be >= 0"),
+            (
+                self.patch_recon_weight == 0 or self.encoder.startswith("small_cnn"),
+                "patch_recon_weight needs a small_cnn encoder (the torchvision backbones have no patch stem)",
+            ),
+            (
+                self.patch_recon_weight == 0 or not self.freeze_stem,
+                "patch_recon_weight trains the patch stem, which freeze_stem keeps at its initial weights",
+            ),
             (
                 self.stem_lr_scale == 1 or self.encoder.startswith("small_cnn"),
                 "stem_lr_scale needs a small_cnn encoder (the torchvision backbones have no patch stem)",
@@ -146,9 +158,9 @@ class TrainConfig:
         return asdict(self)
 
     def digest(self) -> str:
-        """Identity of what is trained: every field but the reader's; the sampler's, the reconstruction's,
-        ``max_negative_m``, ``freeze_stem``, ``stem_lr_scale`` and ``decorrelation_weight`` only when not the
-        default (digests of configs from before they existed stay the same, and their checkpoints resume)."""
+        """Identity of what is trained: every field but the reader's; the sampler's, the reconstruction's and
+        those of ``UNLESS_DEFAULT`` only when not the default (digests of configs from before they existed stay
+        the same, and their checkpoints resume)."""
         values = {k: v for k, v in self.to_dict().items() if k not in READER_FIELDS}
         if values["sampler"] == "uniform":
             for name in SAMPLER_FIELDS:
@@ -166,7 +178,13 @@ READER_FIELDS = ("crop_reader", "cache_mib")
 SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio")
 # fields added after the first trained configs, part of the digest only when not at these defaults
-UNLESS_DEFAULT = {"max_negative_m": None, "freeze_stem": False, "stem_lr_scale": 1.0, "decorrelation_weight": 0.0}
+UNLESS_DEFAULT = {
+    "max_negative_m": None,
+    "freeze_stem": False,
+    "stem_lr_scale": 1.0,
+    "decorrelation_weight": 0.0,
+    "patch_recon_weight": 0.0,
+}
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the
 # leave-one-region-out study in docs/evaluation.md (masked reconstruction beside the triplet loss, 24 epochs).

@@ -21,7 +21,14 @@ from loc2vec.data.crops import CropGeometry
 from loc2vec.data.triplets import TripletBatches, fixed_triplets
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import Encoder, build_encoder
-from loc2vec.models.losses import ReconstructionObjective, TripletObjective, channel_cells, decorrelation, mask_cells
+from loc2vec.models.losses import (
+    PatchReconstruction,
+    ReconstructionObjective,
+    TripletObjective,
+    channel_cells,
+    decorrelation,
+    mask_cells,
+)
 from loc2vec.training.checkpoint import load_checkpoint, save_checkpoint
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import DeviceSpec
@@ -134,12 +141,22 @@ def _freeze_stem(model: Encoder) -> torch.nn.Module:
     return stem
 
 
-def parameter_groups(model: Encoder, recon: torch.nn.Module | None, config: TrainConfig) -> list[dict]:
-    """What the optimizer trains, with each group's peak learning rate: one group, or the rest and the patch
-    stem at ``stem_lr_scale`` of it (parameters a frozen stem holds are left out)."""
+def _patch_reconstruction(model: Encoder, channels: int) -> tuple[PatchReconstruction, dict[str, torch.Tensor]]:
+    """The patch decoder for the encoder's stem, and where each forward pass leaves the stem's output."""
+    conv = model.backbone.stem[0]
+    decoder = PatchReconstruction(conv.out_channels, channels, conv.kernel_size[0])
+    seen: dict[str, torch.Tensor] = {}
+    model.backbone.stem.register_forward_hook(lambda _module, _inputs, output: seen.__setitem__("stem", output))
+    return decoder, seen
+
+
+def parameter_groups(model: Encoder, decoders: list[torch.nn.Module], config: TrainConfig) -> list[dict]:
+    """What the optimizer trains, with each group's peak learning rate: one group (the encoder and the
+    auxiliary objectives' ``decoders``), or the rest and the patch stem at ``stem_lr_scale`` of it
+    (parameters a frozen stem holds are left out)."""
     stem = {id(p) for p in model.backbone.stem.parameters()} if config.stem_lr_scale != 1 else set()
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in stem]
-    rest += list(recon.parameters()) if recon is not None else []
+    rest += [p for decoder in decoders for p in decoder.parameters()]
     groups = [{"params": rest, "lr": config.lr}]
     slow = [p for p in model.parameters() if p.requires_grad and id(p) in stem]
     if slow:
@@ -178,8 +195,12 @@ def fit(
     recon = None
     if config.recon_weight > 0:
         recon = ReconstructionObjective(model.representation_dim, channels, config.recon_cells).to(device.device)
+    patch, seen = (None, {})
+    if config.patch_recon_weight > 0:
+        patch, seen = _patch_reconstruction(model, channels)
+        patch = patch.to(device.device)
     with_representation = recon is not None or config.decorrelation_weight > 0
-    groups = parameter_groups(model, recon, config)
+    groups = parameter_groups(model, [m for m in (recon, patch) if m is not None], config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.steps_per_epoch % world:
         raise ConfigError(f"steps_per_epoch ({config.steps_per_epoch}) must be a multiple of the world size {world}")
@@ -208,6 +229,8 @@ def fit(
         model.load_state_dict(state["model"])
         if recon is not None:
             recon.load_state_dict(state["reconstruction"])
+        if patch is not None:
+            patch.load_state_dict(state["patch_reconstruction"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = [EpochMetrics(**h) for h in state["history"]]
@@ -255,6 +278,8 @@ def fit(
                     loss = loss + config.recon_weight * recon(rep, target)
                 if config.decorrelation_weight > 0:
                     loss = loss + config.decorrelation_weight * decorrelation(rep)
+                if patch is not None:
+                    loss = loss + config.patch_recon_weight * patch(seen["stem"], x)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -290,6 +315,7 @@ def fit(
                     "epoch": epoch,
                     "model": model.state_dict(),
                     "reconstruction": recon.state_dict() if recon is not None else None,
+                    "patch_reconstruction": patch.state_dict() if patch is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "history": [asdict(h) for h in history],

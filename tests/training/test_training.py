@@ -8,7 +8,14 @@ import torch
 
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import ENCODERS, build_encoder
-from loc2vec.models.losses import TripletObjective, channel_cells, decorrelation, mask_cells, soft_pn
+from loc2vec.models.losses import (
+    PatchReconstruction,
+    TripletObjective,
+    channel_cells,
+    decorrelation,
+    mask_cells,
+    soft_pn,
+)
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import select_device
 from loc2vec.training.loop import SimulatedCrash, parameter_groups, train
@@ -32,10 +39,12 @@ def test_loss_goes_down_on_real_data(monaco_samples, tmp_path):
     assert all(np.isfinite(h.val_loss) for h in history)
 
 
-def test_resume_after_a_killed_run_is_identical_to_an_uninterrupted_run(monaco_samples, tmp_path):
+@pytest.mark.parametrize("objective", [{}, {"patch_recon_weight": 1.0}], ids=["triplet", "patch-reconstruction"])
+def test_resume_after_a_killed_run_is_identical_to_an_uninterrupted_run(objective, monaco_samples, tmp_path):
+    """Resumed, the run continues as if it had not stopped (with an auxiliary decoder: from its saved state)."""
     reader, manifest = monaco_samples
     train_xy, val_xy = _xy(manifest)
-    config = TrainConfig(epochs=3, patience=10, **FAST)
+    config = TrainConfig(epochs=3, patience=10, **objective, **FAST)
     device = select_device("cpu")
     full = train(config, reader, train_xy, val_xy, device, tmp_path / "full")
     with pytest.raises(SimulatedCrash):
@@ -172,6 +181,9 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"encoder": "resnet18", "freeze_stem": True}, "freeze_stem needs a small_cnn encoder"),
         ({"stem_lr_scale": 0.0}, "stem_lr_scale must be in"),
         ({"encoder": "resnet18", "stem_lr_scale": 0.1}, "stem_lr_scale needs a small_cnn encoder"),
+        ({"patch_recon_weight": -1.0}, "patch_recon_weight must be >= 0"),
+        ({"encoder": "resnet18", "patch_recon_weight": 1.0}, "patch_recon_weight needs a small_cnn encoder"),
+        ({"freeze_stem": True, "patch_recon_weight": 1.0}, "which freeze_stem keeps at its initial weights"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -391,10 +403,10 @@ def test_a_slow_stem_trains_at_its_share_of_the_learning_rate(monaco_samples, tm
     train_xy, val_xy = _xy(manifest)
     torch.manual_seed(0)
     model = build_encoder("small_cnn", 8, reader.channels)
-    groups = parameter_groups(model, None, TrainConfig(stem_lr_scale=0.1, lr=1e-3))
+    groups = parameter_groups(model, [], TrainConfig(stem_lr_scale=0.1, lr=1e-3))
     assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-4)]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.backbone.stem.parameters()}
-    assert len(parameter_groups(model, None, TrainConfig())) == 1
+    assert len(parameter_groups(model, [], TrainConfig())) == 1
     assert TrainConfig().digest() == TrainConfig(stem_lr_scale=1.0).digest()
 
     def stem_moved(scale: float) -> float:
@@ -436,3 +448,36 @@ def test_the_decorrelation_term_spreads_the_place_representation(monaco_samples,
         model = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(weight)).model
         redundancy[weight] = representation_redundancy(model, reader, val_xy)
     assert redundancy[0.2] < 0.5 * redundancy[0.0], redundancy  # measured: 14 against 63
+
+
+def patch_decoding_loss(model, reader, xy: np.ndarray) -> float:
+    """What the stem lost of the patches of the crops at ``xy``: the loss of a new patch decoder fitted to the
+    trained stem's features (the stem fixed) on those crops."""
+    crops = torch.from_numpy(reader.crops(xy[:, 0], xy[:, 1], 64)[0]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        stem = model.eval().backbone.stem(crops.float() / 255.0)
+    torch.manual_seed(0)
+    decoder = PatchReconstruction(stem.shape[1], crops.shape[1], 4)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = decoder(stem, crops)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return float(loss)
+
+
+def test_patch_reconstruction_keeps_what_the_trained_stem_sees(monaco_samples, tmp_path):
+    """Trained with each stem patch's pixels decoded from its features, the stem keeps more of held-back
+    crops' patches than the same training's stem without it; a weight of 0 leaves the config's identity as
+    it was."""
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    assert TrainConfig().digest() == TrainConfig(patch_recon_weight=0.0).digest()
+    loss = {}
+    for weight in (0.0, 10.0):
+        config = TrainConfig(epochs=4, patience=10, patch_recon_weight=weight, **FAST)
+        model = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(weight)).model
+        loss[weight] = patch_decoding_loss(model, reader, val_xy[:64])
+    print(loss)
+    assert loss[10.0] < 0.9 * loss[0.0], loss
