@@ -223,6 +223,7 @@ def leave_one_out(names: list[str], held_outs: list[str], catalog, args: argpars
             **{k: document[k] for k in ("model_adapted", "untrained_adapted") if k in document},
             "n_test_locations": document.get("n_test_locations"),
             "insufficient": document.get("insufficient", []),
+            "leads": document.get("leads"),
         }
     return results
 

@@ -4,7 +4,9 @@
 
 Prints, as Markdown: per held-out region and embedder the mean ± standard deviation over the files of
 every metric (``insufficient`` where R's protocol flags it), then the bar: per seed, the model minus the
-untrained encoder and minus channel statistics on balanced recall, the probe and POI presence. The files
+untrained encoder and minus channel statistics on balanced recall, the probe and POI presence, and how
+many of the bar's cells (file, held-out region, sufficient metric) the model meets: ahead of both, and
+ahead of both with the leads' intervals (``leads`` in evaluation.json) above 0. The files
 of ``--own-region`` runs (``own-region.json``) add the model trained on the region alone (and the model
 minus it). A region may be missing from some files (held out in other runs): its rows use the files that
 hold it.
@@ -53,6 +55,30 @@ def embedders(run: dict) -> dict[str, dict]:
     return {**out, **{name: run["baselines"][name] for name in BASELINES if name in run["baselines"]}}
 
 
+BAR_BASELINES = ("untrained", "channel_stats")
+
+
+def cells_met(results: list[dict]) -> tuple[int, int, int]:
+    """(cells, met, met beyond the noise) of the bar over the files: each scored region's sufficient bar
+    metrics; met when the model is ahead of both baselines, beyond the noise when both leads' intervals lie
+    above 0 (files without ``leads`` count as not beyond it)."""
+    cells = met = clear = 0
+    for result in results:
+        for run in result.values():
+            if not run.get("scored"):
+                continue
+            for metric in BAR:
+                model = _value(run["model"], metric)
+                if metric in run.get("insufficient", []) or math.isnan(model):
+                    continue
+                cells += 1
+                if all(model > _value(run["baselines"][b], metric) for b in BAR_BASELINES):
+                    met += 1
+                    leads = [((run.get("leads") or {}).get(b) or {}).get(metric) for b in BAR_BASELINES]
+                    clear += all(lead is not None and lead["low"] > 0 for lead in leads)
+    return cells, met, clear
+
+
 def tables(results: list[dict]) -> str:
     regions = list(dict.fromkeys(r for result in results for r, run in result.items() if run.get("scored")))
     head = "| held out | embedder | " + " | ".join(label for _, label in METRICS) + " |"
@@ -81,7 +107,11 @@ def tables(results: list[dict]) -> str:
     against = "untrained / channel statistics" + (
         " / the region alone" if any("model_alone" in r for x in results for r in x.values()) else ""
     )
-    return "\n".join([*lines, "", f"Model minus {against}, per file:", "", *bar])
+    cells, met, clear = cells_met(results)
+    summary = (
+        f"Cells of the bar met: {met} of {cells} (ahead of both baselines; {clear} with both leads' intervals above 0)."
+    )
+    return "\n".join([*lines, "", f"Model minus {against}, per file:", "", *bar, "", summary])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.transfer_table import main, tables
+from benchmarks.transfer_table import cells_met, main, tables
 
 METRIC_NAMES = (
     "landuse_recall_at_10",
@@ -59,3 +59,21 @@ def test_a_missing_probe_is_na_not_a_number():
     text = tables([{"north": run}])
     model_row = next(line for line in text.splitlines() if line.startswith("| north | model |"))
     assert model_row.split("|")[5].strip() == "n/a"
+
+
+def _lead(low: float) -> dict:
+    return {"lead": low + 0.01, "low": low, "high": low + 0.02}
+
+
+def test_cells_of_the_bar_count_sufficient_metrics_ahead_of_both_baselines():
+    """Seed 0: ahead of both on every metric, POI presence insufficient (not a cell), both leads' intervals
+    above 0 on balanced recall only; seed 1: behind channel statistics everywhere."""
+    leads = {
+        b: {m: _lead(0.01 if m == "landuse_balanced_recall_at_10" else -0.01) for m in METRIC_NAMES}
+        for b in ("untrained", "channel_stats")
+    }
+    seed0 = {"north": _run(0.8, 0.5, 0.7, insufficient=["poi_presence_macro_auc"], leads=leads)}
+    seed0["north"]["model"]["landuse_probe_macro_f1"] = 0.9
+    seed1 = {"north": _run(0.6, 0.5, 0.7), "small": {"scored": False}}
+    assert cells_met([seed0, seed1]) == (5, 2, 1)
+    assert "Cells of the bar met: 2 of 5 (ahead of both baselines; 1 with both" in tables([seed0, seed1])
