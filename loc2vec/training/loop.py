@@ -141,13 +141,24 @@ def _freeze_stem(model: Encoder) -> torch.nn.Module:
     return stem
 
 
-def _patch_reconstruction(model: Encoder, channels: int) -> tuple[PatchReconstruction, dict[str, torch.Tensor]]:
-    """The patch decoder for the encoder's stem, and where each forward pass leaves the stem's output."""
+def _patch_reconstruction(model: Encoder, channels: int) -> tuple[PatchReconstruction, dict, Callable[[], None]]:
+    """The patch decoder for the encoder's stem, the dict each forward pass leaves the stem's output in
+    (``"stem"``), and what takes that hook off the encoder again (a trained model carries no hook)."""
     conv = model.backbone.stem[0]
     decoder = PatchReconstruction(conv.out_channels, channels, conv.kernel_size[0])
     seen: dict[str, torch.Tensor] = {}
-    model.backbone.stem.register_forward_hook(lambda _module, _inputs, output: seen.__setitem__("stem", output))
-    return decoder, seen
+    hook = model.backbone.stem.register_forward_hook(lambda _m, _inputs, output: seen.__setitem__("stem", output))
+    return decoder, seen, hook.remove
+
+
+def _average_gradients(modules: list[torch.nn.Module], world: int) -> None:
+    """Average the gradients of modules DDP does not wrap (the auxiliary objectives' decoders) over the ranks,
+    as DDP does for the encoder's, so every rank's decoders stay the same."""
+    if world == 1:
+        return
+    for parameter in (p for m in modules for p in m.parameters() if p.grad is not None):
+        dist.all_reduce(parameter.grad)
+        parameter.grad /= world
 
 
 def parameter_groups(model: Encoder, decoders: list[torch.nn.Module], config: TrainConfig) -> list[dict]:
@@ -195,12 +206,13 @@ def fit(
     recon = None
     if config.recon_weight > 0:
         recon = ReconstructionObjective(model.representation_dim, channels, config.recon_cells).to(device.device)
-    patch, seen = (None, {})
+    patch, seen, unhook = None, {}, None
     if config.patch_recon_weight > 0:
-        patch, seen = _patch_reconstruction(model, channels)
+        patch, seen, unhook = _patch_reconstruction(model, channels)
         patch = patch.to(device.device)
+    decoders = [m for m in (recon, patch) if m is not None]
     with_representation = recon is not None or config.decorrelation_weight > 0
-    groups = parameter_groups(model, [m for m in (recon, patch) if m is not None], config)
+    groups = parameter_groups(model, decoders, config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.steps_per_epoch % world:
         raise ConfigError(f"steps_per_epoch ({config.steps_per_epoch}) must be a multiple of the world size {world}")
@@ -282,6 +294,7 @@ def fit(
                     loss = loss + config.patch_recon_weight * patch(seen["stem"], x)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                _average_gradients(decoders, world)
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
@@ -336,6 +349,8 @@ def fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if unhook is not None:
+        unhook()
     model.eval()
     stopped_early = len(history) < config.epochs
     return TrainResult(model.cpu(), history, best_epoch, stopped_early, resumed_from)

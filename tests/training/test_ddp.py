@@ -14,7 +14,19 @@ from loc2vec.training.config import TrainConfig
 def test_torchrun_two_gloo_processes_train(monaco_mosaic, monaco_samples, tmp_path):
     _, mosaic = monaco_mosaic
     _, manifest = monaco_samples
-    config = TrainConfig(epochs=2, steps_per_epoch=4, batch_size=16, crop_px=64, val_triplets=32, r_neg_m=300.0, seed=2)
+    # with both auxiliary decoders, whose gradients the loop averages over the ranks itself (DDP wraps the encoder)
+    config = TrainConfig(
+        epochs=2,
+        steps_per_epoch=4,
+        batch_size=16,
+        crop_px=64,
+        val_triplets=32,
+        r_neg_m=300.0,
+        seed=2,
+        recon_weight=1.0,
+        mask_ratio=0.25,
+        patch_recon_weight=1.0,
+    )
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     cmd = [
         sys.executable,
