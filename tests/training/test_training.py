@@ -465,7 +465,7 @@ def patch_decoding_loss(model, reader, xy: np.ndarray) -> float:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_patch_reconstruction_keeps_what_the_trained_stem_sees(monaco_samples, tmp_path):
