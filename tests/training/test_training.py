@@ -415,7 +415,7 @@ def test_a_slow_stem_trains_at_its_share_of_the_learning_rate(monaco_samples, tm
         trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(scale)).model
         torch.manual_seed(config.seed)
         start = build_encoder(config.encoder, config.embedding_dim, reader.channels)
-        return float((trained.backbone.stem[0].weight - start.backbone.stem[0].weight).norm())
+        return float((trained.backbone.stem[0].weight - start.backbone.stem[0].weight).norm().detach())
 
     assert 0 < stem_moved(0.01) < 0.2 * stem_moved(1.0)
 
