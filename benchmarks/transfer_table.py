@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from loc2vec.evaluation.significance import LEAD_BASELINES as BAR_BASELINES
+from loc2vec.evaluation.significance import LEAD_METRICS as BAR
+
 METRICS = (
     ("landuse_recall_at_10", "land-use recall@10"),
     ("landuse_balanced_recall_at_10", "balanced recall@10"),
@@ -29,7 +32,6 @@ METRICS = (
     ("poi_presence_macro_auc", "POI presence AUC"),
     ("triplet_accuracy", "triplet acc"),
 )
-BAR = ("landuse_balanced_recall_at_10", "landuse_probe_macro_f1", "poi_presence_macro_auc")
 BASELINES = ("untrained", "channel_stats", "coordinates", "random")
 
 
@@ -53,9 +55,6 @@ def embedders(run: dict) -> dict[str, dict]:
     if "model_alone" in run:
         out["model (region alone)"] = run["model_alone"]
     return {**out, **{name: run["baselines"][name] for name in BASELINES if name in run["baselines"]}}
-
-
-BAR_BASELINES = ("untrained", "channel_stats")
 
 
 def cells_met(results: list[dict]) -> tuple[int, int, int]:
@@ -98,7 +97,7 @@ def tables(results: list[dict]) -> str:
             seeds = []
             for run in runs:
                 model = _value(run["model"], metric)
-                others = [run["baselines"][b] for b in ("untrained", "channel_stats")]
+                others = [run["baselines"][b] for b in BAR_BASELINES]
                 others += [run["model_alone"]] if "model_alone" in run else []
                 gaps = [model - _value(other, metric) for other in others]
                 seeds.append("n/a" if any(math.isnan(g) for g in gaps) else " / ".join(f"{g:+.3f}" for g in gaps))

@@ -431,6 +431,19 @@ def test_decorrelation_measures_redundant_dimensions_whatever_their_scale():
         decorrelation(independent[:1])
 
 
+def trained_with(option: str, weights: tuple[float, ...], monaco_samples, tmp_path) -> dict:
+    """``{weight: model}``: the same short training with the loss term ``option`` at each weight; a weight of 0
+    leaves the config's identity as it was (the option is part of the digest only when set)."""
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    assert TrainConfig().digest() == TrainConfig(**{option: 0.0}).digest()
+    models = {}
+    for weight in weights:
+        config = TrainConfig(epochs=4, patience=10, **{option: weight}, **FAST)
+        models[weight] = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(weight)).model
+    return models
+
+
 def representation_redundancy(model, reader, xy: np.ndarray) -> float:
     crops = torch.from_numpy(reader.crops(xy[:, 0], xy[:, 1], 64)[0]).permute(0, 3, 1, 2)
     with torch.no_grad():
@@ -441,13 +454,9 @@ def test_the_decorrelation_term_spreads_the_place_representation(monaco_samples,
     """Trained with the term, the place representation of held-back crops is less redundant than the same
     training's without it; a weight of 0 leaves the config's identity as it was."""
     reader, manifest = monaco_samples
-    train_xy, val_xy = _xy(manifest)
-    assert TrainConfig().digest() == TrainConfig(decorrelation_weight=0.0).digest()
-    redundancy = {}
-    for weight in (0.0, 0.2):
-        config = TrainConfig(epochs=4, patience=10, decorrelation_weight=weight, **FAST)
-        model = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(weight)).model
-        redundancy[weight] = representation_redundancy(model, reader, val_xy)
+    _, val_xy = _xy(manifest)
+    models = trained_with("decorrelation_weight", (0.0, 0.2), monaco_samples, tmp_path)
+    redundancy = {weight: representation_redundancy(model, reader, val_xy) for weight, model in models.items()}
     assert redundancy[0.2] < 0.5 * redundancy[0.0], redundancy  # measured: 14 against 63
 
 
@@ -473,13 +482,10 @@ def test_patch_reconstruction_keeps_what_the_trained_stem_sees(monaco_samples, t
     crops' patches than the same training's stem without it, and the model comes back without the hook that
     read the stem; a weight of 0 leaves the config's identity as it was."""
     reader, manifest = monaco_samples
-    train_xy, val_xy = _xy(manifest)
-    assert TrainConfig().digest() == TrainConfig(patch_recon_weight=0.0).digest()
-    loss = {}
-    for weight in (0.0, 10.0):
-        config = TrainConfig(epochs=4, patience=10, patch_recon_weight=weight, **FAST)
-        model = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(weight)).model
-        loss[weight] = patch_decoding_loss(model, reader, val_xy[:64])
+    _, val_xy = _xy(manifest)
+    models = trained_with("patch_recon_weight", (0.0, 10.0), monaco_samples, tmp_path)
+    for model in models.values():
         assert not model.backbone.stem._forward_hooks  # the training's hook is off the model it returns
         pickle.dumps(model)  # as MLflow's model logging pickles it
+    loss = {weight: patch_decoding_loss(model, reader, val_xy[:64]) for weight, model in models.items()}
     assert loss[10.0] < 0.9 * loss[0.0], loss
