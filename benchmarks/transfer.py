@@ -15,12 +15,14 @@ Without ``--train-config`` the models train with ``train-regions``' default, the
 (``loc2vec.training.config.TRANSFER_RECIPE``); ``--train-config`` with ``{}`` trains with the plain defaults.
 A region whose protocol cannot be built (too small for its leak buffer) is trained on, not scored.
 
-``--own-region`` asks the other question: is the multi-region model worse on a region it trained on? One
-model is trained on every region of ``--regions``, and for each region R (or each of ``--held-out``) one on R
-alone; both embed R's protocol points and are scored on R's own test blocks (both trained on R's train blocks
-only; ``min_test_train_m`` records how far R's test points lie from any anchor they trained or validated on).
-Writes ``OUT/own-region.json``. ``--weights monaco=1,kotka-karhula=0.2,...`` sets the regions' sampling
-weights of every training (each training passes those of its regions to ``train-regions --weights``).
+``--own-region`` asks the other question: is the multi-region model worse on a region it trained on? One model
+is trained on every region of ``--regions``, and for each region R (or each of ``--held-out``) one on R alone;
+both embed R's protocol points and are scored on R's own test blocks (both trained on R's train blocks only;
+``min_test_train_m`` records how far R's test points lie from any anchor they trained or validated on). Writes
+``OUT/own-region.json``, with ``lead_over_alone``: the model of all regions minus R's own model on the bar's
+metrics and its paired bootstrap interval (``--own-region --leads-only`` adds it to an earlier run's file).
+``--weights monaco=1,kotka-karhula=0.2,...`` sets the regions' sampling weights of every training (each
+training passes those of its regions to ``train-regions --weights``).
 """
 
 from __future__ import annotations
@@ -228,6 +230,32 @@ def leave_one_out(names: list[str], held_outs: list[str], catalog, args: argpars
     return results
 
 
+def lead_over_alone(out: Path, name: str) -> dict[str, dict[str, float] | None]:
+    """The model of all regions minus R's own model on the bar's metrics, each with the paired bootstrap
+    interval of ``loc2vec.evaluation.significance`` (both embeddings of R's protocol points, as
+    ``own_region`` lays them out in OUT, scored on the same resamples of R's test examples)."""
+    import geopandas as gpd
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from loc2vec.data.chunked import open_reader
+    from loc2vec.evaluation.metrics import score_with_outcomes
+    from loc2vec.evaluation.run import METRIC_THREADS, protocol_radii
+    from loc2vec.evaluation.significance import leads, outcomes
+    from loc2vec.training.config import TrainConfig
+
+    config = TrainConfig(**json.loads((out / f"config-{name}.json").read_text()))
+    points = gpd.read_parquet(out / f"points-{name}.parquet")
+    reader = open_reader((out / "evaluate" / name / "mosaic" / "CURRENT").read_text().strip())
+    radii = protocol_radii(config, reader.grid.resolution)
+    scored = {}
+    with threadpool_limits(limits=METRIC_THREADS):
+        for tag in ("all", "alone"):
+            vectors = np.stack(gpd.read_parquet(out / f"embedded-{tag}-{name}.parquet")["vector"].to_numpy())
+            scored[tag] = outcomes(score_with_outcomes(vectors, points, seed=config.seed, **radii)[1])
+    return leads(scored["all"], {"alone": scored["alone"]}, seed=config.seed)["alone"]
+
+
 def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.Namespace, out: Path) -> dict:
     """Each region R's own test blocks: the model trained on every region against one trained on R alone."""
     print(f"== all: train on {', '.join(names)}", flush=True)
@@ -254,6 +282,7 @@ def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.N
             "insufficient": documents["all"].get("insufficient", []),
             # both models trained on R's train blocks only: its test points lie beyond the leak buffer
             "min_test_train_m": min_test_train_m(found.points, json.loads(alone.read_text())["samples_path"]),
+            "lead_over_alone": lead_over_alone(out, name),
         }
     return results
 
@@ -279,6 +308,11 @@ def main() -> int:
         help="score each region on its own test blocks with the model of all regions and one of the region alone",
     )
     p.add_argument(
+        "--leads-only",
+        action="store_true",
+        help="with --own-region: add lead_over_alone to OUT/own-region.json of an earlier run, without training",
+    )
+    p.add_argument(
         "--adapt-norm",
         action="store_true",
         help="also score the model and the untrained encoder with batch-norm statistics recomputed on the "
@@ -299,6 +333,15 @@ def main() -> int:
             p.error(f"--weights gives no weight for {', '.join(missing)}")
     if unknown := sorted(set(held_outs) - set(names)):
         p.error(f"--held-out names regions not in --regions: {', '.join(unknown)}")
+    if args.leads_only:
+        if not args.own_region:
+            p.error("--leads-only needs --own-region")
+        results = json.loads((out / "own-region.json").read_text())
+        for name, run in results.items():
+            if run.get("scored"):
+                run["lead_over_alone"] = lead_over_alone(out, name)
+        (out / "own-region.json").write_text(json.dumps(results, indent=2))
+        return 0
     results = (own_region if args.own_region else leave_one_out)(names, held_outs, catalog, args, out)
     (out / ("own-region.json" if args.own_region else "transfer.json")).write_text(json.dumps(results, indent=2))
     print_table(results)

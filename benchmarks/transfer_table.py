@@ -2,14 +2,14 @@
 
     .venv/bin/python benchmarks/transfer_table.py /tmp/transfer-0/transfer.json /tmp/transfer-1/transfer.json ...
 
-Prints, as Markdown: per held-out region and embedder the mean ± standard deviation over the files of
-every metric (``insufficient`` where R's protocol flags it), then the bar: per seed, the model minus the
-untrained encoder and minus channel statistics on balanced recall, the probe and POI presence, and how
-many of the bar's cells (file, held-out region, sufficient metric) the model meets: ahead of both, and
-ahead of both with the leads' intervals (``leads`` in evaluation.json) above 0. The files
-of ``--own-region`` runs (``own-region.json``) add the model trained on the region alone (and the model
-minus it). A region may be missing from some files (held out in other runs): its rows use the files that
-hold it.
+Prints, as Markdown: per held-out region and embedder the mean ± standard deviation over the files of every
+metric (``insufficient`` where R's protocol flags it), then the bar: per seed, the model minus the untrained
+encoder and minus channel statistics on balanced recall, the probe and POI presence, and how many of the bar's
+cells (file, held-out region, sufficient metric) the model meets: ahead of both, and ahead of both with the
+leads' intervals (``leads`` in evaluation.json) above 0. The files of ``--own-region`` runs
+(``own-region.json``) add the model trained on the region alone (and the model minus it), and how many cells
+the model of all regions is no worse on, and behind beyond the noise (``lead_over_alone``'s interval below 0).
+A region may be missing from some files (held out in other runs): its rows use the files that hold it.
 """
 
 from __future__ import annotations
@@ -78,6 +78,27 @@ def cells_met(results: list[dict]) -> tuple[int, int, int]:
     return cells, met, clear
 
 
+def own_cells(results: list[dict]) -> tuple[int, int, int]:
+    """(cells, no worse, behind beyond the noise) of the own-region question over the files: each region's
+    sufficient bar metrics scored with both the model of all regions and R's own model; no worse when the
+    model of all regions is at least as good, behind beyond the noise when ``lead_over_alone``'s interval
+    lies below 0 (files without it count as not beyond it)."""
+    cells = no_worse = behind = 0
+    for result in results:
+        for run in result.values():
+            if not run.get("scored") or "model_alone" not in run:
+                continue
+            for metric in BAR:
+                gap = _value(run["model"], metric) - _value(run["model_alone"], metric)
+                if metric in run.get("insufficient", []) or math.isnan(gap):
+                    continue
+                cells += 1
+                no_worse += gap >= 0
+                lead = (run.get("lead_over_alone") or {}).get(metric)
+                behind += lead is not None and lead["high"] < 0
+    return cells, no_worse, behind
+
+
 def tables(results: list[dict]) -> str:
     regions = list(dict.fromkeys(r for result in results for r, run in result.items() if run.get("scored")))
     head = "| held out | embedder | " + " | ".join(label for _, label in METRICS) + " |"
@@ -110,6 +131,12 @@ def tables(results: list[dict]) -> str:
     summary = (
         f"Cells of the bar met: {met} of {cells} (ahead of both baselines; {clear} with both leads' intervals above 0)."
     )
+    own, no_worse, behind = own_cells(results)
+    if own:
+        summary += (
+            f" The model of all regions against the region's own model: no worse on {no_worse} of {own} cells,"
+            f" behind with the interval of its lead below 0 on {behind}."
+        )
     return "\n".join([*lines, "", f"Model minus {against}, per file:", "", *bar, "", summary])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.transfer_table import cells_met, main, tables
+from benchmarks.transfer_table import cells_met, main, own_cells, tables
 
 METRIC_NAMES = (
     "landuse_recall_at_10",
@@ -77,3 +77,22 @@ def test_cells_of_the_bar_count_sufficient_metrics_ahead_of_both_baselines():
     seed1 = {"north": _run(0.6, 0.5, 0.7), "small": {"scored": False}}
     assert cells_met([seed0, seed1]) == (5, 2, 1)
     assert "Cells of the bar met: 2 of 5 (ahead of both baselines; 1 with both" in tables([seed0, seed1])
+
+
+def test_own_region_cells_count_no_worse_and_behind_beyond_the_noise():
+    """Seed 0 (with lead_over_alone): balanced recall behind with its interval below 0, the probe behind
+    within the noise, POI presence ahead; seed 1 (an earlier file, no intervals): behind on everything,
+    counted as within the noise; a leave-one-out file (no region-alone model) adds no cell."""
+    lead_over_alone = {
+        "landuse_balanced_recall_at_10": {"lead": -0.03, "low": -0.05, "high": -0.01},
+        "landuse_probe_macro_f1": {"lead": -0.01, "low": -0.04, "high": 0.02},
+        "poi_presence_macro_auc": {"lead": 0.02, "low": -0.01, "high": 0.05},
+    }
+    alone = _metrics(0.63, probe=0.61)
+    alone["poi_presence_macro_auc"] = 0.58
+    seed0 = {"north": _run(0.6, 0.5, 0.7, model_alone=alone, lead_over_alone=lead_over_alone)}
+    seed1 = {"north": _run(0.6, 0.5, 0.7, model_alone=_metrics(0.9, probe=0.9))}
+    loo = {"north": _run(0.6, 0.5, 0.7)}
+    assert own_cells([seed0, seed1, loo]) == (6, 1, 1)
+    assert "no worse on 1 of 6 cells, behind with the interval of its lead below 0 on 1." in tables([seed0, seed1])
+    assert "region's own model" not in tables([loo])
