@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,25 +58,37 @@ def embedders(run: dict) -> dict[str, dict]:
     return {**out, **{name: run["baselines"][name] for name in BASELINES if name in run["baselines"]}}
 
 
-def cells_met(results: list[dict]) -> tuple[int, int, int]:
-    """(cells, met, met beyond the noise) of the bar over the files: each scored region's sufficient bar
-    metrics; met when the model is ahead of both baselines, beyond the noise when both leads' intervals lie
-    above 0 (files without ``leads`` count as not beyond it)."""
-    cells = met = clear = 0
+def _sufficient_cells(results: list[dict], value: Callable[[dict, str], float]) -> Iterator[tuple[dict, str, float]]:
+    """(run, metric, value) of each scored region's sufficient bar metrics over the files, where ``value`` of
+    the run and metric is a number."""
     for result in results:
         for run in result.values():
             if not run.get("scored"):
                 continue
             for metric in BAR:
-                model = _value(run["model"], metric)
-                if metric in run.get("insufficient", []) or math.isnan(model):
-                    continue
-                cells += 1
-                if all(model > _value(run["baselines"][b], metric) for b in BAR_BASELINES):
-                    met += 1
-                    leads = [((run.get("leads") or {}).get(b) or {}).get(metric) for b in BAR_BASELINES]
-                    clear += all(lead is not None and lead["low"] > 0 for lead in leads)
+                number = value(run, metric)
+                if metric not in run.get("insufficient", []) and not math.isnan(number):
+                    yield run, metric, number
+
+
+def cells_met(results: list[dict]) -> tuple[int, int, int]:
+    """(cells, met, met beyond the noise) of the bar over the files: each scored region's sufficient bar
+    metrics; met when the model is ahead of both baselines, beyond the noise when both leads' intervals lie
+    above 0 (files without ``leads`` count as not beyond it)."""
+    cells = met = clear = 0
+    for run, metric, model in _sufficient_cells(results, lambda run, metric: _value(run["model"], metric)):
+        cells += 1
+        if all(model > _value(run["baselines"][b], metric) for b in BAR_BASELINES):
+            met += 1
+            leads = [((run.get("leads") or {}).get(b) or {}).get(metric) for b in BAR_BASELINES]
+            clear += all(lead is not None and lead["low"] > 0 for lead in leads)
     return cells, met, clear
+
+
+def _gap_to_alone(run: dict, metric: str) -> float:
+    if "model_alone" not in run:
+        return math.nan
+    return _value(run["model"], metric) - _value(run["model_alone"], metric)
 
 
 def own_cells(results: list[dict]) -> tuple[int, int, int]:
@@ -84,18 +97,11 @@ def own_cells(results: list[dict]) -> tuple[int, int, int]:
     model of all regions is at least as good, behind beyond the noise when ``lead_over_alone``'s interval
     lies below 0 (files without it count as not beyond it)."""
     cells = no_worse = behind = 0
-    for result in results:
-        for run in result.values():
-            if not run.get("scored") or "model_alone" not in run:
-                continue
-            for metric in BAR:
-                gap = _value(run["model"], metric) - _value(run["model_alone"], metric)
-                if metric in run.get("insufficient", []) or math.isnan(gap):
-                    continue
-                cells += 1
-                no_worse += gap >= 0
-                lead = (run.get("lead_over_alone") or {}).get(metric)
-                behind += lead is not None and lead["high"] < 0
+    for run, metric, gap in _sufficient_cells(results, _gap_to_alone):
+        cells += 1
+        no_worse += gap >= 0
+        lead = (run.get("lead_over_alone") or {}).get(metric)
+        behind += lead is not None and lead["high"] < 0
     return cells, no_worse, behind
 
 
