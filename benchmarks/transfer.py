@@ -236,24 +236,21 @@ def lead_over_alone(out: Path, name: str) -> dict[str, dict[str, float] | None]:
     ``own_region`` lays them out in OUT, scored on the same resamples of R's test examples)."""
     import geopandas as gpd
     import numpy as np
-    from threadpoolctl import threadpool_limits
 
     from loc2vec.data.chunked import open_reader
-    from loc2vec.evaluation.metrics import score_with_outcomes
-    from loc2vec.evaluation.run import METRIC_THREADS, protocol_radii
-    from loc2vec.evaluation.significance import leads, outcomes
+    from loc2vec.evaluation.run import protocol_radii, scored_with_leads
     from loc2vec.training.config import TrainConfig
 
     config = TrainConfig(**json.loads((out / f"config-{name}.json").read_text()))
     points = gpd.read_parquet(out / f"points-{name}.parquet")
     reader = open_reader((out / "evaluate" / name / "mosaic" / "CURRENT").read_text().strip())
     radii = protocol_radii(config, reader.grid.resolution)
-    scored = {}
-    with threadpool_limits(limits=METRIC_THREADS):
-        for tag in ("all", "alone"):
-            vectors = np.stack(gpd.read_parquet(out / f"embedded-{tag}-{name}.parquet")["vector"].to_numpy())
-            scored[tag] = outcomes(score_with_outcomes(vectors, points, seed=config.seed, **radii)[1])
-    return leads(scored["all"], {"alone": scored["alone"]}, seed=config.seed)["alone"]
+    vectors = {
+        tag: np.stack(gpd.read_parquet(out / f"embedded-{tag}-{name}.parquet")["vector"].to_numpy())
+        for tag in ("all", "alone")
+    }
+    everywhere, alone = vectors["all"], {"alone": vectors["alone"]}
+    return scored_with_leads(everywhere, alone, points, radii, config.seed, lead_over=("alone",))[2]["alone"]
 
 
 def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.Namespace, out: Path) -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,32 @@ def baseline_embeddings(points: pd.DataFrame, reader: CropGeometry, config: Trai
     }
 
 
+def scored_with_leads(
+    model_embeddings: np.ndarray,
+    others: Mapping[str, np.ndarray],
+    points: pd.DataFrame,
+    radii: Mapping[str, float],
+    seed: int,
+    lead_over: Collection[str],
+) -> tuple[dict, dict[str, dict], dict]:
+    """Every metric of the model's embeddings and of each of ``others`` on the protocol's points (all rows of
+    ``points``, in order), and the model's leads over those named in ``lead_over``, each with its paired
+    bootstrap interval (``loc2vec.evaluation.significance``).
+
+    The metrics are computed with one BLAS/OpenMP thread: with more, sums split by thread change the last
+    digits of distances, and ties in neighbour ranks (trustworthiness) follow them, so the numbers would
+    depend on the machine's core count.
+    """
+    with threadpool_limits(limits=METRIC_THREADS):
+        model, model_outcomes = score_with_outcomes(model_embeddings, points, seed=seed, **radii)
+        scored, compared = {}, {}
+        for name, emb in others.items():
+            scored[name], raw = score_with_outcomes(emb, points, seed=seed, **radii)
+            if name in lead_over:
+                compared[name] = outcomes(raw)
+        return model, scored, leads(outcomes(model_outcomes), compared, seed=seed)
+
+
 def evaluate_embeddings(
     model_embeddings: np.ndarray,
     points: pd.DataFrame,
@@ -65,23 +91,11 @@ def evaluate_embeddings(
     config: TrainConfig,
     seed: int = 0,
 ) -> dict:
-    """The evaluation.json document: model and baseline metrics on the same test points.
-
-    The metrics are computed with one BLAS/OpenMP thread: with more, sums split by thread change the last
-    digits of distances, and ties in neighbour ranks (trustworthiness) follow them, so the numbers would
-    depend on the machine's core count.
-    """
+    """The evaluation.json document: model and baseline metrics on the same test points (``scored_with_leads``)."""
     radii = protocol_radii(config, reader.grid.resolution)
     baselines = baseline_embeddings(points, reader, config)
     test = points["split"] == "test"
-    with threadpool_limits(limits=METRIC_THREADS):
-        model, model_outcomes = score_with_outcomes(model_embeddings, points, seed=seed, **radii)
-        scored, compared = {}, {}
-        for name, emb in baselines.items():
-            scored[name], raw = score_with_outcomes(emb, points, seed=seed, **radii)
-            if name in LEAD_BASELINES:
-                compared[name] = outcomes(raw)
-        model_leads = leads(outcomes(model_outcomes), compared, seed=seed)
+    model, scored, model_leads = scored_with_leads(model_embeddings, baselines, points, radii, seed, LEAD_BASELINES)
     test_xy = points.loc[test & (points["kind"] == "location"), ["x", "y"]].to_numpy()
     support = metric_support(points, len(held_out_triplets(test_xy, radii["r_pos"], radii["r_neg"], 1000, seed)))
     return {
