@@ -11,6 +11,11 @@ context over random stem summaries. Each part is normalised, as in ``Encoder.emb
 
 A variant is 8 letters: the model's context, centre, whole, peak (``M`` or ``-``), then the untrained
 encoder's (``U`` or ``-``). ``MMMM----`` is the model's own embedding, ``----UUUU`` the untrained baseline's.
+
+``--context`` says where both encoders' context part comes from: ``crop`` (as ``SmallCNN.place_features``:
+the last stage pooled over the whole crop), ``centre`` (the last stage pooled over the crop's central half
+only) or ``inner`` (the encoder run on the crop's central half alone, then pooled: the context of a crop half
+the size).
 """
 
 from __future__ import annotations
@@ -23,21 +28,40 @@ import torch
 
 from benchmarks.transfer import METRICS, ROOT, _number, score_embedded, write_embedded, written_protocol
 
+CONTEXTS = ("crop", "centre", "inner")
+
+
+def _central_half(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    return x[..., h // 4 : h - h // 4, w // 4 : w - w // 4]
+
+
+def place_parts(backbone: torch.nn.Module, x: torch.Tensor, context: str) -> tuple[torch.Tensor, ...]:
+    """``SmallCNN.place_features`` with its context part taken as ``context`` says (``CONTEXTS``)."""
+    parts = backbone.place_features(x)
+    if context == "centre":
+        deep = _central_half(backbone.features[1:](backbone.features[0](x)))
+        return (deep.mean(dim=(2, 3)), *parts[1:])
+    if context == "inner":
+        return (backbone(_central_half(x)), *parts[1:])
+    return parts
+
 
 class PartsEmbedding(torch.nn.Module):
     """``embed``: the chosen parts of the model's and the untrained encoder's place features, normalised."""
 
-    def __init__(self, model: torch.nn.Module, untrained: torch.nn.Module, variant: str) -> None:
+    def __init__(self, model: torch.nn.Module, untrained: torch.nn.Module, variant: str, context: str = "crop") -> None:
         super().__init__()
         if len(variant) != 8 or set(variant[:4]) - {"M", "-"} or set(variant[4:]) - {"U", "-"} or variant == "-" * 8:
             raise SystemExit(f"variant {variant!r}: 4 of M/- then 4 of U/-, at least one part")
-        self.model, self.untrained, self.variant = model, untrained, variant
+        self.model, self.untrained, self.variant, self.context = model, untrained, variant, context
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         from loc2vec.models.encoders import _place_representation
 
         x = x.float().div_(255.0)
-        trained, random = self.model.backbone.place_features(x), self.untrained.backbone.place_features(x)
+        trained = place_parts(self.model.backbone, x, self.context)
+        random = place_parts(self.untrained.backbone, x, self.context)
         parts = [trained[i] for i in range(4) if self.variant[i] == "M"]
         parts += [random[i] for i in range(4) if self.variant[4 + i] == "U"]
         return _place_representation(*parts)
@@ -48,6 +72,7 @@ def main() -> int:
     p.add_argument("--run", type=Path, required=True, help="a benchmarks/transfer.py --out directory")
     p.add_argument("--region", required=True, help="a held-out region of that run")
     p.add_argument("--variants", required=True, help="comma-separated, e.g. MMMM----,M----UUU")
+    p.add_argument("--context", choices=CONTEXTS, default="crop", help="where the context part comes from")
     p.add_argument("--catalog", default=str(ROOT / "regions.toml"))
     args = p.parse_args()
 
@@ -71,10 +96,11 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     print("| variant | " + " | ".join(METRICS) + " |")
     for variant in args.variants.split(","):
-        embedding = PartsEmbedding(trained, untrained, variant)
+        embedding = PartsEmbedding(trained, untrained, variant, args.context)
         vectors = encode(embedding, reader, frame[["x", "y"]].to_numpy(), config.crop_px)
-        embedded = write_embedded(vectors, frame, out / f"{region}-{variant}.parquet")
-        metrics = score_embedded(protocol, embedded, out / f"eval-{region}-{variant}")["model"]
+        tag = f"{region}-{variant}" + ("" if args.context == "crop" else f"-{args.context}")
+        embedded = write_embedded(vectors, frame, out / f"{tag}.parquet")
+        metrics = score_embedded(protocol, embedded, out / f"eval-{tag}")["model"]
         print(f"| {variant} | " + " | ".join(_number(metrics.get(m)) for m in METRICS) + " |", flush=True)
     return 0
 
