@@ -77,3 +77,18 @@ def test_the_summary_prints_each_lead_with_its_interval(scored):
     ]
     assert rows[2].split() == ["poi_presence_macro_auc", "n/a"]
     assert lead_lines({"model": {}}) == []  # a document of several runs has none
+
+
+def test_scored_with_leads_scores_every_embedding_and_leads_only_over_those_asked(monaco_points, scored):
+    from loc2vec.evaluation.run import scored_with_leads
+
+    points, reader, crop_px = monaco_points
+    informative = channel_stats(reader, points[["x", "y"]].to_numpy(), crop_px).astype(np.float64)
+    noise = random_vectors(len(points), 16, seed=0).astype(np.float64)
+    others = {"noise": noise, "itself": informative}
+    model, metrics, lead = scored_with_leads(informative, others, points, RADII, seed=0, lead_over=("noise",))
+    # the fixture scored with every thread: trustworthiness' rank ties may differ in the last digits
+    assert model == pytest.approx(scored["cs"][0], abs=1e-3)
+    assert metrics == {"noise": pytest.approx(scored["noise"][0], abs=1e-3), "itself": pytest.approx(model)}
+    assert set(lead) == {"noise"}
+    assert lead == leads(outcomes(scored["cs"][1]), {"noise": outcomes(scored["noise"][1])}, seed=0)
