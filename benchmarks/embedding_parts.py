@@ -31,19 +31,16 @@ from benchmarks.transfer import METRICS, ROOT, _number, score_embedded, write_em
 CONTEXTS = ("crop", "centre", "inner")
 
 
-def _central_half(x: torch.Tensor) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    return x[..., h // 4 : h - h // 4, w // 4 : w - w // 4]
-
-
 def place_parts(backbone: torch.nn.Module, x: torch.Tensor, context: str) -> tuple[torch.Tensor, ...]:
     """``SmallCNN.place_features`` with its context part taken as ``context`` says (``CONTEXTS``)."""
+    from loc2vec.models.encoders import central_half
+
     parts = backbone.place_features(x)
     if context == "centre":
-        deep = _central_half(backbone.features[1:](backbone.features[0](x)))
+        deep = central_half(backbone.features[1:](backbone.features[0](x)))
         return (deep.mean(dim=(2, 3)), *parts[1:])
     if context == "inner":
-        return (backbone(_central_half(x)), *parts[1:])
+        return (backbone(central_half(x)), *parts[1:])
     return parts
 
 

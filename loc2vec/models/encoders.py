@@ -24,6 +24,13 @@ ENCODERS = ("small_cnn", "small_cnn_wide", "resnet18", "efficientnet_b0", "mobil
 SMALL_CNN_WIDTHS = {"small_cnn": (32, 64, 128, 128), "small_cnn_wide": (64, 128, 256, 256)}
 
 
+def central_half(x: torch.Tensor) -> torch.Tensor:
+    """The central half of a batch of square maps (..., H, W) on each side: what a place embedding reads as
+    the place itself, against the rest of the crop around it."""
+    h, w = x.shape[-2:]
+    return x[..., h // 4 : h - h // 4, w // 4 : w - w // 4]
+
+
 def _conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     pad = kernel // 2 if kernel % 2 else 0
     return nn.Sequential(
@@ -60,9 +67,7 @@ class SmallCNN(nn.Module):
         half, averaged over the crop, and its maximum over the crop."""
         stem = self.features[0](x)
         context = F.adaptive_avg_pool2d(self.features[1:](stem), 1).flatten(1)
-        h, w = stem.shape[-2:]
-        top, left = h // 4, w // 4
-        centre = stem[..., top : h - top, left : w - left].mean(dim=(2, 3))
+        centre = central_half(stem).mean(dim=(2, 3))
         return context, centre, stem.mean(dim=(2, 3)), stem.amax(dim=(2, 3))
 
     @property

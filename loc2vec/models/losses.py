@@ -14,6 +14,7 @@ from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from loc2vec.errors import ConfigError
+from loc2vec.models.encoders import central_half
 
 LOSSES = ("triplet", "soft_pn", "infonce")
 MINING = ("semihard", "hard", "all")
@@ -112,12 +113,10 @@ def channel_cells(x: torch.Tensor, cells: int) -> torch.Tensor:
     whether the channel draws anything there at all (N, 2 * C * (cells² + 1)). Presence carries what a share
     hides: a point of interest covers a few pixels of a cell, a share near 0 whose loss is as small."""
     x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
-    h, w = x.shape[-2:]
     drawn = (x > 0).float()
 
     def per_cell(values: torch.Tensor, pool) -> list[torch.Tensor]:
-        centre = values[..., h // 4 : h - h // 4, w // 4 : w - w // 4]
-        return [pool(values, cells).flatten(1), pool(centre, 1).flatten(1)]
+        return [pool(values, cells).flatten(1), pool(central_half(values), 1).flatten(1)]
 
     shares = per_cell(x, F.adaptive_avg_pool2d)
     presence = per_cell(drawn, F.adaptive_max_pool2d)

@@ -12,11 +12,19 @@ RADII = {"r_pos": 60.0, "r_neg": 300.0, "exclude_m": 300.0}
 
 
 @pytest.fixture(scope="module")
-def scored(monaco_points):
+def embeddings(monaco_points):
+    """Channel statistics (informative about land use) and seeded noise of the protocol's points."""
     points, reader, crop_px = monaco_points
-    informative = channel_stats(reader, points[["x", "y"]].to_numpy(), crop_px).astype(np.float64)
-    noise = random_vectors(len(points), 16, seed=0).astype(np.float64)
-    return {name: score_with_outcomes(emb, points, **RADII) for name, emb in (("cs", informative), ("noise", noise))}
+    return {
+        "cs": channel_stats(reader, points[["x", "y"]].to_numpy(), crop_px).astype(np.float64),
+        "noise": random_vectors(len(points), 16, seed=0).astype(np.float64),
+    }
+
+
+@pytest.fixture(scope="module")
+def scored(monaco_points, embeddings):
+    points = monaco_points[0]
+    return {name: score_with_outcomes(emb, points, **RADII) for name, emb in embeddings.items()}
 
 
 def test_the_outcomes_give_back_the_metrics_they_came_from(scored):
@@ -79,14 +87,13 @@ def test_the_summary_prints_each_lead_with_its_interval(scored):
     assert lead_lines({"model": {}}) == []  # a document of several runs has none
 
 
-def test_scored_with_leads_scores_every_embedding_and_leads_only_over_those_asked(monaco_points, scored):
+def test_scored_with_leads_scores_every_embedding_and_leads_only_over_those_asked(monaco_points, embeddings, scored):
     from loc2vec.evaluation.run import scored_with_leads
 
-    points, reader, crop_px = monaco_points
-    informative = channel_stats(reader, points[["x", "y"]].to_numpy(), crop_px).astype(np.float64)
-    noise = random_vectors(len(points), 16, seed=0).astype(np.float64)
-    others = {"noise": noise, "itself": informative}
-    model, metrics, lead = scored_with_leads(informative, others, points, RADII, seed=0, lead_over=("noise",))
+    others = {"noise": embeddings["noise"], "itself": embeddings["cs"]}
+    model, metrics, lead = scored_with_leads(
+        embeddings["cs"], others, monaco_points[0], RADII, seed=0, lead_over=("noise",)
+    )
     # the fixture scored with every thread: trustworthiness' rank ties may differ in the last digits
     assert model == pytest.approx(scored["cs"][0], abs=1e-3)
     assert metrics == {"noise": pytest.approx(scored["noise"][0], abs=1e-3), "itself": pytest.approx(model)}
