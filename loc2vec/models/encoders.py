@@ -161,6 +161,12 @@ class Encoder(nn.Module):
             return self.backbone.place_dim
         return self.head.in_features
 
+    @property
+    def context_dim(self) -> int:
+        """Width of the representation's first part, the context (the whole representation of a backbone
+        without a patch stem)."""
+        return self.head.in_features
+
 
 class PlaceEmbedding(nn.Module):
     """The encoder as the rest of the system uses it: ``forward`` is ``Encoder.embed``, the place embedding

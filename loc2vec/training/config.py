@@ -56,6 +56,9 @@ class TrainConfig:
     recon_weight: float = 0.0
     recon_cells: int = 4
     mask_ratio: float = 0.0
+    # what the reconstruction decodes from: the whole place representation ("place"), or its context part alone
+    # ("context": the last stage, so the context keeps the crop's content beside telling places apart)
+    recon_from: str = "place"
     # weight of the decorrelation of the place representation within a batch (loc2vec.models.losses.decorrelation;
     # 0: off): keeps the representation from collapsing onto a few directions, as the triplet loss alone lets it
     decorrelation_weight: float = 0.0
@@ -89,6 +92,7 @@ class TrainConfig:
             (self.decorrelation_weight >= 0, "decorrelation_weight must be >= 0"),
             (self.recon_cells >= 1, "recon_cells must be >= 1"),
             (0 <= self.mask_ratio < 1, "mask_ratio must be in [0, 1)"),
+            (self.recon_from in RECON_SOURCES, f"recon_from must be one of {RECON_SOURCES}"),
             (
                 not self.freeze_stem or self.encoder.startswith("small_cnn"),
                 "freeze_stem needs a small_cnn encoder (the torchvision backbones have no patch stem)",
@@ -177,6 +181,7 @@ class TrainConfig:
 READER_FIELDS = ("crop_reader", "cache_mib")
 SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio")
+RECON_SOURCES = ("place", "context")
 # fields added after the first trained configs, part of the digest only when not at these defaults
 UNLESS_DEFAULT = {
     "max_negative_m": None,
@@ -184,6 +189,7 @@ UNLESS_DEFAULT = {
     "stem_lr_scale": 1.0,
     "decorrelation_weight": 0.0,
     "patch_recon_weight": 0.0,
+    "recon_from": "place",
 }
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the

@@ -205,7 +205,8 @@ def fit(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     recon = None
     if config.recon_weight > 0:
-        recon = ReconstructionObjective(model.representation_dim, channels, config.recon_cells).to(device.device)
+        recon_dim = model.context_dim if config.recon_from == "context" else model.representation_dim
+        recon = ReconstructionObjective(recon_dim, channels, config.recon_cells).to(device.device)
     patch, seen, unhook = None, {}, None
     if config.patch_recon_weight > 0:
         patch, seen, unhook = _patch_reconstruction(model, channels)
@@ -287,7 +288,7 @@ def fit(
                 emb, rep = out if with_representation else (out, None)
                 loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m, config.max_negative_m)
                 if recon is not None:
-                    loss = loss + config.recon_weight * recon(rep, target)
+                    loss = loss + config.recon_weight * recon(rep[:, : recon.decoder.in_features], target)
                 if config.decorrelation_weight > 0:
                     loss = loss + config.decorrelation_weight * decorrelation(rep)
                 if patch is not None:

@@ -11,12 +11,14 @@ from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import ENCODERS, build_encoder
 from loc2vec.models.losses import (
     PatchReconstruction,
+    ReconstructionObjective,
     TripletObjective,
     channel_cells,
     decorrelation,
     mask_cells,
     soft_pn,
 )
+from loc2vec.training.checkpoint import load_checkpoint
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import select_device
 from loc2vec.training.loop import SimulatedCrash, parameter_groups, train
@@ -178,6 +180,7 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"recon_weight": -1.0}, "recon_weight must be >= 0"),
         ({"mask_ratio": 1.0}, "mask_ratio must be in"),
         ({"recon_cells": 0}, "recon_cells must be >= 1"),
+        ({"recon_from": "stem"}, "recon_from must be one of"),
         ({"decorrelation_weight": -0.1}, "decorrelation_weight must be >= 0"),
         ({"encoder": "resnet18", "freeze_stem": True}, "freeze_stem needs a small_cnn encoder"),
         ({"stem_lr_scale": 0.0}, "stem_lr_scale must be in"),
@@ -489,3 +492,29 @@ def test_patch_reconstruction_keeps_what_the_trained_stem_sees(monaco_samples, t
         pickle.dumps(model)  # as MLflow's model logging pickles it
     loss = {weight: patch_decoding_loss(model, reader, val_xy[:64]) for weight, model in models.items()}
     assert loss[10.0] < 0.9 * loss[0.0], loss
+
+
+def test_reconstruction_from_the_context_decodes_the_crops_from_the_context_part_alone(monaco_samples, tmp_path):
+    """With ``recon_from="context"`` the reconstruction's decoder reads the context part of the representation
+    (the last stage) and learns to decode held-back crops' channel cells from it; by default it reads the whole
+    place representation, and the default source leaves the config's identity as it was."""
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    recon = dict(epochs=4, patience=10, recon_weight=10.0, **FAST)
+    assert TrainConfig(**recon).digest() == TrainConfig(recon_from="place", **recon).digest()
+    assert TrainConfig(**recon).digest() != TrainConfig(recon_from="context", **recon).digest()
+    crops = torch.from_numpy(reader.crops(val_xy[:256, 0], val_xy[:256, 1], 64)[0]).permute(0, 3, 1, 2)
+    target = channel_cells(crops, 4)
+    floor = float(torch.nn.functional.binary_cross_entropy(target, target))  # the targets' own entropy
+    for source in ("place", "context"):
+        config = TrainConfig(recon_from=source, **recon)
+        model = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / source).model.eval()
+        width = model.context_dim if source == "context" else model.representation_dim
+        assert (model.context_dim, model.representation_dim) == (128, 224)
+        torch.manual_seed(0)
+        decoder = ReconstructionObjective(width, reader.channels, 4)
+        untrained_loss = float(decoder(model.embed(crops)[:, :width], target).detach()) - floor
+        decoder.load_state_dict(load_checkpoint(tmp_path / source / "last.pt")["reconstruction"])
+        with torch.no_grad():
+            loss = float(decoder(model.embed(crops)[:, :width], target)) - floor
+        assert loss < 0.95 * untrained_loss, (source, loss, untrained_loss)
