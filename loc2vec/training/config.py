@@ -173,8 +173,8 @@ class TrainConfig:
             if values[name] == default:
                 values.pop(name)
         if values["recon_weight"] == 0 and values["mask_ratio"] == 0:
-            for name in RECON_FIELDS:
-                values.pop(name)
+            for name in (*RECON_FIELDS, "recon_from"):  # no reconstruction: nothing it decodes from
+                values.pop(name, None)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -503,6 +503,7 @@ def test_reconstruction_from_the_context_decodes_the_crops_from_the_context_part
     recon = dict(epochs=4, patience=10, recon_weight=10.0, **FAST)
     assert TrainConfig(**recon).digest() == TrainConfig(recon_from="place", **recon).digest()
     assert TrainConfig(**recon).digest() != TrainConfig(recon_from="context", **recon).digest()
+    assert TrainConfig().digest() == TrainConfig(recon_from="context").digest()  # no reconstruction to decode
     crops = torch.from_numpy(reader.crops(val_xy[:256, 0], val_xy[:256, 1], 64)[0]).permute(0, 3, 1, 2)
     target = channel_cells(crops, 4)
     floor = float(torch.nn.functional.binary_cross_entropy(target, target))  # the targets' own entropy
