@@ -157,6 +157,11 @@ class TrainingConfig(dg.Config):
         _TRAIN.recon_cells, description="Cells per crop side of the grid whose channel shares and presence it predicts."
     )
     mask_ratio: float = Field(_TRAIN.mask_ratio, description="Share of the anchor's cells masked before encoding.")
+    recon_from: str = Field(
+        _TRAIN.recon_from,
+        description="place | context: what the reconstruction decodes from, the whole place representation or "
+        "its context part alone (the last stage).",
+    )
     decorrelation_weight: float = Field(
         _TRAIN.decorrelation_weight,
         description="Weight of the correlation between the place representation's dimensions within a batch "
