@@ -173,14 +173,14 @@ class TrainConfig:
             if values[name] == default:
                 values.pop(name)
         if values["recon_weight"] == 0 and values["mask_ratio"] == 0:
-            for name in (*RECON_FIELDS, "recon_from"):  # no reconstruction: nothing it decodes from
+            for name in RECON_FIELDS:  # recon_from may be gone already, as a default of UNLESS_DEFAULT
                 values.pop(name, None)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 READER_FIELDS = ("crop_reader", "cache_mib")
 SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
-RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio")
+RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio", "recon_from")
 RECON_SOURCES = ("place", "context")
 # fields added after the first trained configs, part of the digest only when not at these defaults
 UNLESS_DEFAULT = {
