@@ -1,0 +1,143 @@
+"""Where land-use neighbour recall is won and lost: balanced recall@10 by how purely the label covers its disc.
+
+A location's land-use class is the class of the areas covering most of a 50 m disc around it
+(``loc2vec.evaluation.protocol.landuse_classes``); the class may cover all of the disc or a third of it,
+the rest unmapped or another class. This splits R's labelled test locations by that share (the label's
+*purity*) and scores, in each band, the share of each location's 10 nearest embedding neighbours (beyond the
+protocol's exclusion radius, among all labelled test locations) with its class, averaged per class and then
+over classes, for the model trained without R (``OUT/embedded-R.parquet``) and its untrained encoder. Runs on
+a ``benchmarks/transfer.py`` output directory; not part of the suite:
+
+    .venv/bin/python -m benchmarks.label_purity --run /tmp/transfer-0 --region kotka-karhula
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.transfer import ROOT, written_protocol
+
+BANDS = ((0.0, 0.5), (0.5, 0.9), (0.9, 1.0))
+
+
+def label_purity(features, xy: np.ndarray, labels: np.ndarray, crs, radius_m: float) -> np.ndarray:
+    """The share of each point's disc covered by the areas of its own ``key=value`` label (NaN: ``none``)."""
+    import shapely
+
+    from loc2vec.evaluation.protocol import LANDUSE_KEYS
+
+    areas = features[(features["kind"] == "area") & features["key"].isin(LANDUSE_KEYS)].to_crs(crs)
+    tags = (areas["key"] + "=" + areas["value"]).to_numpy()
+    covers = {label: shapely.union_all(areas.geometry.to_numpy()[tags == label]) for label in set(labels)}
+    discs = shapely.buffer(shapely.points(xy), radius_m, quad_segs=8)
+    share = [
+        shapely.area(shapely.intersection(disc, covers[label])) / shapely.area(disc) if label != "none" else np.nan
+        for disc, label in zip(discs, labels, strict=True)
+    ]
+    return np.clip(np.asarray(share, dtype=float), 0.0, 1.0)  # the union's area may exceed the disc's by rounding
+
+
+def balanced_recall(agreement: np.ndarray, labels: np.ndarray) -> float:
+    """The mean over classes of each class's mean neighbour agreement (NaN: no location)."""
+    classes = np.unique(labels)
+    return float(np.mean([agreement[labels == c].mean() for c in classes])) if len(classes) else np.nan
+
+
+def banded(purity: np.ndarray, score) -> list[tuple[int, float]]:
+    """Per band of ``BANDS``, then over all: (locations, ``score(mask of those locations)``; NaN: none)."""
+    bands = [(purity >= low) & ((purity < high) if high < 1.0 else (purity <= high)) for low, high in BANDS]
+    bands.append(np.ones(len(purity), dtype=bool))
+    return [(int(inside.sum()), float(score(inside)) if inside.any() else np.nan) for inside in bands]
+
+
+def banded_recall(agreement: np.ndarray, labels: np.ndarray, purity: np.ndarray) -> list[tuple[int, float]]:
+    """``banded`` balanced recall@10: each class's mean neighbour agreement, averaged over classes."""
+    return banded(purity, lambda inside: balanced_recall(agreement[inside], labels[inside]))
+
+
+def banded_probe(purity: np.ndarray, classes: list[str], truth: np.ndarray, guess: np.ndarray):
+    """``banded`` macro-F1 of the land-use probe's predictions (``landuse_probe_predictions``' output)."""
+    from sklearn.metrics import f1_score
+
+    return banded(purity, lambda inside: f1_score(truth[inside], guess[inside], labels=classes, average="macro"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, required=True, help="a benchmarks/transfer.py --out directory")
+    p.add_argument("--region", required=True, help="a held-out region of that run")
+    p.add_argument("--catalog", default=str(ROOT / "regions.toml"))
+    args = p.parse_args()
+
+    import geopandas as gpd
+
+    from loc2vec.data.chunked import open_reader
+    from loc2vec.evaluation.embedders import encode
+    from loc2vec.evaluation.metrics import _neighbour_agreement
+    from loc2vec.evaluation.probes import (
+        landuse_probe_classes,
+        landuse_probe_predictions,
+        landuse_test_classes,
+        location_mask,
+    )
+    from loc2vec.evaluation.protocol import ProtocolSpec
+    from loc2vec.evaluation.run import protocol_radii, untrained_encoder
+    from loc2vec.regions import load_catalog
+    from loc2vec.training.config import TrainConfig
+
+    run, region = args.run, args.region
+    config = TrainConfig(**json.loads((run / f"model-without-{region}.json").read_text())["config"])
+    protocol = written_protocol(load_catalog(args.catalog), region, run)
+    frame = gpd.read_parquet(protocol.points)
+    reader = open_reader((protocol.work / "mosaic" / "CURRENT").read_text().strip())
+    found = sorted((protocol.work / "features").glob("*/features.parquet"))
+    if len(found) != 1:
+        raise SystemExit(f"expected one feature layer under {protocol.work / 'features'}, found {len(found)}")
+    locations = (frame["kind"] == "location").to_numpy()
+    frame = frame[locations].reset_index(drop=True)
+    test = location_mask(frame, "test") & (frame["landuse_class"] != "none").to_numpy()
+    xy, labels = frame[["x", "y"]].to_numpy(), frame["landuse_class"].to_numpy()
+    purity = np.full(len(frame), np.nan)
+    purity[test] = label_purity(
+        gpd.read_parquet(found[0]), xy[test], labels[test], reader.grid.crs, ProtocolSpec().landuse_radius_m
+    )
+    exclude_m = protocol_radii(config, reader.grid.resolution)["exclude_m"]
+    embedders = {
+        "model": np.stack(gpd.read_parquet(run / f"embedded-{region}.parquet")["vector"].to_numpy())[locations],
+        "untrained": encode(untrained_encoder(config, reader.channels), reader, xy, config.crop_px),
+    }
+    counted = np.isin(labels, landuse_test_classes(frame)) & test  # balanced recall's: classes of 20 or more
+    print(f"{region}: {counted.sum()} labelled test locations, classes {', '.join(landuse_test_classes(frame))}")
+    print("\nbalanced recall@10\n\n| label's share of its disc | locations | model | untrained |\n|---|---|---|---|")
+    rows = {}
+    for name, vectors in embedders.items():
+        same, valid = _neighbour_agreement(vectors[test], labels[test], xy[test], 10, exclude_m)
+        kept = counted[test] & (valid > 0)
+        rows[name] = banded_recall(same[kept] / valid[kept], labels[test][kept], purity[test][kept])
+    print_bands(rows)
+    probe_classes = landuse_probe_classes(frame)
+    if len(probe_classes) < 2:
+        print(f"\nno land-use probe: {len(probe_classes)} class(es) with enough train and test locations")
+        return 0
+    scored = test & np.isin(labels, probe_classes)  # the probe's test locations, in its order
+    print(f"\nland-use probe macro-F1 ({', '.join(probe_classes)})\n")
+    print("| label's share of its disc | locations | model | untrained |\n|---|---|---|---|")
+    rows = {}
+    for name, vectors in embedders.items():
+        rows[name] = banded_probe(purity[scored], *landuse_probe_predictions(vectors, frame, config.seed))
+    print_bands(rows)
+    return 0
+
+
+def print_bands(rows: dict[str, list[tuple[int, float]]]) -> None:
+    names = [f"{low:g}–{high:g}" for low, high in BANDS] + ["all"]
+    for name, m, u in zip(names, rows["model"], rows["untrained"], strict=True):
+        print(f"| {name} | {m[0]} | {m[1]:.3f} | {u[1]:.3f} |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
