@@ -21,12 +21,11 @@ the size).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from benchmarks.transfer import METRICS, ROOT, _number, score_embedded, write_embedded, written_protocol
+from benchmarks.transfer import METRICS, ROOT, _number, held_out, score_embedded, write_embedded
 
 CONTEXTS = ("crop", "centre", "inner")
 
@@ -73,21 +72,12 @@ def main() -> int:
     p.add_argument("--catalog", default=str(ROOT / "regions.toml"))
     args = p.parse_args()
 
-    import geopandas as gpd
-
-    from loc2vec.data.chunked import open_reader
     from loc2vec.evaluation.embedders import encode
     from loc2vec.evaluation.run import untrained_encoder
     from loc2vec.models.encoders import load_encoder
-    from loc2vec.regions import load_catalog
-    from loc2vec.training.config import TrainConfig
 
     run, region = args.run, args.region
-    model = json.loads((run / f"model-without-{region}.json").read_text())
-    config = TrainConfig(**model["config"])
-    protocol = written_protocol(load_catalog(args.catalog), region, run)
-    frame = gpd.read_parquet(protocol.points)
-    reader = open_reader((protocol.work / "mosaic" / "CURRENT").read_text().strip())
+    config, protocol, frame, reader, model = held_out(run, region, args.catalog)
     trained, untrained = load_encoder(model["weights_path"]), untrained_encoder(config, reader.channels)
     out = run / "parts"
     out.mkdir(exist_ok=True)

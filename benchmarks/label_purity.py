@@ -14,12 +14,11 @@ a ``benchmarks/transfer.py`` output directory; not part of the suite:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.transfer import ROOT, written_protocol
+from benchmarks.transfer import ROOT, held_out
 
 BANDS = ((0.0, 0.5), (0.5, 0.9), (0.9, 1.0))
 
@@ -75,7 +74,6 @@ def main() -> int:
 
     import geopandas as gpd
 
-    from loc2vec.data.chunked import open_reader
     from loc2vec.evaluation.embedders import encode
     from loc2vec.evaluation.metrics import _neighbour_agreement
     from loc2vec.evaluation.probes import (
@@ -86,14 +84,9 @@ def main() -> int:
     )
     from loc2vec.evaluation.protocol import ProtocolSpec
     from loc2vec.evaluation.run import protocol_radii, untrained_encoder
-    from loc2vec.regions import load_catalog
-    from loc2vec.training.config import TrainConfig
 
     run, region = args.run, args.region
-    config = TrainConfig(**json.loads((run / f"model-without-{region}.json").read_text())["config"])
-    protocol = written_protocol(load_catalog(args.catalog), region, run)
-    frame = gpd.read_parquet(protocol.points)
-    reader = open_reader((protocol.work / "mosaic" / "CURRENT").read_text().strip())
+    config, protocol, frame, reader, _model = held_out(run, region, args.catalog)
     found = sorted((protocol.work / "features").glob("*/features.parquet"))
     if len(found) != 1:
         raise SystemExit(f"expected one feature layer under {protocol.work / 'features'}, found {len(found)}")

@@ -163,6 +163,32 @@ def written_protocol(catalog, name: str, out: Path) -> Protocol:
     return Protocol(args, out / f"points-{name}.parquet", work)
 
 
+class HeldOut(NamedTuple):
+    """A held-out region R of a run directory: the config R's model trained with, R's protocol, its points,
+    the reader of R's mosaic and the manifest of the model trained without R."""
+
+    config: object
+    protocol: Protocol
+    frame: object
+    reader: object
+    model: dict
+
+
+def held_out(run: Path, region: str, catalog_path: str) -> HeldOut:
+    """What the analysis benchmarks read of R in a ``transfer.py --out`` directory (``OUT/model-without-R.json``,
+    R's protocol as ``written_protocol`` lays it out)."""
+    import geopandas as gpd
+
+    from loc2vec.data.chunked import open_reader
+    from loc2vec.regions import load_catalog
+    from loc2vec.training.config import TrainConfig
+
+    model = json.loads((run / f"model-without-{region}.json").read_text())
+    protocol = written_protocol(load_catalog(catalog_path), region, run)
+    reader = open_reader((protocol.work / "mosaic" / "CURRENT").read_text().strip())
+    return HeldOut(TrainConfig(**model["config"]), protocol, gpd.read_parquet(protocol.points), reader, model)
+
+
 def score_model(model_json: Path, protocol: Protocol, out: Path, tag: str, adapt: bool = False) -> dict:
     """The evaluation document of the model's embeddings of R's protocol points (baselines beside them);
     with ``adapt`` also ``model_adapted`` and ``untrained_adapted``: the model's and the untrained encoder's
