@@ -180,6 +180,11 @@ class TrainingConfig(dg.Config):
         _TRAIN.patch_recon_weight,
         description="Weight of decoding each patch's pixels from the small CNN's patch stem features (0: off).",
     )
+    init_pull: float = Field(
+        _TRAIN.init_pull,
+        description="Decoupled pull of the backbone's weights toward their seeded initial values at every step "
+        "(L2-SP; 0: off).",
+    )
 
 
 @dg.asset(

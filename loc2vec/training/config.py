@@ -70,6 +70,10 @@ class TrainConfig:
     # weight of decoding each stem patch's pixels from its stem features (loc2vec.models.losses.PatchReconstruction;
     # 0: off): keeps the small CNN's patch stem from collapsing onto a few directions as it trains
     patch_recon_weight: float = 0.0
+    # decoupled pull of the backbone's weights toward their seeded initial values at every step (L2-SP, Li et al.
+    # 2018, decoupled as AdamW decouples weight decay; 0: off): training departs from the random features only as
+    # far as the objectives pay for (loc2vec.training.loop.InitialWeights)
+    init_pull: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -99,6 +103,7 @@ class TrainConfig:
             ),
             (0 < self.stem_lr_scale <= 1, "stem_lr_scale must be in (0, 1]"),
             (self.patch_recon_weight >= 0, "patch_recon_weight must be >= 0"),
+            (self.init_pull >= 0, "init_pull must be >= 0"),
             (
                 self.patch_recon_weight == 0 or self.encoder.startswith("small_cnn"),
                 "patch_recon_weight needs a small_cnn encoder (the torchvision backbones have no patch stem)",
@@ -190,6 +195,7 @@ UNLESS_DEFAULT = {
     "decorrelation_weight": 0.0,
     "patch_recon_weight": 0.0,
     "recon_from": "place",
+    "init_pull": 0.0,
 }
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the

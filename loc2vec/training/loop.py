@@ -134,6 +134,25 @@ def train(
     )
 
 
+class InitialWeights:
+    """A copy of the backbone's seeded initial weights: ``pull`` moves every trained backbone weight ``lr *
+    strength`` of its way back to where it started, ``lr`` its parameter group's current learning rate (the
+    decoupled L2-SP penalty, applied after the optimizer's step as AdamW applies weight decay), so training
+    keeps what the random features had unless the objectives pay for the change."""
+
+    def __init__(self, model: Encoder, strength: float) -> None:
+        self.strength = strength
+        self.initial = {id(p): p.detach().clone() for p in model.backbone.parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def pull(self, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            shrink = min(1.0, group["lr"] * self.strength)
+            for weight in group["params"]:
+                if id(weight) in self.initial:
+                    weight.lerp_(self.initial[id(weight)], shrink)
+
+
 def _freeze_stem(model: Encoder) -> torch.nn.Module:
     """The encoder's patch stem, its weights no longer trained (its batch norm is kept in eval mode by the loop)."""
     stem = model.backbone.stem
@@ -199,6 +218,8 @@ def fit(
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
     frozen = _freeze_stem(model) if config.freeze_stem else None  # before DDP, which registers what trains
+    # the seeded initial weights, taken before a checkpoint's weights are loaded (a resumed run pulls toward them too)
+    initial = InitialWeights(model, config.init_pull) if config.init_pull > 0 else None
     net: torch.nn.Module = model
     if world > 1:
         ids = [device.index] if device.kind == "cuda" else None
@@ -298,6 +319,8 @@ def fit(
                 _average_gradients(decoders, world)
                 scaler.step(optimizer)
                 scaler.update()
+                if initial is not None:
+                    initial.pull(optimizer)
                 scheduler.step()
                 losses.append(float(loss.detach()))
                 samples += len(x)

@@ -21,7 +21,7 @@ from loc2vec.models.losses import (
 from loc2vec.training.checkpoint import load_checkpoint
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import select_device
-from loc2vec.training.loop import SimulatedCrash, parameter_groups, train
+from loc2vec.training.loop import InitialWeights, SimulatedCrash, parameter_groups, train
 
 FAST = dict(crop_px=64, batch_size=32, steps_per_epoch=8, val_triplets=64, r_neg_m=300.0, seed=1)
 
@@ -188,6 +188,7 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"patch_recon_weight": -1.0}, "patch_recon_weight must be >= 0"),
         ({"encoder": "resnet18", "patch_recon_weight": 1.0}, "patch_recon_weight needs a small_cnn encoder"),
         ({"freeze_stem": True, "patch_recon_weight": 1.0}, "which freeze_stem keeps at its initial weights"),
+        ({"init_pull": -1.0}, "init_pull must be >= 0"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -421,6 +422,42 @@ def test_a_slow_stem_trains_at_its_share_of_the_learning_rate(monaco_samples, tm
         return float((trained.backbone.stem[0].weight - start.backbone.stem[0].weight).norm().detach())
 
     assert 0 < stem_moved(0.01) < 0.2 * stem_moved(1.0)
+
+
+def test_the_pull_to_the_initial_weights_moves_each_weight_its_share_of_the_way_back():
+    torch.manual_seed(0)
+    model = build_encoder("small_cnn", 8, 12)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    initial = InitialWeights(model, strength=100.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    groups = parameter_groups(model, [], TrainConfig(stem_lr_scale=0.5, lr=2e-3))
+    initial.pull(torch.optim.AdamW(groups))  # rest: 0.2 of the way back, the stem at half the rate: 0.1
+    after = model.state_dict()
+    stem, conv, head = "backbone.features.0.0.weight", "backbone.features.1.0.weight", "head.weight"
+    assert torch.allclose(after[stem] - start[stem], torch.full_like(start[stem], 0.9))
+    assert torch.allclose(after[conv] - start[conv], torch.full_like(start[conv], 0.8))
+    assert torch.allclose(after[head] - start[head], torch.full_like(start[head], 1.0))  # not the backbone's
+    InitialWeights(model, strength=1e6).pull(torch.optim.AdamW(groups))  # never past the start
+    assert torch.allclose(model.state_dict()[conv], after[conv])
+
+
+def test_a_pull_to_the_initial_weights_keeps_training_nearer_its_start(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    assert TrainConfig().digest() == TrainConfig(init_pull=0.0).digest()
+    assert TrainConfig().digest() != TrainConfig(init_pull=10.0).digest()
+
+    def moved(pull: float) -> float:
+        config = TrainConfig(epochs=2, patience=10, init_pull=pull, **FAST)
+        trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(pull)).model
+        torch.manual_seed(config.seed)
+        start = build_encoder(config.encoder, config.embedding_dim, reader.channels)
+        pairs = zip(trained.backbone.parameters(), start.backbone.parameters(), strict=True)
+        return sum(float((a - b).detach().norm()) for a, b in pairs)
+
+    assert 0 < moved(100.0) < 0.5 * moved(0.0)
 
 
 def test_decorrelation_measures_redundant_dimensions_whatever_their_scale():
