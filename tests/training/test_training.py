@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from loc2vec.errors import ConfigError
+from loc2vec.evaluation.run import untrained_encoder
 from loc2vec.models.encoders import ENCODERS, build_encoder
 from loc2vec.models.losses import (
     PatchReconstruction,
@@ -392,8 +393,7 @@ def test_a_frozen_stem_stays_the_untrained_encoders_and_the_rest_trains(monaco_s
     assert config.digest() != TrainConfig(epochs=2, patience=10, recon_weight=1.0, **FAST).digest()
     assert TrainConfig().digest() == TrainConfig(freeze_stem=False).digest()  # older runs keep their identity
     trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path).model
-    torch.manual_seed(config.seed)  # as the protocol builds its untrained baseline
-    untrained = build_encoder(config.encoder, config.embedding_dim, reader.channels).eval()
+    untrained = untrained_encoder(config, reader.channels).eval()  # the protocol's untrained baseline
     before, after = untrained.state_dict(), trained.state_dict()
     stem = {k for k in after if k.startswith("backbone.features.0.")}
     assert stem and all(torch.equal(before[k], after[k]) for k in stem)  # weights and batch-norm statistics
@@ -417,8 +417,7 @@ def test_a_slow_stem_trains_at_its_share_of_the_learning_rate(monaco_samples, tm
     def stem_moved(scale: float) -> float:
         config = TrainConfig(epochs=1, patience=10, stem_lr_scale=scale, **FAST)
         trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(scale)).model
-        torch.manual_seed(config.seed)
-        start = build_encoder(config.encoder, config.embedding_dim, reader.channels)
+        start = untrained_encoder(config, reader.channels)
         return float((trained.backbone.stem[0].weight - start.backbone.stem[0].weight).norm().detach())
 
     assert 0 < stem_moved(0.01) < 0.2 * stem_moved(1.0)
@@ -439,8 +438,11 @@ def test_the_pull_to_the_initial_weights_moves_each_weight_its_share_of_the_way_
     assert torch.allclose(after[stem] - start[stem], torch.full_like(start[stem], 0.9))
     assert torch.allclose(after[conv] - start[conv], torch.full_like(start[conv], 0.8))
     assert torch.allclose(after[head] - start[head], torch.full_like(start[head], 1.0))  # not the backbone's
-    InitialWeights(model, strength=1e6).pull(torch.optim.AdamW(groups))  # never past the start
-    assert torch.allclose(model.state_dict()[conv], after[conv])
+    initial.strength = 1e6  # lr * strength far above 1: all the way back, never past the start
+    initial.pull(torch.optim.AdamW(groups))
+    pulled = model.state_dict()
+    assert all(torch.equal(pulled[k], start[k]) for k in (stem, conv))
+    assert torch.allclose(pulled[head] - start[head], torch.full_like(start[head], 1.0))
 
 
 def test_a_pull_to_the_initial_weights_keeps_training_nearer_its_start(monaco_samples, tmp_path):
@@ -452,8 +454,7 @@ def test_a_pull_to_the_initial_weights_keeps_training_nearer_its_start(monaco_sa
     def moved(pull: float) -> float:
         config = TrainConfig(epochs=2, patience=10, init_pull=pull, **FAST)
         trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(pull)).model
-        torch.manual_seed(config.seed)
-        start = build_encoder(config.encoder, config.embedding_dim, reader.channels)
+        start = untrained_encoder(config, reader.channels)
         pairs = zip(trained.backbone.parameters(), start.backbone.parameters(), strict=True)
         return sum(float((a - b).detach().norm()) for a, b in pairs)
 
