@@ -22,7 +22,10 @@ both embed R's protocol points and are scored on R's own test blocks (both train
 ``OUT/own-region.json``, with ``lead_over_alone``: the model of all regions minus R's own model on the bar's
 metrics and its paired bootstrap interval (``--own-region --leads-only`` adds it to an earlier run's file).
 ``--weights monaco=1,kotka-karhula=0.2,...`` sets the regions' sampling weights of every training (each
-training passes those of its regions to ``train-regions --weights``).
+training passes those of its regions to ``train-regions --weights``). ``--all-train-config FILE`` trains the
+model of all regions with its own config (for example more steps per epoch, so that each region gets as many
+anchors as its own model), and ``--alone-from DIR`` takes each region's own model, protocol and scores from an
+earlier ``--own-region`` run of the same seed and crop size instead of training them again.
 """
 
 from __future__ import annotations
@@ -115,16 +118,17 @@ def print_table(results: dict) -> None:
             print(f"{held_out:<18}{name:<24}" + "".join(f"{_number(metrics.get(m)):>32}" for m in METRICS))
 
 
-def train(names: list[str], args: argparse.Namespace, out: Path, tag: str) -> Path:
-    """``loc2vec train-regions`` on ``names`` (with ``--weights`` of those regions, when given); the model's
-    manifest copied to ``OUT/model-<tag>.json``."""
+def train(names: list[str], args: argparse.Namespace, out: Path, tag: str, train_config: str | None = None) -> Path:
+    """``loc2vec train-regions`` on ``names`` (with ``--weights`` of those regions, when given, and
+    ``train_config`` or else ``--train-config``); the model's manifest copied to ``OUT/model-<tag>.json``."""
+    train_config = train_config or args.train_config
     weights = [args.weights[n] for n in names] if args.weights and len(names) > 1 else []
     done = cli(
         "train-regions", "--regions", ",".join(names), "--catalog", args.catalog, "--out", str(out),
         "--seed", str(args.seed), "--crop-px", str(args.crop_px),
         *(["--weights", ",".join(weights)] if weights else []),
         *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
-        *(["--train-config", args.train_config] if args.train_config else []),
+        *(["--train-config", train_config] if train_config else []),
     )  # fmt: skip
     if done.returncode:
         raise SystemExit(1)
@@ -282,17 +286,24 @@ def lead_over_alone(out: Path, name: str) -> dict[str, dict[str, float] | None]:
 def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.Namespace, out: Path) -> dict:
     """Each region R's own test blocks: the model trained on every region against one trained on R alone."""
     print(f"== all: train on {', '.join(names)}", flush=True)
-    everywhere = train(names, args, out, "all")
+    everywhere = train(names, args, out, "all", args.all_train_config)
     results = {}
     for name in held_outs:
-        print(f"== {name}: train on {name} alone", flush=True)
-        alone = train([name], args, out, f"only-{name}")
-        found = region_protocol(catalog, name, alone, out)
+        if args.alone_from:
+            print(f"== {name}: R alone from {args.alone_from}", flush=True)
+            alone, found, alone_document = earlier_alone(Path(args.alone_from).resolve(), name, catalog, out, args)
+        else:
+            print(f"== {name}: train on {name} alone", flush=True)
+            alone = train([name], args, out, f"only-{name}")
+            found = region_protocol(catalog, name, alone, out)
+            alone_document = None if found is None else score_model(alone, found, out, f"alone-{name}", args.adapt_norm)
         if found is None:
             results[name] = {"scored": False}
             continue
-        models = (("all", everywhere), ("alone", alone))
-        documents = {tag: score_model(m, found, out, f"{tag}-{name}", adapt=args.adapt_norm) for tag, m in models}
+        documents = {
+            "all": score_model(everywhere, found, out, f"all-{name}", adapt=args.adapt_norm),
+            "alone": alone_document,
+        }
         results[name] = {
             "scored": True,
             "trained_on": {"all": names, "alone": [name]},
@@ -310,6 +321,32 @@ def own_region(names: list[str], held_outs: list[str], catalog, args: argparse.N
     return results
 
 
+def earlier_alone(
+    earlier: Path, name: str, catalog, out: Path, args: argparse.Namespace
+) -> tuple[Path, Protocol | None, dict | None]:
+    """R's own model, protocol and evaluation document copied from an earlier ``--own-region`` run in
+    ``earlier`` (which must have trained with this seed and crop size); (model, None, None) when R had no
+    protocol there."""
+    import shutil
+
+    alone = out / f"model-only-{name}.json"
+    shutil.copyfile(earlier / alone.name, alone)
+    config = json.loads(alone.read_text())["config"]
+    if (config["seed"], config["crop_px"]) != (args.seed, args.crop_px):
+        raise SystemExit(
+            f"--alone-from {earlier}: {name}'s own model trained with seed {config['seed']} and crop "
+            f"{config['crop_px']} px, not {args.seed} and {args.crop_px}"
+        )
+    if not (earlier / f"points-{name}.parquet").exists():
+        return alone, None, None
+    for file in (f"config-{name}.json", f"points-{name}.parquet", f"embedded-alone-{name}.parquet"):
+        shutil.copyfile(earlier / file, out / file)
+    shutil.copytree(earlier / "evaluate" / name, out / "evaluate" / name, symlinks=True, dirs_exist_ok=True)
+    shutil.copytree(earlier / f"eval-alone-{name}", out / f"eval-alone-{name}", dirs_exist_ok=True)
+    document = json.loads((out / f"eval-alone-{name}" / "evaluation.json").read_text())
+    return alone, written_protocol(catalog, name, out), document
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--regions", default="helsinki-centre,kotka-karhula,monaco")
@@ -320,6 +357,15 @@ def main() -> int:
     p.add_argument("--crop-px", type=int, default=64)
     p.add_argument(
         "--train-config", help="training config JSON for train-regions (default: the transfer recipe; flags win)"
+    )
+    p.add_argument(
+        "--all-train-config",
+        help="with --own-region: training config JSON for the model of all regions (default: --train-config)",
+    )
+    p.add_argument(
+        "--alone-from",
+        help="with --own-region: each region's own model, protocol and scores from this earlier "
+        "--own-region run (same seed and crop size) instead of training them again",
     )
     p.add_argument("--held-out", help="comma-separated regions to hold out and score (default: each of --regions)")
     p.add_argument(
@@ -356,6 +402,10 @@ def main() -> int:
             p.error(f"--weights gives no weight for {', '.join(missing)}")
     if unknown := sorted(set(held_outs) - set(names)):
         p.error(f"--held-out names regions not in --regions: {', '.join(unknown)}")
+    if (args.all_train_config or args.alone_from) and not args.own_region:
+        p.error("--all-train-config and --alone-from need --own-region")
+    if args.alone_from and args.adapt_norm:
+        p.error("--alone-from takes the earlier run's scores, which hold no --adapt-norm scores")
     if args.leads_only:
         if not args.own_region:
             p.error("--leads-only needs --own-region")
