@@ -330,13 +330,13 @@ def earlier_alone(
     import shutil
 
     alone = out / f"model-only-{name}.json"
-    shutil.copyfile(earlier / alone.name, alone)
-    config = json.loads(alone.read_text())["config"]
-    if (config["seed"], config["crop_px"]) != (args.seed, args.crop_px):
+    config = json.loads((earlier / alone.name).read_text())["config"]
+    if (config["seed"], config["crop_px"]) != (args.seed, args.crop_px):  # checked before anything is copied
         raise SystemExit(
             f"--alone-from {earlier}: {name}'s own model trained with seed {config['seed']} and crop "
             f"{config['crop_px']} px, not {args.seed} and {args.crop_px}"
         )
+    shutil.copyfile(earlier / alone.name, alone)
     if not (earlier / f"points-{name}.parquet").exists():
         return alone, None, None
     for file in (f"config-{name}.json", f"points-{name}.parquet", f"embedded-alone-{name}.parquet"):
