@@ -32,7 +32,7 @@ from loc2vec.evaluation.stage import protocol_points
 from loc2vec.evaluation.support import warnings
 from loc2vec.io import json_text, write_json
 from loc2vec.osm.layers import FeaturesManifest
-from loc2vec.training.config import transfer_recipe
+from loc2vec.training.config import RECIPE_STEPS_PER_REGION, TrainConfig, transfer_recipe
 from loc2vec.training.multi import (
     RegionInput,
     common_crop_px,
@@ -159,6 +159,11 @@ class MultiRegionTrainingConfig(TrainingConfig):
         default={}, description="Sampling weight per region name (default: the catalog's weight, 1.0)."
     )
     epochs: int = Field(_RECIPE.epochs, description="Maximum epochs (early stopping on validation loss).")
+    steps_per_epoch: int | None = Field(
+        None,
+        description=f"Batches per epoch (default: {RECIPE_STEPS_PER_REGION} for each region trained on, so each "
+        "region is seen as often as by a model of that region alone).",
+    )
     recon_weight: float = Field(
         _RECIPE.recon_weight,
         description="Weight of the masked reconstruction of the channel raster beside the metric loss (0: off).",
@@ -168,6 +173,15 @@ class MultiRegionTrainingConfig(TrainingConfig):
         description="Cells per crop side of the grid whose channel shares and presence it predicts.",
     )
     mask_ratio: float = Field(_RECIPE.mask_ratio, description="Share of the anchor's cells masked before encoding.")
+
+
+def region_train_config(config: MultiRegionTrainingConfig, regions: int, crop_px: int) -> TrainConfig:
+    """The training config of a model of ``regions`` regions (without ``steps_per_epoch``: the recipe's batches
+    per epoch for each region)."""
+    values = config.model_dump(exclude={"regions", "weights"})
+    if values["steps_per_epoch"] is None:
+        values["steps_per_epoch"] = transfer_recipe(regions).steps_per_epoch
+    return TrainConfig(**values, crop_px=crop_px)
 
 
 def chosen_regions(
@@ -227,11 +241,8 @@ def multi_region_model(
     mlflow_tracking: MlflowTracking,
     storage: ProjectStorage,
 ) -> dg.Output[ModelManifest]:
-    from loc2vec.training.config import TrainConfig
-
     regions = chosen_regions(context, config, catalog)
-    values = config.model_dump(exclude={"regions", "weights"})
-    train_config = TrainConfig(**values, crop_px=common_crop_px(regions))
+    train_config = region_train_config(config, len(regions), common_crop_px(regions))
     schema_json = features_of(storage.for_region(regions[0].name), regions[0].features_version).schema().to_json()
     uri = mlflow_tracking.uri(storage.data_dir)
     spec = device.spec()

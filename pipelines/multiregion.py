@@ -179,7 +179,8 @@ def train_regions_command(
 ):
     """Check the regions and weights, prepare every region, train and register one model; returns its manifest
     (also written to ``OUT/model.json``). ``train_config``: a ``TrainConfig`` JSON file (default: the transfer
-    recipe; ``epochs``/``seed`` override it; the crop edge is the split's)."""
+    recipe with its batches per epoch for each region; ``epochs``/``seed`` override it; the crop edge is the
+    split's)."""
     from loc2vec import tracking
     from loc2vec.io import write_json
     from loc2vec.lock import DataDirLock
@@ -193,7 +194,7 @@ def train_regions_command(
     catalog = _catalog(catalog_path)
     entries = [catalog.region(name) for name in names]  # an unknown or unusable region fails here, before any work
     weights = [w if w is not None else e.region.weight for w, e in zip(weights, entries, strict=True)]
-    base = TrainConfig.from_json(train_config) if train_config else transfer_recipe()
+    base = TrainConfig.from_json(train_config) if train_config else transfer_recipe(len(names))
     given = {"seed": seed, "epochs": epochs, "crop_px": crop_px}
     config = TrainConfig(**{**base.to_dict(), **{k: v for k, v in given.items() if v is not None}})  # fails now
     out.mkdir(parents=True, exist_ok=True)

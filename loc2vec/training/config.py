@@ -203,8 +203,14 @@ UNLESS_DEFAULT = {
 # With the default patience (4) runs stop after 7-17 epochs on the noisy validation loss; the whole one-cycle
 # schedule (patience 24) was measured over three seeds too: the same means at twice the training time.
 TRANSFER_RECIPE = {"recon_weight": 10.0, "mask_ratio": 0.5, "recon_cells": 4, "epochs": 24}
+# Batches per epoch per region of the recipe: a model of N regions trains N times as many, so it sees each region as
+# often as a model of that region alone (docs/evaluation.md, "The multi-region model on each region's own test blocks").
+RECIPE_STEPS_PER_REGION = 40
 
 
-def transfer_recipe() -> TrainConfig:
-    """The training config of ``TRANSFER_RECIPE`` (the other fields at their defaults)."""
-    return TrainConfig(**TRANSFER_RECIPE)
+def transfer_recipe(regions: int = 1) -> TrainConfig:
+    """The training config of ``TRANSFER_RECIPE`` for a model of ``regions`` regions: ``RECIPE_STEPS_PER_REGION``
+    batches per epoch for each region, the other fields at their defaults."""
+    if regions < 1:
+        raise ConfigError(f"a model trains on at least one region, got {regions}")
+    return TrainConfig(**TRANSFER_RECIPE, steps_per_epoch=RECIPE_STEPS_PER_REGION * regions)

@@ -2,10 +2,13 @@
 
 from dataclasses import fields
 
-from assets.multiregion import MultiRegionTrainingConfig, RegionEvaluationConfig
+import pytest
+
+from assets.multiregion import MultiRegionTrainingConfig, RegionEvaluationConfig, region_train_config
 from assets.training import SamplesConfig, TrainingConfig
 from loc2vec.data.samples import SplitSpec
-from loc2vec.training.config import TRANSFER_RECIPE, TrainConfig
+from loc2vec.errors import ConfigError
+from loc2vec.training.config import RECIPE_STEPS_PER_REGION, TRANSFER_RECIPE, TrainConfig, transfer_recipe
 
 
 def _defaults(dataclass_type, leave_out=()) -> dict:
@@ -28,7 +31,22 @@ def test_training_config_is_the_train_config_but_the_crop_size():
 def test_multi_region_training_defaults_to_the_transfer_recipe():
     defaults = _config_defaults(MultiRegionTrainingConfig)
     assert (defaults.pop("regions"), defaults.pop("weights")) == ([], {})  # every region with a split, catalog weights
-    assert defaults == {**_defaults(TrainConfig, leave_out=("crop_px",)), **TRANSFER_RECIPE}
+    assert defaults.pop("steps_per_epoch") is None  # the recipe's batches per epoch for each region trained on
+    assert defaults == {**_defaults(TrainConfig, leave_out=("crop_px", "steps_per_epoch")), **TRANSFER_RECIPE}
+
+
+def test_the_recipe_trains_as_many_batches_per_region_as_a_model_of_one_region():
+    assert transfer_recipe().steps_per_epoch == TrainConfig().steps_per_epoch == RECIPE_STEPS_PER_REGION
+    assert transfer_recipe(4).steps_per_epoch == 4 * RECIPE_STEPS_PER_REGION
+    assert transfer_recipe(4).digest() != transfer_recipe(1).digest()
+    with pytest.raises(ConfigError, match="at least one region"):
+        transfer_recipe(0)
+
+
+def test_the_multi_region_asset_trains_the_recipes_batches_for_each_region_unless_told():
+    assert region_train_config(MultiRegionTrainingConfig(), 3, 128).steps_per_epoch == 3 * RECIPE_STEPS_PER_REGION
+    assert region_train_config(MultiRegionTrainingConfig(steps_per_epoch=7), 3, 128).steps_per_epoch == 7
+    assert region_train_config(MultiRegionTrainingConfig(), 3, 96).crop_px == 96
 
 
 def test_every_config_field_is_described_for_the_launchpad():
