@@ -435,7 +435,7 @@ def add_train_regions_parser(sub) -> None:
     tr.add_argument(
         "--train-config",
         help="training config JSON (TrainConfig fields, the others at their defaults; default: the transfer recipe, "
-        "loc2vec.training.config.TRANSFER_RECIPE, with 40 batches per epoch for each region)",
+        "loc2vec.training.config.TRANSFER_RECIPE, with RECIPE_STEPS_PER_REGION batches per epoch for each region)",
     )
     tr.set_defaults(func=cmd_train_regions)
 
