@@ -21,7 +21,14 @@ from assets.metadata import markdown_table
 from assets.progress import progress_extra
 from assets.raster import current_mosaic
 from assets.regions import GROUP, REGION_MOSAIC, regions_partitions
-from assets.training import RETRAIN_POLICY, SamplesConfig, TrainingConfig, weights_finite
+from assets.training import (
+    RETRAIN_POLICY,
+    SamplesConfig,
+    TrainingConfig,
+    model_metadata,
+    split_leakage_check,
+    weights_finite,
+)
 from loc2vec import tracking
 from loc2vec.data.chunked import open_reader
 from loc2vec.data.locations import build_sample_locations, split_table
@@ -119,16 +126,7 @@ def region_samples(
             "pruned_old_versions": len(pruned),
         },
     )
-    yield dg.AssetCheckResult(
-        check_name="no_split_leakage",
-        passed=report.passed,
-        metadata={
-            "violations": report.violations,
-            "min_test_train_m": report.min_test_train_m,
-            "min_test_val_m": report.min_test_val_m,
-            "leak_distance_m": report.leak_distance_m,
-        },
-    )
+    yield split_leakage_check(report)
 
 
 def latest_split(instance: dg.DagsterInstance, region: str) -> tuple[RegionInput, str]:
@@ -273,16 +271,7 @@ def multi_region_model(
         manifest,
         metadata={
             "regions": markdown_table(["region", "weight", "train", "val", "mosaic"], rows),
-            "best_epoch": manifest.best_epoch,
-            "model_version": manifest.model_version,
-            "model_uri": manifest.model_uri,
-            "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(manifest.experiment_id, manifest.run_id)),
-            "mlflow_model": dg.MetadataValue.url(
-                mlflow_tracking.model_url(manifest.model_name, manifest.model_version)
-            ),
-            "device": spec.describe(),
-            "weights": dg.MetadataValue.path(manifest.weights_path),
-            "pruned_old_versions": len(pruned),
+            **model_metadata(manifest, mlflow_tracking, spec.describe(), len(pruned)),
         },
     )
 

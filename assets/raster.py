@@ -30,7 +30,7 @@ from loc2vec.preview import (
     png_bytes,
     region_inside,
 )
-from loc2vec.render.incremental import start_version
+from loc2vec.render.incremental import VersionStart, start_version
 from loc2vec.render.inputs import render_inputs as unit_render_inputs
 from loc2vec.render.mosaic import MosaicManifest, MosaicSpec, plan_grid, render_mosaic
 from loc2vec.render.styles import style_hash
@@ -164,17 +164,20 @@ def raster_blocks(
         f"{block}: rendered {manifest.rendered_units} units, "
         f"skipped {manifest.skipped_units} complete or unchanged, {manifest.seconds:.2f} s"
     )
-    return dg.Output(
-        manifest,
-        metadata={
-            "rendered_units": manifest.rendered_units,
-            "skipped_units": manifest.skipped_units,
-            "seconds": round(manifest.seconds, 3),
-            "mosaic_version": manifest.version,
-            "shared_from": start.shared_from or "",
-            "store": dg.MetadataValue.path(manifest.path),
-        },
-    )
+    return dg.Output(manifest, metadata=render_metadata(manifest, start))
+
+
+def render_metadata(manifest: MosaicManifest, start: VersionStart, **more: object) -> dict[str, object]:
+    """A rendered block's materialization metadata (``more`` before the store's path)."""
+    return {
+        "rendered_units": manifest.rendered_units,
+        "skipped_units": manifest.skipped_units,
+        "seconds": round(manifest.seconds, 3),
+        "mosaic_version": manifest.version,
+        "shared_from": start.shared_from or "",
+        **more,
+        "store": dg.MetadataValue.path(manifest.path),
+    }
 
 
 def _mosaic_of_features(

@@ -29,6 +29,7 @@ from assets.raster import (
     observe_block_inputs,
     observed_features,
     publish_mosaic,
+    render_metadata,
     values_in_range,
 )
 from loc2vec.evaluation.embedders import encode
@@ -168,18 +169,7 @@ def region_raster_blocks(
         f"{key}: rendered {manifest.rendered_units} units, skipped {manifest.skipped_units} complete or "
         f"unchanged, {manifest.seconds:.2f} s; {published}"
     )
-    return dg.Output(
-        manifest,
-        metadata={
-            "rendered_units": manifest.rendered_units,
-            "skipped_units": manifest.skipped_units,
-            "seconds": round(manifest.seconds, 3),
-            "mosaic_version": manifest.version,
-            "shared_from": start.shared_from or "",
-            "region_mosaic": published,
-            "store": dg.MetadataValue.path(manifest.path),
-        },
-    )
+    return dg.Output(manifest, metadata=render_metadata(manifest, start, region_mosaic=published))
 
 
 def publish_if_complete(

@@ -10,7 +10,7 @@ from assets.metadata import markdown_table, osm_time_tags
 from assets.progress import progress_extra
 from loc2vec.data.chunked import open_reader
 from loc2vec.data.locations import SamplesManifest, build_sample_locations, split_table
-from loc2vec.data.samples import SplitSpec
+from loc2vec.data.samples import LeakageReport, SplitSpec
 from loc2vec.models.encoders import load_encoder
 from loc2vec.osm.layers import FeaturesManifest
 from loc2vec.render.mosaic import MosaicManifest
@@ -83,16 +83,7 @@ def sample_locations(config: SamplesConfig, raster_mosaic: MosaicManifest, stora
             "pruned_old_versions": len(pruned),
         },
     )
-    yield dg.AssetCheckResult(
-        check_name="no_split_leakage",
-        passed=report.passed,
-        metadata={
-            "violations": report.violations,
-            "min_test_train_m": report.min_test_train_m,
-            "min_test_val_m": report.min_test_val_m,
-            "leak_distance_m": report.leak_distance_m,
-        },
-    )
+    yield split_leakage_check(report)
 
 
 class TrainingConfig(dg.Config):
@@ -247,19 +238,40 @@ def trained_model(
         manifest,
         metadata={
             "epochs": markdown_table(["epoch", "train loss", "val loss", "val triplet acc", "samples/s"], rows),
-            "best_epoch": manifest.best_epoch,
-            "model_version": manifest.model_version,
-            "model_uri": manifest.model_uri,
-            "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(manifest.experiment_id, manifest.run_id)),
-            "mlflow_model": dg.MetadataValue.url(
-                mlflow_tracking.model_url(manifest.model_name, manifest.model_version)
-            ),
-            "device": spec.describe(),
+            **model_metadata(manifest, mlflow_tracking, spec.describe(), len(pruned)),
             **osm_time_tags(osm_features),
-            "weights": dg.MetadataValue.path(manifest.weights_path),
-            "pruned_old_versions": len(pruned),
         },
     )
+
+
+def split_leakage_check(report: LeakageReport) -> dg.AssetCheckResult:
+    """The ``no_split_leakage`` check of a sample_locations materialization."""
+    return dg.AssetCheckResult(
+        check_name="no_split_leakage",
+        passed=report.passed,
+        metadata={
+            "violations": report.violations,
+            "min_test_train_m": report.min_test_train_m,
+            "min_test_val_m": report.min_test_val_m,
+            "leak_distance_m": report.leak_distance_m,
+        },
+    )
+
+
+def model_metadata(
+    manifest: ModelManifest, mlflow_tracking: MlflowTracking, device: str, pruned: int
+) -> dict[str, object]:
+    """A trained model's materialization metadata: its version, links to its MLflow run and model, its weights."""
+    return {
+        "best_epoch": manifest.best_epoch,
+        "model_version": manifest.model_version,
+        "model_uri": manifest.model_uri,
+        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(manifest.experiment_id, manifest.run_id)),
+        "mlflow_model": dg.MetadataValue.url(mlflow_tracking.model_url(manifest.model_name, manifest.model_version)),
+        "device": device,
+        "weights": dg.MetadataValue.path(manifest.weights_path),
+        "pruned_old_versions": pruned,
+    }
 
 
 @dg.asset_check(asset=trained_model, blocking=True, description="All model weights are finite.")

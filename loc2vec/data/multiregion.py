@@ -27,7 +27,7 @@ import torch
 
 from loc2vec.data.crops import CropGeometry
 from loc2vec.data.sampler import neighbourhood_order
-from loc2vec.data.triplets import TripletSpec, cut_pairs, fixed_triplets
+from loc2vec.data.triplets import TripletSpec, cut_pairs, fixed_triplets, rank_batches
 from loc2vec.errors import ConfigError
 
 WGS84_A_M = 6_378_137.0  # WGS84 semi-major axis
@@ -197,14 +197,7 @@ class MultiRegionBatches(torch.utils.data.IterableDataset):
         return np.concatenate(anchors), np.concatenate(positives), np.concatenate(locations).astype(np.float32)
 
     def __iter__(self):
-        """Batches rank, rank + world, ... of the epoch, split again across loader workers in order."""
-        info = torch.utils.data.get_worker_info()
-        mine = list(range(self.rank, self.steps, self.world))
-        if info is not None:
-            mine = mine[info.id :: info.num_workers]
-        for k in mine:
-            a, p, loc = self.batch(k)
-            yield torch.from_numpy(a), torch.from_numpy(p), torch.from_numpy(loc)
+        return rank_batches(self.batch, self.steps, self.rank, self.world)
 
 
 def region_val_triplets(

@@ -14,6 +14,7 @@ any-angle rotation (independent for anchor and positive), small shifts, flips, c
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -197,14 +198,20 @@ class TripletBatches(torch.utils.data.IterableDataset):
         return a, p, self.xy[idx].astype(np.float32)
 
     def __iter__(self):
-        """Batches rank, rank + world, ... of the epoch, split again across loader workers in order."""
-        info = torch.utils.data.get_worker_info()
-        mine = list(range(self.rank, self.steps, self.world))
-        if info is not None:
-            mine = mine[info.id :: info.num_workers]
-        for k in mine:
-            a, p, xy = self.batch(k)
-            yield torch.from_numpy(a), torch.from_numpy(p), torch.from_numpy(xy)
+        return rank_batches(self.batch, self.steps, self.rank, self.world)
+
+
+def rank_batches(
+    batch: Callable[[int], tuple[np.ndarray, ...]], steps: int, rank: int, world: int
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches rank, rank + world, ... of an epoch of ``steps``, split again across loader workers in order,
+    as tensors."""
+    info = torch.utils.data.get_worker_info()
+    mine = list(range(rank, steps, world))
+    if info is not None:
+        mine = mine[info.id :: info.num_workers]
+    for k in mine:
+        yield tuple(torch.from_numpy(part) for part in batch(k))
 
 
 def fixed_triplets(

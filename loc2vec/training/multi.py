@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,8 +33,14 @@ from loc2vec.data.samples import leakage_report
 from loc2vec.errors import ConfigError
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import DeviceSpec
-from loc2vec.training.loop import fit
-from loc2vec.training.run import LoggedTraining, ModelManifest, check_split_fits, triplet_picture
+from loc2vec.training.loop import EpochMetrics, TrainResult, fit
+from loc2vec.training.run import (
+    LoggedTraining,
+    ModelManifest,
+    TrainingData,
+    check_split_fits,
+    triplet_picture,
+)
 
 REGIONS_SECTION = "## Regions"
 
@@ -240,34 +247,17 @@ def train_and_register_regions(
         extra_json={"regions.json": records},
         sections=[(REGIONS_SECTION, regions_table(records, shares))],
     )
-    result, version, uri, run_id = run.execute(
-        lambda on_epoch, on_resume: train_regions(
-            config, data, device, out / "checkpoints", on_epoch=on_epoch, on_resume=on_resume
-        ),
-        schema_json,
-        device,
-        out,
-        tracking_uri,
-        experiment_id,
-        model_name,
-        log,
-        progress,
-    )
-    return ModelManifest(
-        weights_path=str(out / "model.pt"),
-        config=config.to_dict(),
-        model_name=model_name,
-        model_version=version,
-        model_uri=uri,
-        run_id=run_id,
-        tracking_uri=tracking_uri,
-        experiment_id=experiment_id,
+
+    def train_all(on_epoch: Callable[[EpochMetrics], None], on_resume: Callable[[int], None]) -> TrainResult:
+        return train_regions(config, data, device, out / "checkpoints", on_epoch=on_epoch, on_resume=on_resume)
+
+    lineage = TrainingData(
         mosaic_path="+".join(r.mosaic_path for r in regions),
         mosaic_version="+".join(r.mosaic_version for r in regions),
         samples_path="+".join(r.samples.path for r in regions),
         osm_sha256="+".join(r.osm_sha256 for r in regions),
-        best_epoch=result.best_epoch,
-        history=[asdict(h) for h in result.history],
-        representation_dim=result.model.representation_dim,
         regions=records,
+    )
+    return run.execute(
+        train_all, lineage, schema_json, device, out, tracking_uri, experiment_id, model_name, log, progress
     )

@@ -54,6 +54,17 @@ class ModelManifest:
 
 
 @dataclass(frozen=True)
+class TrainingData:
+    """Where a training's data came from, as its manifest records it (several regions: values joined with "+")."""
+
+    mosaic_path: str
+    mosaic_version: str
+    samples_path: str
+    osm_sha256: str
+    regions: list[dict] | None = None
+
+
+@dataclass(frozen=True)
 class TripletPicture:
     """A labelled picture of sample triplets and the labels drawn on it (column headers, then row captions)."""
 
@@ -177,35 +188,15 @@ def train_and_register(
         n_val=len(val_xy),
         pictures={"sample_triplets.png": lambda: triplet_picture(reader, train_xy, config).png},
     )
-    result, version, uri, run_id = run.execute(
-        lambda on_epoch, on_resume: train(
+
+    def train_one(on_epoch: Callable[[EpochMetrics], None], on_resume: Callable[[int], None]) -> TrainResult:
+        return train(
             config, reader, train_xy, val_xy, device, out / "checkpoints", on_epoch=on_epoch, on_resume=on_resume
-        ),
-        schema_json,
-        device,
-        out,
-        tracking_uri,
-        experiment_id,
-        model_name,
-        log,
-        progress,
-    )
-    return ModelManifest(
-        weights_path=str(out / "model.pt"),
-        config=config.to_dict(),
-        model_name=model_name,
-        model_version=version,
-        model_uri=uri,
-        run_id=run_id,
-        tracking_uri=tracking_uri,
-        experiment_id=experiment_id,
-        mosaic_path=mosaic_path,
-        mosaic_version=mosaic_version,
-        samples_path=samples.path,
-        osm_sha256=osm_sha256,
-        best_epoch=result.best_epoch,
-        history=[asdict(h) for h in result.history],
-        representation_dim=result.model.representation_dim,
+        )
+
+    data = TrainingData(mosaic_path, mosaic_version, samples.path, osm_sha256)
+    return run.execute(
+        train_one, data, schema_json, device, out, tracking_uri, experiment_id, model_name, log, progress
     )
 
 
@@ -232,6 +223,7 @@ class LoggedTraining:
     def execute(
         self,
         fit: Fit,
+        data: TrainingData,
         schema_json: str,
         device: DeviceSpec,
         out: Path,
@@ -240,8 +232,8 @@ class LoggedTraining:
         model_name: str,
         log=print,
         progress=None,
-    ) -> tuple[TrainResult, str, str, str]:
-        """Train with ``fit`` inside a new MLflow run and register the result: (result, version, model URI, run id)."""
+    ) -> ModelManifest:
+        """Train with ``fit`` inside a new MLflow run, register the result and describe it with ``data``'s lineage."""
         import mlflow
 
         config, tags, region = self.config, self.tags, self.region
@@ -307,7 +299,24 @@ class LoggedTraining:
             )
             registered = f"Registered as `{model_name}` version {version}: the {io.output_dim}-d place embedding."
             mlflow.set_tag(tracking.NOTE, run_note(config, region, tags, registered))
-            return result, version, uri, run.info.run_id
+            return ModelManifest(
+                weights_path=str(weights),
+                config=config.to_dict(),
+                model_name=model_name,
+                model_version=version,
+                model_uri=uri,
+                run_id=run.info.run_id,
+                tracking_uri=tracking_uri,
+                experiment_id=experiment_id,
+                mosaic_path=data.mosaic_path,
+                mosaic_version=data.mosaic_version,
+                samples_path=data.samples_path,
+                osm_sha256=data.osm_sha256,
+                best_epoch=result.best_epoch,
+                history=[asdict(h) for h in result.history],
+                representation_dim=result.model.representation_dim,
+                regions=data.regions,
+            )
 
 
 def _decode(png: bytes):
