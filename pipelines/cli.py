@@ -225,11 +225,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     replication = source_url(args.replication_url) if args.replication_url else None
     defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, n_models, replication, args.replication_start)
     # a bad file, region, setting or a too small disk fails here, before DIR is created
-    preflight(defs, {"main_job": main_job_config(seeds[0], args.epochs, split_seeds[0])}, n_models=n_models)
+    first = main_job_config(seeds[0], args.epochs, split_seeds[0], args.steps_per_epoch)
+    preflight(defs, {"main_job": first}, n_models=n_models)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with _instance(out) as instance, Pipeline(defs, instance, _log) as pipeline:
-        document = run_sweep(pipeline, seeds, split_seeds, args.epochs)
+        document = run_sweep(pipeline, seeds, split_seeds, args.epochs, args.steps_per_epoch)
         write_json(document, out / "evaluation.json")
         _log(f"wrote {out / 'evaluation.json'}" + (" (means over the runs)" if n_models > 1 else ""))
         next_commands = _run_next(out, str(Path(args.pbf).resolve()), args.bbox, replication, args.replication_start)
@@ -502,6 +503,11 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--replication-start", type=int, help="the sequence the extract is at, if its header records none")
     run.add_argument("--epochs", type=int, help="training epochs (default: the asset's default)")
+    run.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        help="training batches per epoch (default: the asset's default; fewer for a quick try)",
+    )
     run.add_argument("--seed", type=int, default=0, help="first training seed")
     run.add_argument("--seeds", type=int, default=1, help="train and evaluate N seeds; report mean and std")
     run.add_argument(

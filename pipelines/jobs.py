@@ -6,29 +6,26 @@ order by ``pipelines.runner`` (``make run``): ingest -> render (one run per spat
 
 import dagster as dg
 
-from assets.raster import block_partitions
-
 observe_osm_job = dg.define_asset_job(
     "observe_osm_job",
-    selection=dg.AssetSelection.keys("osm_source"),
+    selection=dg.AssetSelection.assets("osm_source"),
     description="Observe the OSM extract: records its content hash as the source's data version.",
 )
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
-    selection=dg.AssetSelection.keys("osm_source", "osm_features"),
+    selection=dg.AssetSelection.assets("osm_source", "osm_features"),
     description="Observe the extract and import its feature layers.",
 )
 
 render_job = dg.define_asset_job(
     "render_job",
-    selection=dg.AssetSelection.keys("raster_blocks"),
-    partitions_def=block_partitions,
+    selection=dg.AssetSelection.assets("raster_blocks"),
     description="Render one spatial block of the mosaic (a backfill renders all blocks in parallel).",
 )
 
 main_job = dg.define_asset_job(
     "main_job",
-    selection=dg.AssetSelection.keys("raster_blocks").downstream(include_self=False),
+    selection=dg.AssetSelection.assets("raster_blocks").downstream(include_self=False),
     description="Everything downstream of the rendered blocks: mosaic, splits, training, evaluation.",
 )

@@ -110,11 +110,15 @@ def _resources(definitions: dg.Definitions) -> dict:
 JobConfigs = dict[str, dg.RunConfig | dict]  # run config per job name ("main_job": ...)
 
 
-def main_job_config(seed: int = 0, epochs: int | None = None, split_seed: int | None = None) -> dg.RunConfig:
-    """``main_job``'s run config for one training seed (and epochs), on one draw of the held-out blocks."""
+def main_job_config(
+    seed: int = 0, epochs: int | None = None, split_seed: int | None = None, steps_per_epoch: int | None = None
+) -> dg.RunConfig:
+    """``main_job``'s run config for one training seed (epochs and batches per epoch where given, else the
+    asset's defaults), on one draw of the held-out blocks."""
     from assets.training import SamplesConfig, TrainingConfig
 
-    ops: dict = {"trained_model": TrainingConfig(seed=seed, **({} if epochs is None else {"epochs": epochs}))}
+    given = {"epochs": epochs, "steps_per_epoch": steps_per_epoch}
+    ops: dict = {"trained_model": TrainingConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})}
     if split_seed is not None:
         ops["sample_locations"] = SamplesConfig(seed=split_seed)
     return dg.RunConfig(ops=ops)
@@ -285,14 +289,20 @@ def run_pipeline(
         return pipeline.run_stages(run_config, main_assets)
 
 
-def run_sweep(pipeline: Pipeline, seeds: list[int], split_seeds: list[int | None], epochs: int | None = None) -> dict:
+def run_sweep(
+    pipeline: Pipeline,
+    seeds: list[int],
+    split_seeds: list[int | None],
+    epochs: int | None = None,
+    steps_per_epoch: int | None = None,
+) -> dict:
     """Every training seed on every draw of the held-out blocks: the whole pipeline once, then ``main_job``
     again per (split, seed); returns the evaluation document (means, stds and every run, with ``>1`` run)."""
     from loc2vec.evaluation.run import sweep_document
 
     results, runs = [], []
     for k, (split, seed) in enumerate((split, seed) for split in split_seeds for seed in seeds):
-        config = main_job_config(seed, epochs, split)
+        config = main_job_config(seed, epochs, split, steps_per_epoch)
         if k == 0:
             run = pipeline.run_stages(run_config={"main_job": config})["main_job"]
         else:

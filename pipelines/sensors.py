@@ -83,7 +83,7 @@ def retrain_share() -> float:
 
 
 @dg.sensor(
-    asset_selection=dg.AssetSelection.keys("trained_model"),
+    asset_selection=dg.AssetSelection.assets("trained_model"),
     minimum_interval_seconds=CHECK_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="The retraining policy's share rule: retrains trained_model when the OSM changes applied "
@@ -130,7 +130,7 @@ nightly_osm_refresh = dg.ScheduleDefinition(
 
 
 @dg.sensor(
-    asset_selection=dg.AssetSelection.keys("region_features"),
+    asset_selection=dg.AssetSelection.assets("region_features"),
     minimum_interval_seconds=CHECK_SECONDS,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Follows the region catalog (LOC2VEC_CATALOG): adds each region's partitions (regions, "

@@ -42,6 +42,8 @@ def free_port() -> int:
 
 
 TRAIN_REGION = (7.405, 43.722, 7.445, 43.752)  # Monaco proper, ~3.2 x 3.3 km
+# the training of ``monaco_run`` (and of the runs compared with it): a short one, the workflow is under test
+RUN_TRAINING = ("--epochs", "1", "--steps-per-epoch", "10")
 
 
 @pytest.fixture(scope="session")
@@ -73,13 +75,13 @@ def monaco_samples(monaco_mosaic, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def monaco_run(tmp_path_factory):
-    """``loc2vec run`` on Monaco proper, 1 epoch, 2 training seeds: a real output directory (slow); its
+    """``loc2vec run`` on Monaco proper, 1 epoch of 10 batches, 2 training seeds: a real output directory (slow); its
     console output is kept in ``console.txt``."""
     from pipelines.cli import main
 
     out = tmp_path_factory.mktemp("run")
     bbox = ",".join(map(str, TRAIN_REGION))
-    args = ["run", "--pbf", str(MONACO), "--bbox", bbox, "--out", str(out), "--epochs", "1", "--seeds", "2"]
+    args = ["run", "--pbf", str(MONACO), "--bbox", bbox, "--out", str(out), *RUN_TRAINING, "--seeds", "2"]
     console = io.StringIO()  # what the user sees, for the tests of the closing summary
     # the UIs' addresses the links in Dagster and MLflow will point to (tests/server/test_ui_after_a_run.py)
     ports = {name: free_port() for name in ("dagster", "mlflow", "maps")}

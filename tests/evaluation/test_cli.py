@@ -10,7 +10,7 @@ import pytest
 
 from loc2vec.evaluation.metrics import METRICS
 from pipelines.cli import main
-from tests.conftest import KOTKA, MONACO, TRAIN_REGION
+from tests.conftest import KOTKA, MONACO, RUN_TRAINING, TRAIN_REGION
 
 BBOX = ",".join(map(str, TRAIN_REGION))
 KEYS = set(METRICS)
@@ -156,6 +156,8 @@ def test_run_config_sets_the_split_seed_only_when_asked():
     drawn = main_job_config(0, epochs=2, split_seed=1).ops
     assert drawn["sample_locations"] == SamplesConfig(seed=1)
     assert drawn["trained_model"] == TrainingConfig(seed=0, epochs=2)
+    short = main_job_config(1, steps_per_epoch=5).ops["trained_model"]
+    assert short == TrainingConfig(seed=1, steps_per_epoch=5) and short.epochs == TrainingConfig().epochs
     assert main(["run", "--pbf", str(MONACO), "--out", "/nonexistent", "--split-seeds", "0"]) == 2
 
 
@@ -163,7 +165,7 @@ def test_run_config_sets_the_split_seed_only_when_asked():
 def test_run_over_two_draws_of_the_test_blocks(tmp_path):
     out = tmp_path / "draws"
     # Kotka: small enough to be quick, large enough that either draw leaves train anchors in every split
-    args = ["run", "--pbf", str(KOTKA), "--out", str(out), "--epochs", "1", "--split-seeds", "2"]
+    args = ["run", "--pbf", str(KOTKA), "--out", str(out), *RUN_TRAINING, "--split-seeds", "2"]
     assert main(args) == 0
     doc = json.loads((out / "evaluation.json").read_text())
     runs = doc["runs"]
@@ -175,6 +177,11 @@ def test_run_over_two_draws_of_the_test_blocks(tmp_path):
     samples = sorted((out / "samples").glob("*.parquet"))
     model_dirs = [d for d in (out / "models").iterdir() if d.name != "mlruns"]
     assert len(samples) == 2 and {d.name.rsplit("-", 1)[0] for d in model_dirs} == {s.stem for s in samples}
+    from mlflow import MlflowClient
+
+    tracking = MlflowClient(f"sqlite:///{out}/mlflow/mlflow.db")
+    trained = [tracking.get_run(r["mlflow_run_id"]).data.params for r in runs]
+    assert [(p["epochs"], p["steps_per_epoch"]) for p in trained] == [("1", "10")] * 2  # --steps-per-epoch
 
 
 @pytest.mark.parametrize(

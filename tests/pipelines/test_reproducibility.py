@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import MONACO, ROOT, TRAIN_REGION
+from tests.conftest import MONACO, ROOT, RUN_TRAINING, TRAIN_REGION
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_one_core_and_two_cores_give_the_same_metrics(monaco_run, tmp_path):
     out = tmp_path / "one-core"
     bbox = ",".join(map(str, TRAIN_REGION))
     command = ["taskset", "-c", "0", sys.executable, "-m", "pipelines.cli", "run", "--pbf", str(MONACO),
-               "--bbox", bbox, "--out", str(out), "--epochs", "1", "--seed", "0"]  # fmt: skip
+               "--bbox", bbox, "--out", str(out), *RUN_TRAINING, "--seed", "0"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -29,6 +29,7 @@ def _truncated(tmp_path):
     ("extra", "message"),
     [
         (["--bbox", BBOX, "--epochs", "0"], "epochs must be >= 1"),
+        (["--bbox", BBOX, "--steps-per-epoch", "0"], "steps_per_epoch must be >= 1"),
         (["--bbox=-180,-85,180,85"], "more than the limit of 4e9 px"),
         (["--bbox", "7.42,43.73,7.4201,43.7301"], "is too small: it must be at least 768 m on each side"),
         (["--bbox", BBOX, "--pbf", "TRUNCATED"], "is damaged or truncated"),
