@@ -129,12 +129,14 @@ class CropGeometry:
         b = np.multiply(sin, v)
         a -= b
         np.floor(a, out=a)
+        _outside_as_minus_one(a, partial, self.width)
         src_c = a.astype(itype)
         np.multiply(sin, u, out=b)
         b += r0
         np.multiply(cos, v, out=a)
         b += a
         np.floor(b, out=b)
+        _outside_as_minus_one(b, partial, self.height)
         src_r = b.astype(itype)
         valid = np.ones(n, dtype=np.float64)
         inside = np.zeros((0, size * size), dtype=bool)
@@ -153,6 +155,15 @@ class CropGeometry:
         """One ``(C, size, size)`` crop centred at CRS ``(x, y)``, rotated by ``angle`` radians."""
         batch, _ = self.crops([x], [y], size, [angle])
         return np.ascontiguousarray(batch[0].transpose(2, 0, 1))
+
+
+def _outside_as_minus_one(coords: np.ndarray, crops: np.ndarray, limit: int) -> None:
+    """Source coordinates of the partly outside ``crops`` that lie outside ``[0, limit)`` (NaN and infinite
+    ones too) become -1, so the integer cast that follows is defined on every platform."""
+    if crops.size:
+        part = coords[crops]
+        part[~((part >= 0) & (part < limit))] = -1
+        coords[crops] = part
 
 
 class CropReader(CropGeometry):

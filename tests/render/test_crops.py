@@ -41,6 +41,18 @@ def test_zero_padding_outside_and_valid_fraction(reader):
     assert np.array_equal(batch[0, 32:, 32:].transpose(2, 0, 1), mosaic[:, :32, :32])
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no undefined float-to-int cast on the way
+@pytest.mark.parametrize("angle", [None, 0.3])
+def test_non_finite_and_far_centres_give_empty_crops(reader, angle):
+    r, _ = reader
+    cols = [np.nan, np.inf, -np.inf, 1e12, 200.0]
+    rows = [150.0, 150.0, 150.0, np.nan, 150.0]
+    batch, valid = r.crops_px(cols, rows, 16, None if angle is None else np.full(5, angle))
+    assert valid.tolist() == [0.0] * 4 + [1.0]
+    alone, _ = r.crops_px([200.0], [150.0], 16, None if angle is None else [angle])
+    assert not batch[:4].any() and np.array_equal(batch[4], alone[0])
+
+
 def test_edge_raise_refuses_crops_that_leave(reader):
     _, mosaic = reader
     strict = CropReader(mosaic, MosaicGrid(32632, 0.0, 0.0, 1.0, 400, 300), edge="raise")
