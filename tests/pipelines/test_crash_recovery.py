@@ -37,10 +37,11 @@ class Scenario:
     interrupted: subprocess.CompletedProcess
 
 
-def _command(out: Path, epochs: int) -> list[str]:
+def _command(out: Path, epochs: int, steps_per_epoch: int | None = None) -> list[str]:
     # the small Kotka extract: the scenario is about processes, not about the region
+    steps = [] if steps_per_epoch is None else ["--steps-per-epoch", str(steps_per_epoch)]
     return [sys.executable, "-m", "pipelines.cli", "run", "--pbf", str(KOTKA), "--out", str(out),
-            "--epochs", str(epochs)]  # fmt: skip
+            "--epochs", str(epochs), *steps]  # fmt: skip
 
 
 def _env() -> dict:
@@ -81,7 +82,7 @@ def _records(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def scenario(tmp_path_factory) -> Scenario:
     out = tmp_path_factory.mktemp("crash") / "out"
-    command = _command(out, epochs=2)
+    command = _command(out, epochs=2, steps_per_epoch=10)  # short epochs: the killed and the resumed run
     first = subprocess.Popen(
         command, cwd=ROOT, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
@@ -102,7 +103,7 @@ def scenario(tmp_path_factory) -> Scenario:
         "model_versions": len(_versions(out)),
     }
 
-    other = subprocess.Popen(
+    other = subprocess.Popen(  # the default epochs' length: Ctrl-C lands while it trains
         _command(out, epochs=3), cwd=ROOT, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
