@@ -83,9 +83,9 @@ def test_the_automation_sensor_runs_by_default_over_every_asset():
     """With the daemon up, only osm_update_sensor needs switching on for updates to flow downstream."""
     from pipelines.definitions import defs
 
-    follow = defs.get_sensor_def("osm_follow_automation")
+    follow = defs.resolve_sensor_def("osm_follow_automation")
     assert follow.default_status == dg.DefaultSensorStatus.RUNNING
-    assert defs.get_sensor_def("osm_update_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    assert defs.resolve_sensor_def("osm_update_sensor").default_status == dg.DefaultSensorStatus.STOPPED
     graph = defs.resolve_asset_graph()
     eager = {key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).automation_condition}
     assert {"osm_features", "raster_blocks", "raster_mosaic", "embeddings"} <= eager
