@@ -141,8 +141,7 @@ class CropGeometry:
         valid = np.ones(n, dtype=np.float64)
         inside = np.zeros((0, size * size), dtype=bool)
         if partial.size:
-            pc, pr = src_c[partial], src_r[partial]
-            inside = (pc >= 0) & (pc < self.width) & (pr >= 0) & (pr < self.height)
+            inside = (src_c[partial] >= 0) & (src_r[partial] >= 0)  # what lies outside is -1 by now
             valid[partial] = inside.mean(axis=1)
         return Sampling(src_c, src_r, corner_c, corner_r, whole, partial, inside, valid, rotated)
 
