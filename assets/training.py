@@ -99,7 +99,11 @@ class TrainingConfig(dg.Config):
     )
     loss: str = Field(_TRAIN.loss, description="triplet (margin) | soft_pn (Sentiance) | infonce (NT-Xent).")
     margin: float = Field(_TRAIN.margin, description="Triplet margin (also of the validation loss).")
-    temperature: float = Field(_TRAIN.temperature, description="InfoNCE temperature (loss=infonce).")
+    temperature: float = Field(
+        _TRAIN.temperature,
+        description="Softmax temperature of InfoNCE (loss=infonce) and of the composition term's place "
+        "representation similarities.",
+    )
     mining: str = Field(_TRAIN.mining, description="In-batch mining: semihard | hard | all.")
     epochs: int = Field(_TRAIN.epochs, description="Maximum epochs (early stopping on validation loss).")
     steps_per_epoch: int = Field(_TRAIN.steps_per_epoch, description="Batches per epoch.")
@@ -175,6 +179,20 @@ class TrainingConfig(dg.Config):
         _TRAIN.init_pull,
         description="Decoupled pull of the backbone's weights toward their seeded initial values at every step "
         "(L2-SP; 0: off).",
+    )
+    composition_weight: float = Field(
+        _TRAIN.composition_weight,
+        description="Weight of matching each crop's neighbours in the place representation to its neighbours by the "
+        "channels' mean over a disc at the crop's centre (0: off).",
+    )
+    composition_radius_px: float = Field(
+        _TRAIN.composition_radius_px,
+        description="Radius in pixels of the disc at the crop's centre that composition_weight compares crops by.",
+    )
+    composition_temperature: float = Field(
+        _TRAIN.composition_temperature,
+        description="Temperature of the neighbours by the disc's channel means (L1 distances); the place "
+        "representation's neighbours use temperature.",
     )
 
 

@@ -145,6 +145,38 @@ def decorrelation(representation: torch.Tensor) -> torch.Tensor:
     return off_diagonal.pow(2).sum() / z.shape[1]
 
 
+def disc_composition(x: torch.Tensor, radius_px: float) -> torch.Tensor:
+    """Each channel's mean value over a disc of ``radius_px`` at the centre of every crop of a batch (N, C, S, S),
+    in [0, 1] (N, C): what lies at the place itself, read from the raster (no label)."""
+    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device, dtype=torch.float32) - (h - 1) / 2
+    cols = torch.arange(w, device=x.device, dtype=torch.float32) - (w - 1) / 2
+    disc = (rows[:, None] ** 2 + cols[None, :] ** 2 <= radius_px**2).float()
+    if not disc.any():
+        raise ConfigError(f"a disc of radius {radius_px} px holds no pixel of a {h} x {w} crop")
+    return (x * disc).sum(dim=(2, 3)) / disc.sum()
+
+
+def composition_neighbours(
+    representation: torch.Tensor, composition: torch.Tensor, temperature: float, composition_temperature: float
+) -> torch.Tensor:
+    """Cross-entropy between each crop's neighbours by what lies at its centre and its neighbours in the
+    representation, over the batch (as SNE matches neighbour distributions, Hinton & Roweis 2002): the target
+    is the softmax of minus the L1 distances of ``disc_composition`` over ``composition_temperature``, the
+    prediction the softmax of the representations' cosine similarities over ``temperature``; a crop is not its
+    own neighbour. Places whose centres hold the same mix of fills, however partial, become near neighbours."""
+    if representation.shape[0] < 2:
+        raise ConfigError("composition_neighbours needs a batch of at least 2 representations")
+    z = F.normalize(representation.float(), dim=1)
+    own = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    target = torch.softmax(
+        (-torch.cdist(composition, composition, p=1) / composition_temperature).masked_fill(own, -torch.inf), dim=1
+    )
+    log_predicted = torch.log_softmax((z @ z.T / temperature).masked_fill(own, -torch.inf), dim=1).masked_fill(own, 0.0)
+    return -(target * log_predicted).sum(dim=1).mean()
+
+
 class ReconstructionObjective(torch.nn.Module):
     """Masked reconstruction of the channel raster, beside the metric loss (after S2Vec, Google 2025, which
     rasterises built-environment features and trains a masked autoencoder on them): a linear decoder

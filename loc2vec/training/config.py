@@ -21,7 +21,7 @@ class TrainConfig:
     weights_path: str | None = None
     loss: str = "triplet"
     margin: float = 0.2
-    temperature: float = 0.1
+    temperature: float = 0.1  # of InfoNCE and of the composition term's representation neighbours
     mining: str = "semihard"
     epochs: int = 12
     steps_per_epoch: int = 40
@@ -74,6 +74,12 @@ class TrainConfig:
     # 2018, decoupled as AdamW decouples weight decay; 0: off): training departs from the random features only as
     # far as the objectives pay for (loc2vec.training.loop.InitialWeights)
     init_pull: float = 0.0
+    # weight of matching each crop's neighbours in the place representation to its neighbours by the channels' mean
+    # over a disc of composition_radius_px at the crop's centre (loc2vec.models.losses.composition_neighbours; 0: off),
+    # with the temperature of that target distribution (the representation's is ``temperature``)
+    composition_weight: float = 0.0
+    composition_radius_px: float = 16.0
+    composition_temperature: float = 0.1
 
     def __post_init__(self) -> None:
         checks = [
@@ -104,6 +110,9 @@ class TrainConfig:
             (0 < self.stem_lr_scale <= 1, "stem_lr_scale must be in (0, 1]"),
             (self.patch_recon_weight >= 0, "patch_recon_weight must be >= 0"),
             (self.init_pull >= 0, "init_pull must be >= 0"),
+            (self.composition_weight >= 0, "composition_weight must be >= 0"),
+            (0 < self.composition_radius_px <= self.crop_px / 2, "composition_radius_px must be in (0, crop_px / 2]"),
+            (self.composition_temperature > 0, "composition_temperature must be > 0"),
             (
                 self.patch_recon_weight == 0 or self.encoder.startswith("small_cnn"),
                 "patch_recon_weight needs a small_cnn encoder (the torchvision backbones have no patch stem)",
@@ -180,6 +189,9 @@ class TrainConfig:
         if values["recon_weight"] == 0 and values["mask_ratio"] == 0:
             for name in RECON_FIELDS:  # recon_from may be gone already, as a default of UNLESS_DEFAULT
                 values.pop(name, None)
+        if values["composition_weight"] == 0:
+            for name in COMPOSITION_FIELDS:
+                values.pop(name)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -187,6 +199,7 @@ READER_FIELDS = ("crop_reader", "cache_mib")
 SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio", "recon_from")
 RECON_SOURCES = ("place", "context")
+COMPOSITION_FIELDS = ("composition_weight", "composition_radius_px", "composition_temperature")
 # fields added after the first trained configs, part of the digest only when not at these defaults
 UNLESS_DEFAULT = {
     "max_negative_m": None,

@@ -26,7 +26,9 @@ from loc2vec.models.losses import (
     ReconstructionObjective,
     TripletObjective,
     channel_cells,
+    composition_neighbours,
     decorrelation,
+    disc_composition,
     mask_cells,
 )
 from loc2vec.training.checkpoint import load_checkpoint, save_checkpoint
@@ -233,7 +235,7 @@ def fit(
         patch, seen, unhook = _patch_reconstruction(model, channels)
         patch = patch.to(device.device)
     decoders = [m for m in (recon, patch) if m is not None]
-    with_representation = recon is not None or config.decorrelation_weight > 0
+    with_representation = recon is not None or config.decorrelation_weight > 0 or config.composition_weight > 0
     groups = parameter_groups(model, decoders, config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.steps_per_epoch % world:
@@ -302,6 +304,8 @@ def fit(
                 x = device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2))
                 loc = locations.to(device.device)
                 target = channel_cells(x, config.recon_cells) if recon is not None else None
+                if config.composition_weight > 0:  # of the crops before masking, as the reconstruction's target
+                    composition = disc_composition(x, config.composition_radius_px)
                 if config.mask_ratio > 0:
                     x = mask_cells(x, config.recon_cells, config.mask_ratio)
                 with device.autocast():
@@ -312,6 +316,10 @@ def fit(
                     loss = loss + config.recon_weight * recon(rep[:, : recon.decoder.in_features], target)
                 if config.decorrelation_weight > 0:
                     loss = loss + config.decorrelation_weight * decorrelation(rep)
+                if config.composition_weight > 0:
+                    loss = loss + config.composition_weight * composition_neighbours(
+                        rep, composition, config.temperature, config.composition_temperature
+                    )
                 if patch is not None:
                     loss = loss + config.patch_recon_weight * patch(seen["stem"], x)
                 optimizer.zero_grad(set_to_none=True)

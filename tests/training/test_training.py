@@ -15,7 +15,9 @@ from loc2vec.models.losses import (
     ReconstructionObjective,
     TripletObjective,
     channel_cells,
+    composition_neighbours,
     decorrelation,
+    disc_composition,
     mask_cells,
     soft_pn,
 )
@@ -190,6 +192,9 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"encoder": "resnet18", "patch_recon_weight": 1.0}, "patch_recon_weight needs a small_cnn encoder"),
         ({"freeze_stem": True, "patch_recon_weight": 1.0}, "which freeze_stem keeps at its initial weights"),
         ({"init_pull": -1.0}, "init_pull must be >= 0"),
+        ({"composition_weight": -1.0}, "composition_weight must be >= 0"),
+        ({"crop_px": 64, "composition_radius_px": 33.0}, "composition_radius_px must be in"),
+        ({"composition_temperature": 0.0}, "composition_temperature must be > 0"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -557,3 +562,70 @@ def test_reconstruction_from_the_context_decodes_the_crops_from_the_context_part
         with torch.no_grad():
             loss = float(decoder(model.embed(crops)[:, :width], target)) - floor
         assert loss < 0.95 * untrained_loss, (source, loss, untrained_loss)
+
+
+def test_disc_composition_reads_each_channel_over_the_disc_at_the_centre():
+    rows, cols = torch.meshgrid(torch.arange(64) - 31.5, torch.arange(64) - 31.5, indexing="ij")
+    inside = rows**2 + cols**2 <= 8**2
+    crops = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    crops[0, 0][inside] = 255  # channel 0 fills the disc exactly
+    crops[0, 1][~inside] = 255  # channel 1 everything around it
+    crops[1, 2][:, :32] = 255  # channel 2 the left half of the second crop
+    composition = disc_composition(crops, 8.0)
+    assert torch.allclose(composition[0], torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(composition[1], torch.tensor([0.0, 0.0, 0.5]))
+    assert disc_composition(crops, 16.0)[0, 0].item() == pytest.approx(
+        inside.sum().item() / (rows**2 + cols**2 <= 256).sum().item()
+    )
+    with pytest.raises(ConfigError, match="holds no pixel"):
+        disc_composition(crops, 0.5)  # an even crop's centre lies between pixels, 0.71 px from the nearest
+
+
+def test_composition_neighbours_rewards_a_representation_that_ranks_places_as_their_centres():
+    torch.manual_seed(0)
+    composition = torch.rand(64, 12)
+    aligned = torch.cat([composition - composition.mean(dim=0), torch.zeros(64, 20)], dim=1)
+    shuffled = aligned[torch.randperm(64)]
+    target = torch.softmax(
+        (-torch.cdist(composition, composition, p=1) / 0.1).masked_fill(torch.eye(64, dtype=torch.bool), -torch.inf), 1
+    )
+    entropy = float(-(target * target.clamp_min(1e-30).log()).sum(dim=1).mean())
+    loss = {
+        name: composition_neighbours(z, composition, 0.05, 0.1).item()
+        for name, z in [("aligned", aligned), ("shuffled", shuffled)]
+    }
+    assert entropy < loss["aligned"] < loss["shuffled"], (entropy, loss)
+    same = torch.zeros(2, 12)  # two crops with one centre: each the other's only neighbour, whatever the scale
+    assert composition_neighbours(torch.randn(2, 8), same, 0.1, 0.1).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ConfigError, match="at least 2"):
+        composition_neighbours(aligned[:1], composition[:1], 0.1, 0.1)
+
+
+def test_the_composition_term_trains_the_place_representation(monaco_samples, tmp_path):
+    """The term's gradient reaches the place representation: a few steps on it alone bring real crops' neighbours
+    closer to their neighbours by what lies at their centres; the training loop adds it to the loss; a weight of 0
+    leaves the config's identity as it was."""
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    assert TrainConfig().digest() == TrainConfig(composition_weight=0.0, composition_radius_px=8.0).digest()
+    assert TrainConfig().digest() != TrainConfig(composition_weight=1.0).digest()
+    crops = torch.from_numpy(reader.crops(val_xy[:128, 0], val_xy[:128, 1], 64)[0]).permute(0, 3, 1, 2)
+    composition = disc_composition(crops, 16.0)
+    torch.manual_seed(0)
+    model = build_encoder("small_cnn", 16, reader.channels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        loss = composition_neighbours(model(crops, with_representation=True)[1], composition, 0.1, 0.1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+    first_epoch = {}
+    for weight in (0.0, 1.0):
+        config = TrainConfig(epochs=1, composition_weight=weight, **FAST)
+        run = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(weight))
+        first_epoch[weight] = run.history[0].train_loss
+    # the term is at least the entropy of its target over a batch of 64 real crops, well above 1
+    assert first_epoch[1.0] - first_epoch[0.0] > 1.0, first_epoch
