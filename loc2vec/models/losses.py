@@ -107,12 +107,17 @@ class TripletObjective:
         return self.ntxent(embeddings, labels, indices_tuple=(a1, p, a2[keep], n[keep]))
 
 
+def _in_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """A batch of crops as float in [0, 1]: uint8 pixels divided by 255, floats as they are."""
+    return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+
+
 def channel_cells(x: torch.Tensor, cells: int) -> torch.Tensor:
     """What the reconstruction objective predicts of a batch of crops (N, C, S, S), in [0, 1]: each channel's
     share of every cell of a ``cells`` x ``cells`` grid over the crop and of the crop's central half, then
     whether the channel draws anything there at all (N, 2 * C * (cells² + 1)). Presence carries what a share
     hides: a point of interest covers a few pixels of a cell, a share near 0 whose loss is as small."""
-    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    x = _in_unit_range(x)
     drawn = (x > 0).float()
 
     def per_cell(values: torch.Tensor, pool) -> list[torch.Tensor]:
@@ -148,7 +153,7 @@ def decorrelation(representation: torch.Tensor) -> torch.Tensor:
 def disc_composition(x: torch.Tensor, radius_px: float) -> torch.Tensor:
     """Each channel's mean value over a disc of ``radius_px`` at the centre of every crop of a batch (N, C, S, S),
     in [0, 1] (N, C): what lies at the place itself, read from the raster (no label)."""
-    x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    x = _in_unit_range(x)
     h, w = x.shape[-2:]
     rows = torch.arange(h, device=x.device, dtype=torch.float32) - (h - 1) / 2
     cols = torch.arange(w, device=x.device, dtype=torch.float32) - (w - 1) / 2
@@ -207,6 +212,6 @@ class PatchReconstruction(torch.nn.Module):
 
     def forward(self, stem: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``stem``: (N, W, S/p, S/p) features of the crops ``x`` (N, C, S, S) it was computed from."""
-        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        x = _in_unit_range(x)
         target = F.pixel_unshuffle(x, self.patch)
         return F.binary_cross_entropy_with_logits(self.decoder(stem.float()), target)
