@@ -194,6 +194,11 @@ class TrainingConfig(dg.Config):
         description="Temperature of the neighbours by the disc's channel means (L1 distances); the place "
         "representation's neighbours use temperature.",
     )
+    composition_on: str = Field(
+        _TRAIN.composition_on,
+        description="place | context: what the composition term shapes, the whole place representation or its "
+        "context part alone (the last stage).",
+    )
 
 
 @dg.asset(

@@ -80,6 +80,9 @@ class TrainConfig:
     composition_weight: float = 0.0
     composition_radius_px: float = 16.0
     composition_temperature: float = 0.1
+    # which part of the place representation the composition term shapes: all of it ("place"), or the context
+    # part alone ("context": the part the triplet loss shapes, and where a trained model loses the composition)
+    composition_on: str = "place"
 
     def __post_init__(self) -> None:
         checks = [
@@ -113,6 +116,7 @@ class TrainConfig:
             (self.composition_weight >= 0, "composition_weight must be >= 0"),
             (0 < self.composition_radius_px <= self.crop_px / 2, "composition_radius_px must be in (0, crop_px / 2]"),
             (self.composition_temperature > 0, "composition_temperature must be > 0"),
+            (self.composition_on in COMPOSITION_TARGETS, f"composition_on must be one of {COMPOSITION_TARGETS}"),
             (
                 self.patch_recon_weight == 0 or self.encoder.startswith("small_cnn"),
                 "patch_recon_weight needs a small_cnn encoder (the torchvision backbones have no patch stem)",
@@ -190,8 +194,8 @@ class TrainConfig:
             for name in RECON_FIELDS:  # recon_from may be gone already, as a default of UNLESS_DEFAULT
                 values.pop(name, None)
         if values["composition_weight"] == 0:
-            for name in COMPOSITION_FIELDS:
-                values.pop(name)
+            for name in COMPOSITION_FIELDS:  # composition_on may be gone already, as a default of UNLESS_DEFAULT
+                values.pop(name, None)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -199,7 +203,8 @@ READER_FIELDS = ("crop_reader", "cache_mib")
 SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio", "recon_from")
 RECON_SOURCES = ("place", "context")
-COMPOSITION_FIELDS = ("composition_weight", "composition_radius_px", "composition_temperature")
+COMPOSITION_FIELDS = ("composition_weight", "composition_radius_px", "composition_temperature", "composition_on")
+COMPOSITION_TARGETS = ("place", "context")
 # fields added after the first trained configs, part of the digest only when not at these defaults
 UNLESS_DEFAULT = {
     "max_negative_m": None,
@@ -209,6 +214,7 @@ UNLESS_DEFAULT = {
     "patch_recon_weight": 0.0,
     "recon_from": "place",
     "init_pull": 0.0,
+    "composition_on": "place",
 }
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the

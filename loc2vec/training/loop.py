@@ -317,8 +317,9 @@ def fit(
                 if config.decorrelation_weight > 0:
                     loss = loss + config.decorrelation_weight * decorrelation(rep)
                 if config.composition_weight > 0:
+                    shaped = rep[:, : model.context_dim] if config.composition_on == "context" else rep
                     loss = loss + config.composition_weight * composition_neighbours(
-                        rep, composition, config.temperature, config.composition_temperature
+                        shaped, composition, config.temperature, config.composition_temperature
                     )
                 if patch is not None:
                     loss = loss + config.patch_recon_weight * patch(seen["stem"], x)

@@ -195,6 +195,7 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"composition_weight": -1.0}, "composition_weight must be >= 0"),
         ({"crop_px": 64, "composition_radius_px": 33.0}, "composition_radius_px must be in"),
         ({"composition_temperature": 0.0}, "composition_temperature must be > 0"),
+        ({"composition_on": "stem"}, "composition_on must be one of"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -535,6 +536,34 @@ def test_patch_reconstruction_keeps_what_the_trained_stem_sees(monaco_samples, t
         pickle.dumps(model)  # as MLflow's model logging pickles it
     loss = {weight: patch_decoding_loss(model, reader, val_xy[:32]) for weight, model in models.items()}
     assert loss[10.0] < 0.9 * loss[0.0], loss
+
+
+def test_the_composition_term_on_the_context_shapes_the_context_part_alone(monaco_samples, tmp_path, monkeypatch):
+    """With ``composition_on="context"`` the loop hands the term the context part of the place representation (its
+    first ``context_dim`` columns, the last stage), else the whole representation; the default target leaves the
+    config's identity as it was."""
+    import loc2vec.training.loop as loop
+
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    term = dict(
+        epochs=1, steps_per_epoch=2, composition_weight=1.0, **{k: v for k, v in FAST.items() if k != "steps_per_epoch"}
+    )
+    assert TrainConfig(**term).digest() == TrainConfig(composition_on="place", **term).digest()
+    assert TrainConfig(**term).digest() != TrainConfig(composition_on="context", **term).digest()
+    assert TrainConfig().digest() == TrainConfig(composition_on="context").digest()  # no term to shape anything
+    shaped: dict[str, list[int]] = {}
+    for target in ("place", "context"):
+        widths = shaped.setdefault(target, [])
+
+        def spy(representation, *args, widths=widths):
+            widths.append(representation.shape[1])
+            return composition_neighbours(representation, *args)
+
+        monkeypatch.setattr(loop, "composition_neighbours", spy)
+        config = TrainConfig(composition_on=target, **term)
+        train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / target)
+    assert shaped == {"place": [224, 224], "context": [128, 128]}
 
 
 def test_reconstruction_from_the_context_decodes_the_crops_from_the_context_part_alone(monaco_samples, tmp_path):
