@@ -196,8 +196,8 @@ class TrainingConfig(dg.Config):
     )
     composition_on: str = Field(
         _TRAIN.composition_on,
-        description="place | context: what the composition term shapes, the whole place representation or its "
-        "context part alone (the last stage).",
+        description="place | context | both: what the composition term shapes, the whole place representation, "
+        "its context part alone (the last stage), or each with a term of its own.",
     )
 
 

@@ -80,8 +80,9 @@ class TrainConfig:
     composition_weight: float = 0.0
     composition_radius_px: float = 16.0
     composition_temperature: float = 0.1
-    # which part of the place representation the composition term shapes: all of it ("place"), or the context
-    # part alone ("context": the part the triplet loss shapes, and where a trained model loses the composition)
+    # which part of the place representation the composition term shapes: all of it ("place"), the context part alone
+    # ("context": the part the triplet loss shapes, and where a trained model loses the composition), or both, as
+    # the sum of the two terms ("both")
     composition_on: str = "place"
 
     def __post_init__(self) -> None:
@@ -204,7 +205,7 @@ SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio", "recon_from")
 RECON_SOURCES = ("place", "context")
 COMPOSITION_FIELDS = ("composition_weight", "composition_radius_px", "composition_temperature", "composition_on")
-COMPOSITION_TARGETS = ("place", "context")
+COMPOSITION_TARGETS = ("place", "context", "both")
 # fields added after the first trained configs, part of the digest only when not at these defaults
 UNLESS_DEFAULT = {
     "max_negative_m": None,

@@ -182,6 +182,13 @@ def _average_gradients(modules: list[torch.nn.Module], world: int) -> None:
         parameter.grad /= world
 
 
+def _composition_parts(representation: torch.Tensor, context_dim: int, target: str) -> list[torch.Tensor]:
+    """What the composition term shapes (``TrainConfig.composition_on``): the place representation, its context
+    part (the first ``context_dim`` columns), or both, each with a term of its own."""
+    context = representation[:, :context_dim]
+    return {"place": [representation], "context": [context], "both": [representation, context]}[target]
+
+
 def parameter_groups(model: Encoder, decoders: list[torch.nn.Module], config: TrainConfig) -> list[dict]:
     """What the optimizer trains, with each group's peak learning rate: one group (the encoder and the
     auxiliary objectives' ``decoders``), or the rest and the patch stem at ``stem_lr_scale`` of it
@@ -317,10 +324,10 @@ def fit(
                 if config.decorrelation_weight > 0:
                     loss = loss + config.decorrelation_weight * decorrelation(rep)
                 if config.composition_weight > 0:
-                    shaped = rep[:, : model.context_dim] if config.composition_on == "context" else rep
-                    loss = loss + config.composition_weight * composition_neighbours(
-                        shaped, composition, config.temperature, config.composition_temperature
-                    )
+                    for shaped in _composition_parts(rep, model.context_dim, config.composition_on):
+                        loss = loss + config.composition_weight * composition_neighbours(
+                            shaped, composition, config.temperature, config.composition_temperature
+                        )
                 if patch is not None:
                     loss = loss + config.patch_recon_weight * patch(seen["stem"], x)
                 optimizer.zero_grad(set_to_none=True)

@@ -540,8 +540,8 @@ def test_patch_reconstruction_keeps_what_the_trained_stem_sees(monaco_samples, t
 
 def test_the_composition_term_on_the_context_shapes_the_context_part_alone(monaco_samples, tmp_path, monkeypatch):
     """With ``composition_on="context"`` the loop hands the term the context part of the place representation (its
-    first ``context_dim`` columns, the last stage), else the whole representation; the default target leaves the
-    config's identity as it was."""
+    first ``context_dim`` columns, the last stage), with "place" the whole representation, with "both" each in a
+    term of its own; the default target leaves the config's identity as it was."""
     import loc2vec.training.loop as loop
 
     reader, manifest = monaco_samples
@@ -553,7 +553,7 @@ def test_the_composition_term_on_the_context_shapes_the_context_part_alone(monac
     assert TrainConfig(**term).digest() != TrainConfig(composition_on="context", **term).digest()
     assert TrainConfig().digest() == TrainConfig(composition_on="context").digest()  # no term to shape anything
     shaped: dict[str, list[int]] = {}
-    for target in ("place", "context"):
+    for target in ("place", "context", "both"):
         widths = shaped.setdefault(target, [])
 
         def spy(representation, *args, widths=widths):
@@ -563,7 +563,7 @@ def test_the_composition_term_on_the_context_shapes_the_context_part_alone(monac
         monkeypatch.setattr(loop, "composition_neighbours", spy)
         config = TrainConfig(composition_on=target, **term)
         train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / target)
-    assert shaped == {"place": [224, 224], "context": [128, 128]}
+    assert shaped == {"place": [224, 224], "context": [128, 128], "both": [224, 128, 224, 128]}
 
 
 def test_reconstruction_from_the_context_decodes_the_crops_from_the_context_part_alone(monaco_samples, tmp_path):
