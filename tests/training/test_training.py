@@ -538,7 +538,7 @@ def test_patch_reconstruction_keeps_what_the_trained_stem_sees(monaco_samples, t
     assert loss[10.0] < 0.9 * loss[0.0], loss
 
 
-def test_the_composition_term_on_the_context_shapes_the_context_part_alone(monaco_samples, tmp_path, monkeypatch):
+def test_composition_on_chooses_the_parts_of_the_representation_the_term_shapes(monaco_samples, tmp_path, monkeypatch):
     """With ``composition_on="context"`` the loop hands the term the context part of the place representation (its
     first ``context_dim`` columns, the last stage), with "place" the whole representation, with "both" each in a
     term of its own; the default target leaves the config's identity as it was."""
@@ -546,9 +546,7 @@ def test_the_composition_term_on_the_context_shapes_the_context_part_alone(monac
 
     reader, manifest = monaco_samples
     train_xy, val_xy = _xy(manifest)
-    term = dict(
-        epochs=1, steps_per_epoch=2, composition_weight=1.0, **{k: v for k, v in FAST.items() if k != "steps_per_epoch"}
-    )
+    term = {**FAST, "epochs": 1, "steps_per_epoch": 2, "composition_weight": 1.0}
     assert TrainConfig(**term).digest() == TrainConfig(composition_on="place", **term).digest()
     assert TrainConfig(**term).digest() != TrainConfig(composition_on="context", **term).digest()
     assert TrainConfig().digest() == TrainConfig(composition_on="context").digest()  # no term to shape anything
