@@ -64,6 +64,7 @@ def build_definitions(
             *multiregion.MULTI_REGION_CHECKS,
         ],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
+        executor=dg.in_process_executor,  # but main_job's (pipelines.jobs)
         sensors=[osm_update_sensor, osm_follow_automation, retrain_when_region_changed, region_catalog_sensor],
         schedules=[nightly_osm_refresh],
         loggers={"console": dg.colored_console_logger, "file": file_logger, "progress": progress_logger},

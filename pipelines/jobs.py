@@ -2,6 +2,12 @@
 
 Dagster runs a partitioned asset one partition per run, so the end-to-end pipeline is three jobs run in
 order by ``pipelines.runner`` (``make run``): ingest -> render (one run per spatial block) -> main.
+
+Launched from the UI, a schedule or a sensor, ``main_job`` runs each step in its own process (the
+multiprocess executor: independent steps in parallel, a step's memory returned when it ends). Every other
+run (these jobs and what the UI, the backfills and the automation materialize: one asset, often one
+partition) runs its steps in the run's own process (``pipelines.definitions``): a step process would load
+the code a second time for a step of a few seconds.
 """
 
 import dagster as dg
@@ -28,4 +34,5 @@ main_job = dg.define_asset_job(
     "main_job",
     selection=dg.AssetSelection.assets("raster_blocks").downstream(include_self=False),
     description="Everything downstream of the rendered blocks: mosaic, splits, training, evaluation.",
+    executor_def=dg.multiprocess_executor,
 )
