@@ -199,6 +199,11 @@ class TrainingConfig(dg.Config):
         description="place | context | both: what the composition term shapes, the whole place representation, "
         "its context part alone (the last stage), or each with a term of its own.",
     )
+    negative_composition_l1: float | None = Field(
+        _TRAIN.negative_composition_l1,
+        description="No negative of an anchor whose channel means over the composition disc lie within this L1 "
+        "distance of the anchor's: far places of the same kind are not pushed apart (None: off).",
+    )
 
 
 @dg.asset(

@@ -5,8 +5,9 @@ A location's land-use class is the class of the areas covering most of a 50 m di
 the rest unmapped or another class. This splits R's labelled test locations by that share (the label's
 *purity*) and scores, in each band, the share of each location's 10 nearest embedding neighbours (beyond the
 protocol's exclusion radius, among all labelled test locations) with its class, averaged per class and then
-over classes, for the model trained without R (``OUT/embedded-R.parquet``) and its untrained encoder. Runs on
-a ``benchmarks/transfer.py`` output directory; not part of the suite:
+over classes, for the model trained without R (``OUT/embedded-R.parquet``) and its untrained encoder; then
+each class alone, and how strongly each encoder's patch stem responds to a fill of each channel. Runs on a
+``benchmarks/transfer.py`` output directory; not part of the suite:
 
     .venv/bin/python -m benchmarks.label_purity --run /tmp/transfer-0 --region kotka-karhula
 """
@@ -65,6 +66,15 @@ def banded_probe(purity: np.ndarray, classes: list[str], truth: np.ndarray, gues
     return banded(purity, lambda inside: f1_score(truth[inside], guess[inside], labels=classes, average="macro"))
 
 
+def fill_response(encoder) -> np.ndarray:
+    """Per input channel, the norm of the patch stem's response to a stem patch uniformly filled with that
+    channel, against an empty one (the convolution's kernel sum scaled by batch norm; before the ReLU): how
+    much the stem's features, and so the embedding's stem parts, move with how much of a fill lies there."""
+    conv, norm = encoder.backbone.stem[0], encoder.backbone.stem[1]
+    scale = (norm.weight / (norm.running_var + norm.eps).sqrt()).detach()
+    return (conv.weight.detach().sum(dim=(2, 3)) * scale[:, None]).norm(dim=0).numpy()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, required=True, help="a benchmarks/transfer.py --out directory")
@@ -84,9 +94,10 @@ def main() -> int:
     )
     from loc2vec.evaluation.protocol import ProtocolSpec
     from loc2vec.evaluation.run import protocol_radii, untrained_encoder
+    from loc2vec.models.encoders import load_encoder
 
     run, region = args.run, args.region
-    config, protocol, frame, reader, _model = held_out(run, region, args.catalog)
+    config, protocol, frame, reader, model = held_out(run, region, args.catalog)
     found = sorted((protocol.work / "features").glob("*/features.parquet"))
     if len(found) != 1:
         raise SystemExit(f"expected one feature layer under {protocol.work / 'features'}, found {len(found)}")
@@ -99,19 +110,34 @@ def main() -> int:
         gpd.read_parquet(found[0]), xy[test], labels[test], reader.grid.crs, ProtocolSpec().landuse_radius_m
     )
     exclude_m = protocol_radii(config, reader.grid.resolution)["exclude_m"]
+    untrained = untrained_encoder(config, reader.channels)
     embedders = {
         "model": np.stack(gpd.read_parquet(run / f"embedded-{region}.parquet")["vector"].to_numpy())[locations],
-        "untrained": encode(untrained_encoder(config, reader.channels), reader, xy, config.crop_px),
+        "untrained": encode(untrained, reader, xy, config.crop_px),
     }
     counted = np.isin(labels, landuse_test_classes(frame)) & test  # balanced recall's: classes of 20 or more
     print(f"{region}: {counted.sum()} labelled test locations, classes {', '.join(landuse_test_classes(frame))}")
     print("\nbalanced recall@10\n\n| label's share of its disc | locations | model | untrained |\n|---|---|---|---|")
-    rows = {}
+    rows, by_class = {}, {}
     for name, vectors in embedders.items():
         same, valid = _neighbour_agreement(vectors[test], labels[test], xy[test], 10, exclude_m)
         kept = counted[test] & (valid > 0)
         rows[name] = banded_recall(same[kept] / valid[kept], labels[test][kept], purity[test][kept])
+        by_class[name] = {
+            c: banded(purity[test][kept][of], lambda inside, a=same[kept][of] / valid[kept][of]: a[inside].mean())
+            for c in landuse_test_classes(frame)
+            if (of := labels[test][kept] == c).any()
+        }
     print_bands(rows)
+    for c in by_class["model"]:
+        print(f"\n{c}: the share of its 10 neighbours with its class\n")
+        print("| label's share of its disc | locations | model | untrained |\n|---|---|---|---|")
+        print_bands({name: classes[c] for name, classes in by_class.items()})
+    print("\nthe stem's response to a uniform fill of each channel (norm, after batch norm)\n")
+    print("| channel | model | untrained |\n|---|---|---|")
+    responses = {"model": fill_response(load_encoder(model["weights_path"])), "untrained": fill_response(untrained)}
+    for i, channel in enumerate(reader.channel_names):
+        print(f"| {channel} | {responses['model'][i]:.2f} | {responses['untrained'][i]:.2f} |")
     probe_classes = landuse_probe_classes(frame)
     if len(probe_classes) < 2:
         print(f"\nno land-use probe: {len(probe_classes)} class(es) with enough train and test locations")

@@ -2,8 +2,10 @@
 
 A batch holds anchors and their positives; label i marks anchor i and its positive, so every other
 sample is a candidate negative. Negatives whose anchor lies within ``r_neg`` of the anchor on the
-ground are dropped (they are near places, not negatives). ``triplet`` and ``soft_pn`` use mined
-triplets; ``infonce`` (NT-Xent, as in SimCLR) contrasts each positive pair with all its far negatives.
+ground are dropped (they are near places, not negatives), and so, when the caller marks them, are
+negatives of the same kind as their anchor (``alike``: far places that hold the same at their centre).
+``triplet`` and ``soft_pn`` use mined triplets; ``infonce`` (NT-Xent, as in SimCLR) contrasts each positive
+pair with all its far negatives.
 """
 
 from __future__ import annotations
@@ -64,10 +66,20 @@ class TripletObjective:
 
     @classmethod
     def far_negatives(
-        cls, triplets, labels: torch.Tensor, locations: torch.Tensor, r_neg: float, r_max: float | None = None
+        cls,
+        triplets,
+        labels: torch.Tensor,
+        locations: torch.Tensor,
+        r_neg: float,
+        r_max: float | None = None,
+        alike: torch.Tensor | None = None,
     ):
+        """The triplets whose negative lies ``r_neg`` to ``r_max`` from the anchor and, with ``alike`` (a
+        samples x samples mask), is not marked alike to it."""
         a, p, n = triplets
         keep = cls._far_apart(labels, locations, a, n, r_neg, r_max)
+        if alike is not None:
+            keep &= ~alike[a, n]
         return a[keep], p[keep], n[keep]
 
     def __call__(
@@ -77,15 +89,16 @@ class TripletObjective:
         locations: torch.Tensor,
         r_neg: float,
         r_max: float | None = None,
+        alike: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``locations[label]`` are the anchors' ground coordinates (metres); negatives lie ``r_neg`` to
-        ``r_max`` (None: any distance) from the anchor."""
+        ``r_max`` (None: any distance) from the anchor; ``alike[i, j]``: sample j is no negative of sample i."""
         if self.kind == "infonce":
-            return self.infonce(embeddings, labels, locations, r_neg, r_max)
+            return self.infonce(embeddings, labels, locations, r_neg, r_max, alike)
         triplets = self.miner(embeddings, labels)
         if triplets[0].numel() == 0:  # nothing violates the margin: fall back to all triplets
             triplets = self.all_triplets(embeddings, labels)
-        triplets = self.far_negatives(triplets, labels, locations, r_neg, r_max)
+        triplets = self.far_negatives(triplets, labels, locations, r_neg, r_max, alike)
         if triplets[0].numel() == 0:
             return embeddings.sum() * 0.0  # keeps the graph: a zero loss with zero gradients
         if self.kind == "triplet":
@@ -100,10 +113,14 @@ class TripletObjective:
         locations: torch.Tensor,
         r_neg: float,
         r_max: float | None = None,
+        alike: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """NT-Xent over every positive pair, each against all samples of anchors ``r_neg`` (to ``r_max``) away."""
+        """NT-Xent over every positive pair, each against all samples of anchors ``r_neg`` (to ``r_max``) away
+        and not marked ``alike``."""
         a1, p, a2, n = lmu.get_all_pairs_indices(labels)
         keep = self._far_apart(labels, locations, a2, n, r_neg, r_max)
+        if alike is not None:
+            keep &= ~alike[a2, n]
         return self.ntxent(embeddings, labels, indices_tuple=(a1, p, a2[keep], n[keep]))
 
 
@@ -161,6 +178,13 @@ def disc_composition(x: torch.Tensor, radius_px: float) -> torch.Tensor:
     if not disc.any():
         raise ConfigError(f"a disc of radius {radius_px} px holds no pixel of a {h} x {w} crop")
     return (x * disc).sum(dim=(2, 3)) / disc.sum()
+
+
+def alike_compositions(composition: torch.Tensor, max_l1: float) -> torch.Tensor:
+    """Pairs of crops whose ``disc_composition`` differs by less than ``max_l1`` (summed over channels): far
+    places of the same kind, which a metric loss should not push apart (false negatives, as Huynh et al. 2022
+    remove them in contrastive learning). A crop is alike to itself."""
+    return torch.cdist(composition, composition, p=1) < max_l1
 
 
 def composition_neighbours(

@@ -84,6 +84,10 @@ class TrainConfig:
     # ("context": the part the triplet loss shapes, and where a trained model loses the composition), or both, as
     # the sum of the two terms ("both")
     composition_on: str = "place"
+    # no negative of an anchor whose channels' means over that disc (composition_radius_px) lie within this L1
+    # distance of the anchor's (loc2vec.models.losses.alike_compositions; None: every far place is a negative): a
+    # far place of the same kind is not pushed away, so what tells kinds of place apart is what the loss rewards
+    negative_composition_l1: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -118,6 +122,10 @@ class TrainConfig:
             (0 < self.composition_radius_px <= self.crop_px / 2, "composition_radius_px must be in (0, crop_px / 2]"),
             (self.composition_temperature > 0, "composition_temperature must be > 0"),
             (self.composition_on in COMPOSITION_TARGETS, f"composition_on must be one of {COMPOSITION_TARGETS}"),
+            (
+                self.negative_composition_l1 is None or self.negative_composition_l1 > 0,
+                "negative_composition_l1 must be > 0 (or None: off)",
+            ),
             (
                 self.patch_recon_weight == 0 or self.encoder.startswith("small_cnn"),
                 "patch_recon_weight needs a small_cnn encoder (the torchvision backbones have no patch stem)",
@@ -195,7 +203,9 @@ class TrainConfig:
             for name in RECON_FIELDS:  # recon_from may be gone already, as a default of UNLESS_DEFAULT
                 values.pop(name, None)
         if values["composition_weight"] == 0:
-            for name in COMPOSITION_FIELDS:  # composition_on may be gone already, as a default of UNLESS_DEFAULT
+            # composition_on may be gone already, as a default of UNLESS_DEFAULT; the disc stays while negatives use it
+            kept = () if "negative_composition_l1" not in values else ("composition_radius_px",)
+            for name in set(COMPOSITION_FIELDS) - set(kept):
                 values.pop(name, None)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -216,6 +226,7 @@ UNLESS_DEFAULT = {
     "recon_from": "place",
     "init_pull": 0.0,
     "composition_on": "place",
+    "negative_composition_l1": None,
 }
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the

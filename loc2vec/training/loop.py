@@ -25,6 +25,7 @@ from loc2vec.models.losses import (
     PatchReconstruction,
     ReconstructionObjective,
     TripletObjective,
+    alike_compositions,
     channel_cells,
     composition_neighbours,
     decorrelation,
@@ -311,14 +312,18 @@ def fit(
                 x = device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2))
                 loc = locations.to(device.device)
                 target = channel_cells(x, config.recon_cells) if recon is not None else None
-                if config.composition_weight > 0:  # of the crops before masking, as the reconstruction's target
+                composition, alike = None, None
+                if config.composition_weight > 0 or config.negative_composition_l1 is not None:
+                    # of the crops before masking, as the reconstruction's target
                     composition = disc_composition(x, config.composition_radius_px)
+                if config.negative_composition_l1 is not None:
+                    alike = alike_compositions(composition, config.negative_composition_l1)
                 if config.mask_ratio > 0:
                     x = mask_cells(x, config.recon_cells, config.mask_ratio)
                 with device.autocast():
                     out = net(x, with_representation=True) if with_representation else net(x)
                 emb, rep = out if with_representation else (out, None)
-                loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m, config.max_negative_m)
+                loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m, config.max_negative_m, alike)
                 if recon is not None:
                     loss = loss + config.recon_weight * recon(rep[:, : recon.decoder.in_features], target)
                 if config.decorrelation_weight > 0:

@@ -14,6 +14,7 @@ from loc2vec.models.losses import (
     PatchReconstruction,
     ReconstructionObjective,
     TripletObjective,
+    alike_compositions,
     channel_cells,
     composition_neighbours,
     decorrelation,
@@ -151,6 +152,36 @@ def test_max_negative_m_keeps_negatives_within_reach_of_the_anchor():
     assert TrainConfig(max_negative_m=50_000.0).digest() != TrainConfig().digest()
 
 
+def test_negatives_alike_to_their_anchor_are_dropped():
+    """Samples whose centres hold the same mix of fills are no negatives of each other, in mined triplets and in
+    InfoNCE; the rest of the far negatives stay."""
+    emb = torch.nn.functional.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    labels = torch.arange(4).repeat(2)
+    locations = torch.tensor([[0.0, 0.0], [1000.0, 0.0], [2000.0, 0.0], [3000.0, 0.0]])
+    # anchors 0 and 1 (and their positives) are forest, 2 and 3 houses: 0 and 1 hold the same at their centre
+    composition = torch.tensor([[0.9, 0.0], [0.85, 0.05], [0.0, 0.6], [0.3, 0.3]]).repeat(2, 1)
+    alike = alike_compositions(composition, max_l1=0.2)
+    assert alike.diagonal().all() and alike[0, 1] and alike[0, 5] and not alike[0, 2] and not alike[2, 3]
+    objective = TripletObjective("triplet", 0.2, "all")
+    triplets = objective.all_triplets(emb, labels)
+    a, _, n = objective.far_negatives(triplets, labels, locations, r_neg=500.0, alike=alike)
+    pairs = {(int(labels[i]), int(labels[j])) for i, j in zip(a, n, strict=True)}
+    assert (0, 1) not in pairs and (1, 0) not in pairs and {(0, 2), (0, 3), (2, 3), (3, 2)} <= pairs
+    a, _, n = objective.far_negatives(triplets, labels, locations, r_neg=500.0)
+    assert (0, 1) in {(int(labels[i]), int(labels[j])) for i, j in zip(a, n, strict=True)}
+    infonce = TripletObjective("infonce", temperature=0.5)
+    emb.requires_grad_()
+    everyone_alike = torch.ones(8, 8, dtype=torch.bool)
+    assert infonce(emb, labels, locations, r_neg=500.0, alike=everyone_alike).item() == 0.0
+    assert infonce(emb, labels, locations, r_neg=500.0, alike=alike).item() != infonce(emb, labels, locations, 500.0)
+    assert TrainConfig().digest() == TrainConfig(negative_composition_l1=None).digest()  # older runs keep theirs
+    on = TrainConfig(negative_composition_l1=0.2)
+    assert on.digest() != TrainConfig().digest()
+    # the disc's radius counts once negatives are judged by it, and not before
+    assert on.digest() != TrainConfig(negative_composition_l1=0.2, composition_radius_px=8).digest()
+    assert TrainConfig().digest() == TrainConfig(composition_radius_px=8).digest()
+
+
 def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
     torch.manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(6, 5), dim=1)
@@ -196,6 +227,7 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"crop_px": 64, "composition_radius_px": 33.0}, "composition_radius_px must be in"),
         ({"composition_temperature": 0.0}, "composition_temperature must be > 0"),
         ({"composition_on": "stem"}, "composition_on must be one of"),
+        ({"negative_composition_l1": 0.0}, "negative_composition_l1 must be > 0"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -562,6 +594,28 @@ def test_composition_on_chooses_the_parts_of_the_representation_the_term_shapes(
         config = TrainConfig(composition_on=target, **term)
         train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / target)
     assert shaped == {"place": [224, 224], "context": [128, 128], "both": [224, 128, 224, 128]}
+
+
+def test_the_loop_drops_negatives_alike_to_their_anchor_by_the_disc_composition(monaco_samples, tmp_path, monkeypatch):
+    """With ``negative_composition_l1`` every step marks the pairs of its crops whose centre composition (over
+    ``composition_radius_px``) lies within that L1 distance, and the objective drops them as negatives."""
+    import loc2vec.training.loop as loop
+
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    marked: list[tuple[tuple[int, ...], float, int]] = []
+
+    def spy(composition, max_l1):
+        alike = alike_compositions(composition, max_l1)
+        marked.append((tuple(composition.shape), max_l1, int(alike.sum()) - len(alike)))
+        return alike
+
+    monkeypatch.setattr(loop, "alike_compositions", spy)
+    config = TrainConfig(**{**FAST, "epochs": 1, "steps_per_epoch": 3, "negative_composition_l1": 0.2})
+    result = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / "alike")
+    assert [m[:2] for m in marked] == [((2 * config.batch_size, reader.channels), 0.2)] * 3
+    assert all(pairs > 0 for *_, pairs in marked)  # Monaco's crops: some far places hold the same at their centre
+    assert np.isfinite(result.history[0].train_loss)
 
 
 def test_reconstruction_from_the_context_decodes_the_crops_from_the_context_part_alone(monaco_samples, tmp_path):
