@@ -187,7 +187,8 @@ class TrainingConfig(dg.Config):
     )
     composition_radius_px: float = Field(
         _TRAIN.composition_radius_px,
-        description="Radius in pixels of the disc at the crop's centre that composition_weight compares crops by.",
+        description="Radius in pixels of the disc at the crop's centre that composition_weight and "
+        "negative_composition_l1 compare crops by.",
     )
     composition_temperature: float = Field(
         _TRAIN.composition_temperature,
