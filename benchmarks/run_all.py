@@ -12,6 +12,7 @@ BENCHMARKS = (
     "benchmarks.incremental_bench",
     "benchmarks.maps_bench",
     "benchmarks.leads_bench",
+    "benchmarks.run_start_bench",
 )
 
 

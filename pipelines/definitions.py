@@ -35,9 +35,11 @@ def build_definitions(
     device: TorchDevice | None = None,
     mlflow_tracking: MlflowTracking | None = None,
     catalog: RegionCatalog | None = None,
+    executor: dg.ExecutorDefinition = dg.in_process_executor,
 ) -> dg.Definitions:
     """Definitions with the given resources; the defaults are chosen here, from the environment (README,
-    "Configuration"): ``dg.EnvVar`` where a variable is set, so the UI shows the variable, not its value."""
+    "Configuration"): ``dg.EnvVar`` where a variable is set, so the UI shows the variable, not its value.
+    ``executor`` runs every job but ``main_job`` (``pipelines.jobs``)."""
     storage = storage or ProjectStorage()
     return dg.Definitions(
         assets=[
@@ -64,7 +66,7 @@ def build_definitions(
             *multiregion.MULTI_REGION_CHECKS,
         ],
         jobs=[main_job, observe_osm_job, ingest_job, render_job],
-        executor=dg.in_process_executor,  # but main_job's (pipelines.jobs)
+        executor=executor,
         sensors=[osm_update_sensor, osm_follow_automation, retrain_when_region_changed, region_catalog_sensor],
         schedules=[nightly_osm_refresh],
         loggers={"console": dg.colored_console_logger, "file": file_logger, "progress": progress_logger},
