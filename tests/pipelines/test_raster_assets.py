@@ -59,3 +59,14 @@ def test_bad_resolution_is_refused_before_any_stage_and_fails_the_render_asset(t
         assert not result.success
         assert instance.get_latest_materialization_event(dg.AssetKey("raster_blocks")) is None
         assert not list(tmp_path.glob("data/mosaic/*.zarr"))
+
+
+def test_main_job_runs_a_process_per_step_and_every_other_run_runs_in_its_own_process(tmp_path):
+    """``main_job`` keeps the multiprocess executor (parallel steps, each step's memory returned); the
+    partition runs, the observe/ingest/render jobs and what the UI or the automation materializes run in
+    process (their start-up is tests/server/test_ui_backfill.py's and benchmarks/run_start_bench.py's)."""
+    defs = build_definitions(OsmSource(pbf_path=str(KOTKA)), ProjectStorage(data_dir=str(tmp_path)))
+    assert defs.resolve_job_def("main_job").executor_def.name == dg.multiprocess_executor.name
+    others = [defs.resolve_job_def(n) for n in ("observe_osm_job", "ingest_job", "render_job")]
+    for job in [*others, defs.resolve_implicit_global_asset_job_def()]:
+        assert job.executor_def.name == dg.in_process_executor.name, job.name

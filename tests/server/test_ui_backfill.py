@@ -61,6 +61,21 @@ def _assert_equals_a_one_process_render(home: Path, per_process: Path, one_proce
     assert file_digests(per_process / "mosaic") == file_digests(one_process / "mosaic")
 
 
+def _assert_each_block_run_is_one_process(home: Path) -> None:
+    """A partition's run executes its step in the run's own process (the in-process executor), not in a
+    process of its own: the step starts in the process that started the run."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = [r for r in instance.get_runs() if r.tags.get("dagster/partition")]
+        assert len(runs) == 4
+        for run in runs:
+            pids = {
+                e.dagster_event.event_type: e.dagster_event.pid
+                for e in instance.all_logs(run.run_id)
+                if e.dagster_event is not None
+            }
+            assert pids[dg.DagsterEventType.STEP_START] == pids[dg.DagsterEventType.RUN_START] is not None, pids
+
+
 def test_materialize_the_render_partitions_from_the_ui(tmp_path_factory, request):
     base = tmp_path_factory.mktemp("ui-backfill")
     home, data = base / "dagster_home", base / "data"
@@ -116,5 +131,6 @@ def test_materialize_the_render_partitions_from_the_ui(tmp_path_factory, request
         page.wait_text("Latest materialization", "coverage")
         page.shot("4-mosaic")
 
+    _assert_each_block_run_is_one_process(home)
     (per_process,) = list(data.glob("mosaic/*.zarr"))
     _assert_equals_a_one_process_render(home, per_process, base / "one-process")
