@@ -122,11 +122,12 @@ def main() -> int:
     for name, vectors in embedders.items():
         same, valid = _neighbour_agreement(vectors[test], labels[test], xy[test], 10, exclude_m)
         kept = counted[test] & (valid > 0)
-        rows[name] = banded_recall(same[kept] / valid[kept], labels[test][kept], purity[test][kept])
-        by_class[name] = {
-            c: banded(purity[test][kept][of], lambda inside, a=same[kept][of] / valid[kept][of]: a[inside].mean())
+        agreement, kept_labels, kept_purity = same[kept] / valid[kept], labels[test][kept], purity[test][kept]
+        rows[name] = banded_recall(agreement, kept_labels, kept_purity)
+        by_class[name] = {  # one class's balanced recall is its mean agreement
+            c: banded_recall(agreement[of], kept_labels[of], kept_purity[of])
             for c in landuse_test_classes(frame)
-            if (of := labels[test][kept] == c).any()
+            if (of := kept_labels == c).any()
         }
     print_bands(rows)
     for c in by_class["model"]:
