@@ -180,6 +180,11 @@ class TrainingConfig(dg.Config):
         description="Decoupled pull of the backbone's weights toward their seeded initial values at every step "
         "(L2-SP; 0: off).",
     )
+    keep_stem_fill: bool = Field(
+        _TRAIN.keep_stem_fill,
+        description="Keep the small CNN's patch stem's seeded response to a uniform fill of each channel (each "
+        "kernel's mean over its taps); the patterns around it train.",
+    )
     composition_weight: float = Field(
         _TRAIN.composition_weight,
         description="Weight of matching each crop's neighbours in the place representation to its neighbours by the "

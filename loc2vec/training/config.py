@@ -74,6 +74,11 @@ class TrainConfig:
     # 2018, decoupled as AdamW decouples weight decay; 0: off): training departs from the random features only as
     # far as the objectives pay for (loc2vec.training.loop.InitialWeights)
     init_pull: float = 0.0
+    # the small CNN's patch stem keeps its seeded response to a uniform fill of each channel: each kernel's mean over
+    # its taps is put back after every step, the patterns around that mean train (loc2vec.training.loop.StemFill).
+    # A trained stem otherwise responds to a fill of the green channel 2-6 times less than to the others, where
+    # random weights respond to every channel alike (docs/evaluation.md, "Kotka's gap, class by class")
+    keep_stem_fill: bool = False
     # weight of matching each crop's neighbours in the place representation to its neighbours by the channels' mean
     # over a disc of composition_radius_px at the crop's centre (loc2vec.models.losses.composition_neighbours; 0: off),
     # with the temperature of that target distribution (the representation's is ``temperature``)
@@ -118,6 +123,14 @@ class TrainConfig:
             (0 < self.stem_lr_scale <= 1, "stem_lr_scale must be in (0, 1]"),
             (self.patch_recon_weight >= 0, "patch_recon_weight must be >= 0"),
             (self.init_pull >= 0, "init_pull must be >= 0"),
+            (
+                not self.keep_stem_fill or self.encoder.startswith("small_cnn"),
+                "keep_stem_fill needs a small_cnn encoder (the torchvision backbones have no patch stem)",
+            ),
+            (
+                not (self.keep_stem_fill and self.freeze_stem),
+                "keep_stem_fill keeps part of a stem that freeze_stem keeps whole: set one of them",
+            ),
             (self.composition_weight >= 0, "composition_weight must be >= 0"),
             (0 < self.composition_radius_px <= self.crop_px / 2, "composition_radius_px must be in (0, crop_px / 2]"),
             (self.composition_temperature > 0, "composition_temperature must be > 0"),
@@ -227,6 +240,7 @@ UNLESS_DEFAULT = {
     "init_pull": 0.0,
     "composition_on": "place",
     "negative_composition_l1": None,
+    "keep_stem_fill": False,
 }
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the

@@ -156,6 +156,20 @@ class InitialWeights:
                     weight.lerp_(self.initial[id(weight)], shrink)
 
 
+class StemFill:
+    """The patch stem's response to a uniform fill of each channel, kept at its seeded value: ``restore`` puts
+    each kernel's mean over its taps back after the optimizer's step, so the patterns around that mean train
+    while the stem still sees how much of a patch each channel fills (``TrainConfig.keep_stem_fill``)."""
+
+    def __init__(self, model: Encoder) -> None:
+        self.weight = model.backbone.stem[0].weight
+        self.fill = self.weight.detach().mean(dim=(2, 3), keepdim=True).clone()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        self.weight.sub_(self.weight.mean(dim=(2, 3), keepdim=True)).add_(self.fill)
+
+
 def _freeze_stem(model: Encoder) -> torch.nn.Module:
     """The encoder's patch stem, its weights no longer trained (its batch norm is kept in eval mode by the loop)."""
     stem = model.backbone.stem
@@ -230,6 +244,7 @@ def fit(
     frozen = _freeze_stem(model) if config.freeze_stem else None  # before DDP, which registers what trains
     # the seeded initial weights, taken before a checkpoint's weights are loaded (a resumed run pulls toward them too)
     initial = InitialWeights(model, config.init_pull) if config.init_pull > 0 else None
+    fill = StemFill(model) if config.keep_stem_fill else None
     net: torch.nn.Module = model
     if world > 1:
         ids = [device.index] if device.kind == "cuda" else None
@@ -342,6 +357,8 @@ def fit(
                 scaler.update()
                 if initial is not None:
                     initial.pull(optimizer)
+                if fill is not None:
+                    fill.restore()
                 scheduler.step()
                 losses.append(float(loss.detach()))
                 samples += len(x)

@@ -228,6 +228,8 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"composition_temperature": 0.0}, "composition_temperature must be > 0"),
         ({"composition_on": "stem"}, "composition_on must be one of"),
         ({"negative_composition_l1": 0.0}, "negative_composition_l1 must be > 0"),
+        ({"encoder": "resnet18", "keep_stem_fill": True}, "keep_stem_fill needs a small_cnn encoder"),
+        ({"keep_stem_fill": True, "freeze_stem": True}, "keep_stem_fill keeps part of a stem that freeze_stem"),
     ],
 )
 def test_bad_hyperparameters_fail_clearly(kwargs, message):
@@ -497,6 +499,28 @@ def test_a_pull_to_the_initial_weights_keeps_training_nearer_its_start(monaco_sa
         return sum(float((a - b).detach().norm()) for a, b in pairs)
 
     assert 0 < moved(100.0) < 0.5 * moved(0.0)
+
+
+def test_a_stem_that_keeps_its_fill_trains_its_patterns_around_the_seeded_kernel_means(monaco_samples, tmp_path):
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    assert TrainConfig().digest() == TrainConfig(keep_stem_fill=False).digest()  # older runs keep their identity
+    assert TrainConfig().digest() != TrainConfig(keep_stem_fill=True).digest()
+
+    def kernels(keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        config = TrainConfig(epochs=1, patience=10, keep_stem_fill=keep, **FAST)
+        trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(keep)).model
+        start = untrained_encoder(config, reader.channels)
+        return trained.backbone.stem[0].weight.detach(), start.backbone.stem[0].weight.detach()
+
+    def means(weight: torch.Tensor) -> torch.Tensor:
+        return weight.mean(dim=(2, 3))
+
+    kept, start = kernels(True)
+    assert torch.allclose(means(kept), means(start), atol=1e-6)  # each channel's fill response as seeded
+    assert (kept - start).norm() > 0.01 * start.norm()  # while the patterns around it trained
+    free, _ = kernels(False)
+    assert (means(free) - means(start)).abs().max() > 100 * (means(kept) - means(start)).abs().max()
 
 
 def test_decorrelation_measures_redundant_dimensions_whatever_their_scale():
