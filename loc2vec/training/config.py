@@ -116,17 +116,9 @@ class TrainConfig:
             (self.recon_cells >= 1, "recon_cells must be >= 1"),
             (0 <= self.mask_ratio < 1, "mask_ratio must be in [0, 1)"),
             (self.recon_from in RECON_SOURCES, f"recon_from must be one of {RECON_SOURCES}"),
-            (
-                not self.freeze_stem or self.encoder.startswith("small_cnn"),
-                "freeze_stem needs a small_cnn encoder (the torchvision backbones have no patch stem)",
-            ),
             (0 < self.stem_lr_scale <= 1, "stem_lr_scale must be in (0, 1]"),
             (self.patch_recon_weight >= 0, "patch_recon_weight must be >= 0"),
             (self.init_pull >= 0, "init_pull must be >= 0"),
-            (
-                not self.keep_stem_fill or self.encoder.startswith("small_cnn"),
-                "keep_stem_fill needs a small_cnn encoder (the torchvision backbones have no patch stem)",
-            ),
             (
                 not (self.keep_stem_fill and self.freeze_stem),
                 "keep_stem_fill keeps part of a stem that freeze_stem keeps whole: set one of them",
@@ -140,17 +132,16 @@ class TrainConfig:
                 "negative_composition_l1 must be > 0 (or None: off)",
             ),
             (
-                self.patch_recon_weight == 0 or self.encoder.startswith("small_cnn"),
-                "patch_recon_weight needs a small_cnn encoder (the torchvision backbones have no patch stem)",
-            ),
-            (
                 self.patch_recon_weight == 0 or not self.freeze_stem,
                 "patch_recon_weight trains the patch stem, which freeze_stem keeps at its initial weights",
             ),
+        ]
+        checks += [
             (
-                self.stem_lr_scale == 1 or self.encoder.startswith("small_cnn"),
-                "stem_lr_scale needs a small_cnn encoder (the torchvision backbones have no patch stem)",
-            ),
+                getattr(self, name) == UNLESS_DEFAULT[name] or self.encoder.startswith("small_cnn"),
+                f"{name} needs a small_cnn encoder (the torchvision backbones have no patch stem)",
+            )
+            for name in STEM_FIELDS
         ]
         errors = [f"{msg} (got {self._value_for(msg)!r})" for ok, msg in checks if not ok]
         if errors:
@@ -229,6 +220,8 @@ RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio", "recon_from")
 RECON_SOURCES = ("place", "context")
 COMPOSITION_FIELDS = ("composition_weight", "composition_radius_px", "composition_temperature", "composition_on")
 COMPOSITION_TARGETS = ("place", "context", "both")
+# the options on the small CNN's patch stem, each refused with another encoder unless at its default
+STEM_FIELDS = ("freeze_stem", "stem_lr_scale", "patch_recon_weight", "keep_stem_fill")
 # fields added after the first trained configs, part of the digest only when not at these defaults
 UNLESS_DEFAULT = {
     "max_negative_m": None,
