@@ -62,8 +62,8 @@ class TrainConfig:
     # weight of the decorrelation of the place representation within a batch (loc2vec.models.losses.decorrelation;
     # 0: off): keeps the representation from collapsing onto a few directions, as the triplet loss alone lets it
     decorrelation_weight: float = 0.0
-    # keep the small CNN's patch stem at its seeded initial weights (its batch norm the identity) and train the
-    # rest: a frozen random patch projection, as MoCo v3 (Chen et al. 2021) does for ViTs (loc2vec.training.loop)
+    # keep the small CNN's patch stem at its seeded initial weights (its batch norm the identity) and train the rest:
+    # a frozen random patch projection, as MoCo v3 (Chen et al. 2021) does for ViTs (loc2vec.training.objectives)
     freeze_stem: bool = False
     # the small CNN's patch stem trained at this share of the learning rate (1: as the rest; freeze_stem: not at all)
     stem_lr_scale: float = 1.0
@@ -72,10 +72,10 @@ class TrainConfig:
     patch_recon_weight: float = 0.0
     # decoupled pull of the backbone's weights toward their seeded initial values at every step (L2-SP, Li et al.
     # 2018, decoupled as AdamW decouples weight decay; 0: off): training departs from the random features only as
-    # far as the objectives pay for (loc2vec.training.loop.InitialWeights)
+    # far as the objectives pay for (loc2vec.training.objectives.InitialWeights)
     init_pull: float = 0.0
     # the small CNN's patch stem keeps its seeded response to a uniform fill of each channel: each kernel's mean over
-    # its taps is put back after every step, the patterns around that mean train (loc2vec.training.loop.StemFill).
+    # its taps is put back after every step, the patterns around that mean train (loc2vec.training.objectives.StemFill).
     # A trained stem otherwise responds to a fill of the green channel 2-6 times less than to the others, where
     # random weights respond to every channel alike (docs/evaluation.md, "Kotka's gap, class by class")
     keep_stem_fill: bool = False

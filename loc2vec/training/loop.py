@@ -21,20 +21,11 @@ from loc2vec.data.crops import CropGeometry
 from loc2vec.data.triplets import TripletBatches, fixed_triplets
 from loc2vec.errors import ConfigError
 from loc2vec.models.encoders import Encoder, build_encoder
-from loc2vec.models.losses import (
-    PatchReconstruction,
-    ReconstructionObjective,
-    TripletObjective,
-    alike_compositions,
-    channel_cells,
-    composition_neighbours,
-    decorrelation,
-    disc_composition,
-    mask_cells,
-)
+from loc2vec.models.losses import TripletObjective
 from loc2vec.training.checkpoint import load_checkpoint, save_checkpoint
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import DeviceSpec
+from loc2vec.training.objectives import StepBatch, StepCorrections, StepObjectives, freeze_stem
 
 
 @dataclass
@@ -137,56 +128,6 @@ def train(
     )
 
 
-class InitialWeights:
-    """A copy of the backbone's seeded initial weights: ``pull`` moves every trained backbone weight ``lr *
-    strength`` of its way back to where it started, ``lr`` its parameter group's current learning rate (the
-    decoupled L2-SP penalty, applied after the optimizer's step as AdamW applies weight decay), so training
-    keeps what the random features had unless the objectives pay for the change."""
-
-    def __init__(self, model: Encoder, strength: float) -> None:
-        self.strength = strength
-        self.initial = {id(p): p.detach().clone() for p in model.backbone.parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def pull(self, optimizer: torch.optim.Optimizer) -> None:
-        for group in optimizer.param_groups:
-            shrink = min(1.0, group["lr"] * self.strength)
-            for weight in group["params"]:
-                if id(weight) in self.initial:
-                    weight.lerp_(self.initial[id(weight)], shrink)
-
-
-class StemFill:
-    """The patch stem's response to a uniform fill of each channel, kept at its seeded value: ``restore`` puts
-    each kernel's mean over its taps back after the optimizer's step, so the patterns around that mean train
-    while the stem still sees how much of a patch each channel fills (``TrainConfig.keep_stem_fill``)."""
-
-    def __init__(self, model: Encoder) -> None:
-        self.weight = model.backbone.stem[0].weight
-        self.fill = self.weight.detach().mean(dim=(2, 3), keepdim=True).clone()
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        self.weight.sub_(self.weight.mean(dim=(2, 3), keepdim=True)).add_(self.fill)
-
-
-def _freeze_stem(model: Encoder) -> torch.nn.Module:
-    """The encoder's patch stem, its weights no longer trained (its batch norm is kept in eval mode by the loop)."""
-    stem = model.backbone.stem
-    stem.requires_grad_(False)
-    return stem
-
-
-def _patch_reconstruction(model: Encoder, channels: int) -> tuple[PatchReconstruction, dict, Callable[[], None]]:
-    """The patch decoder for the encoder's stem, the dict each forward pass leaves the stem's output in
-    (``"stem"``), and what takes that hook off the encoder again (a trained model carries no hook)."""
-    conv = model.backbone.stem[0]
-    decoder = PatchReconstruction(conv.out_channels, channels, conv.kernel_size[0])
-    seen: dict[str, torch.Tensor] = {}
-    hook = model.backbone.stem.register_forward_hook(lambda _m, _inputs, output: seen.__setitem__("stem", output))
-    return decoder, seen, hook.remove
-
-
 def _average_gradients(modules: list[torch.nn.Module], world: int) -> None:
     """Average the gradients of modules DDP does not wrap (the auxiliary objectives' decoders) over the ranks,
     as DDP does for the encoder's, so every rank's decoders stay the same."""
@@ -195,13 +136,6 @@ def _average_gradients(modules: list[torch.nn.Module], world: int) -> None:
     for parameter in (p for m in modules for p in m.parameters() if p.grad is not None):
         dist.all_reduce(parameter.grad)
         parameter.grad /= world
-
-
-def _composition_parts(representation: torch.Tensor, context_dim: int, target: str) -> list[torch.Tensor]:
-    """What the composition term shapes (``TrainConfig.composition_on``): the place representation, its context
-    part (the first ``context_dim`` columns), or both, each with a term of its own."""
-    context = representation[:, :context_dim]
-    return {"place": [representation], "context": [context], "both": [representation, context]}[target]
 
 
 def parameter_groups(model: Encoder, decoders: list[torch.nn.Module], config: TrainConfig) -> list[dict]:
@@ -241,24 +175,15 @@ def fit(
     model = model.to(device.device)
     if device.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    frozen = _freeze_stem(model) if config.freeze_stem else None  # before DDP, which registers what trains
-    # the seeded initial weights, taken before a checkpoint's weights are loaded (a resumed run pulls toward them too)
-    initial = InitialWeights(model, config.init_pull) if config.init_pull > 0 else None
-    fill = StemFill(model) if config.keep_stem_fill else None
+    frozen = freeze_stem(model) if config.freeze_stem else None  # before DDP, which registers what trains
+    # from the seeded initial weights, before a checkpoint's weights are loaded (a resumed run keeps the same targets)
+    corrections = StepCorrections(config, model)
     net: torch.nn.Module = model
     if world > 1:
         ids = [device.index] if device.kind == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    recon = None
-    if config.recon_weight > 0:
-        recon_dim = model.context_dim if config.recon_from == "context" else model.representation_dim
-        recon = ReconstructionObjective(recon_dim, channels, config.recon_cells).to(device.device)
-    patch, seen, unhook = None, {}, None
-    if config.patch_recon_weight > 0:
-        patch, seen, unhook = _patch_reconstruction(model, channels)
-        patch = patch.to(device.device)
-    decoders = [m for m in (recon, patch) if m is not None]
-    with_representation = recon is not None or config.decorrelation_weight > 0 or config.composition_weight > 0
+    objectives = StepObjectives(config, model, channels, device.device)
+    decoders = objectives.decoders
     groups = parameter_groups(model, decoders, config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.steps_per_epoch % world:
@@ -286,10 +211,7 @@ def fit(
                 "could leak test ground into training: use a new directory"
             )
         model.load_state_dict(state["model"])
-        if recon is not None:
-            recon.load_state_dict(state["reconstruction"])
-        if patch is not None:
-            patch.load_state_dict(state["patch_reconstruction"])
+        objectives.load_state_dict(state)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = [EpochMetrics(**h) for h in state["history"]]
@@ -324,44 +246,23 @@ def fit(
                 wait += time.perf_counter() - t0
                 if i + 1 < local_steps:
                     pending = prefetch.submit(next, iterator)
-                x = device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2))
+                batch = StepBatch.of(device.to_device(torch.cat([anchors, positives]).permute(0, 3, 1, 2)), config)
                 loc = locations.to(device.device)
-                target = channel_cells(x, config.recon_cells) if recon is not None else None
-                composition, alike = None, None
-                if config.composition_weight > 0 or config.negative_composition_l1 is not None:
-                    # of the crops before masking, as the reconstruction's target
-                    composition = disc_composition(x, config.composition_radius_px)
-                if config.negative_composition_l1 is not None:
-                    alike = alike_compositions(composition, config.negative_composition_l1)
-                if config.mask_ratio > 0:
-                    x = mask_cells(x, config.recon_cells, config.mask_ratio)
                 with device.autocast():
-                    out = net(x, with_representation=True) if with_representation else net(x)
-                emb, rep = out if with_representation else (out, None)
-                loss = objective(emb.float(), labels_of[: len(x)], loc, config.r_neg_m, config.max_negative_m, alike)
-                if recon is not None:
-                    loss = loss + config.recon_weight * recon(rep[:, : recon.decoder.in_features], target)
-                if config.decorrelation_weight > 0:
-                    loss = loss + config.decorrelation_weight * decorrelation(rep)
-                if config.composition_weight > 0:
-                    for shaped in _composition_parts(rep, model.context_dim, config.composition_on):
-                        loss = loss + config.composition_weight * composition_neighbours(
-                            shaped, composition, config.temperature, config.composition_temperature
-                        )
-                if patch is not None:
-                    loss = loss + config.patch_recon_weight * patch(seen["stem"], x)
+                    out = net(batch.x, with_representation=True) if objectives.needs_representation else net(batch.x)
+                emb, rep = out if objectives.needs_representation else (out, None)
+                labels = labels_of[: len(batch.x)]
+                metric = objective(emb.float(), labels, loc, config.r_neg_m, config.max_negative_m, batch.alike)
+                loss = objectives.loss(metric, batch, emb, rep)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 _average_gradients(decoders, world)
                 scaler.step(optimizer)
                 scaler.update()
-                if initial is not None:
-                    initial.pull(optimizer)
-                if fill is not None:
-                    fill.restore()
+                corrections.after_step(optimizer)
                 scheduler.step()
                 losses.append(float(loss.detach()))
-                samples += len(x)
+                samples += len(batch.x)
         val_loss, val_acc = evaluate_triplets(model, device, val_set, config.margin)
         seconds = time.perf_counter() - started
         metrics = EpochMetrics(
@@ -389,8 +290,7 @@ def fit(
                     "config": config.to_dict(),
                     "epoch": epoch,
                     "model": model.state_dict(),
-                    "reconstruction": recon.state_dict() if recon is not None else None,
-                    "patch_reconstruction": patch.state_dict() if patch is not None else None,
+                    **objectives.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "history": [asdict(h) for h in history],
@@ -411,8 +311,7 @@ def fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    if unhook is not None:
-        unhook()
+    objectives.close()
     model.eval()
     stopped_early = len(history) < config.epochs
     return TrainResult(model.cpu(), history, best_epoch, stopped_early, resumed_from)

@@ -25,7 +25,8 @@ from loc2vec.models.losses import (
 from loc2vec.training.checkpoint import load_checkpoint
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import select_device
-from loc2vec.training.loop import InitialWeights, SimulatedCrash, parameter_groups, train
+from loc2vec.training.loop import SimulatedCrash, parameter_groups, train
+from loc2vec.training.objectives import InitialWeights
 
 FAST = dict(crop_px=64, batch_size=32, steps_per_epoch=8, val_triplets=64, r_neg_m=300.0, seed=1)
 
@@ -472,14 +473,14 @@ def test_the_pull_to_the_initial_weights_moves_each_weight_its_share_of_the_way_
         for p in model.parameters():
             p.add_(1.0)
     groups = parameter_groups(model, [], TrainConfig(stem_lr_scale=0.5, lr=2e-3))
-    initial.pull(torch.optim.AdamW(groups))  # rest: 0.2 of the way back, the stem at half the rate: 0.1
+    initial.after_step(torch.optim.AdamW(groups))  # rest: 0.2 of the way back, the stem at half the rate: 0.1
     after = model.state_dict()
     stem, conv, head = "backbone.features.0.0.weight", "backbone.features.1.0.weight", "head.weight"
     assert torch.allclose(after[stem] - start[stem], torch.full_like(start[stem], 0.9))
     assert torch.allclose(after[conv] - start[conv], torch.full_like(start[conv], 0.8))
     assert torch.allclose(after[head] - start[head], torch.full_like(start[head], 1.0))  # not the backbone's
     initial.strength = 1e6  # lr * strength far above 1: all the way back, never past the start
-    initial.pull(torch.optim.AdamW(groups))
+    initial.after_step(torch.optim.AdamW(groups))
     pulled = model.state_dict()
     assert all(torch.equal(pulled[k], start[k]) for k in (stem, conv))
     assert torch.allclose(pulled[head] - start[head], torch.full_like(start[head], 1.0))
@@ -598,7 +599,7 @@ def test_composition_on_chooses_the_parts_of_the_representation_the_term_shapes(
     """With ``composition_on="context"`` the loop hands the term the context part of the place representation (its
     first ``context_dim`` columns, the last stage), with "place" the whole representation, with "both" each in a
     term of its own; the default target leaves the config's identity as it was."""
-    import loc2vec.training.loop as loop
+    import loc2vec.training.objectives as objectives
 
     reader, manifest = monaco_samples
     train_xy, val_xy = _xy(manifest)
@@ -614,7 +615,7 @@ def test_composition_on_chooses_the_parts_of_the_representation_the_term_shapes(
             widths.append(representation.shape[1])
             return composition_neighbours(representation, *args)
 
-        monkeypatch.setattr(loop, "composition_neighbours", spy)
+        monkeypatch.setattr(objectives, "composition_neighbours", spy)
         config = TrainConfig(composition_on=target, **term)
         train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / target)
     assert shaped == {"place": [224, 224], "context": [128, 128], "both": [224, 128, 224, 128]}
@@ -623,7 +624,7 @@ def test_composition_on_chooses_the_parts_of_the_representation_the_term_shapes(
 def test_the_loop_drops_negatives_alike_to_their_anchor_by_the_disc_composition(monaco_samples, tmp_path, monkeypatch):
     """With ``negative_composition_l1`` every step marks the pairs of its crops whose centre composition (over
     ``composition_radius_px``) lies within that L1 distance, and the objective drops them as negatives."""
-    import loc2vec.training.loop as loop
+    import loc2vec.training.objectives as objectives
 
     reader, manifest = monaco_samples
     train_xy, val_xy = _xy(manifest)
@@ -634,7 +635,7 @@ def test_the_loop_drops_negatives_alike_to_their_anchor_by_the_disc_composition(
         marked.append((tuple(composition.shape), max_l1, int(alike.sum()) - len(alike)))
         return alike
 
-    monkeypatch.setattr(loop, "alike_compositions", spy)
+    monkeypatch.setattr(objectives, "alike_compositions", spy)
     config = TrainConfig(**{**FAST, "epochs": 1, "steps_per_epoch": 3, "negative_composition_l1": 0.2})
     result = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / "alike")
     assert [m[:2] for m in marked] == [((2 * config.batch_size, reader.channels), 0.2)] * 3

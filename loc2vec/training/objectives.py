@@ -1,0 +1,204 @@
+"""What a training step adds to the metric loss, and what it corrects after the optimizer's step.
+
+Every ``TrainConfig`` option that shapes training beyond the metric loss is one object here, built from the
+config by ``StepObjectives`` (terms added to the loss, in a fixed order) or ``StepCorrections`` (weights put
+back after each step), so the loop in ``loop.py`` runs them without knowing which are on. A new option is a
+new term or correction, not a new branch of the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from loc2vec.models.encoders import Encoder
+from loc2vec.models.losses import (
+    PatchReconstruction,
+    ReconstructionObjective,
+    alike_compositions,
+    channel_cells,
+    composition_neighbours,
+    decorrelation,
+    disc_composition,
+    mask_cells,
+)
+from loc2vec.training.config import TrainConfig
+
+
+@dataclass
+class StepBatch:
+    """One step's crops as the encoder sees them (``x``, masked when the config masks cells) and what is read
+    of them before masking: the reconstruction's ``target``, the centre's ``composition``, and the pairs of
+    crops ``alike`` in it (negatives the metric loss drops)."""
+
+    x: torch.Tensor
+    target: torch.Tensor | None = None
+    composition: torch.Tensor | None = None
+    alike: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, x: torch.Tensor, config: TrainConfig) -> StepBatch:
+        """The step's batch of crops ``x`` (N, C, S, S): the targets first, then the mask (torch's seeded RNG)."""
+        target = channel_cells(x, config.recon_cells) if config.recon_weight > 0 else None
+        composition = alike = None
+        if config.composition_weight > 0 or config.negative_composition_l1 is not None:
+            composition = disc_composition(x, config.composition_radius_px)
+        if config.negative_composition_l1 is not None:
+            alike = alike_compositions(composition, config.negative_composition_l1)
+        if config.mask_ratio > 0:
+            x = mask_cells(x, config.recon_cells, config.mask_ratio)
+        return cls(x, target, composition, alike)
+
+
+# A term: (the batch, its projection, its place representation or None) -> an unweighted loss
+Term = Callable[[StepBatch, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+# What the composition term shapes (``TrainConfig.composition_on``): the place representation, its context part
+# (the representation's first ``Encoder.context_dim`` columns), or both, each with a term of its own
+COMPOSITION_SHAPED = {"place": ("place",), "context": ("context",), "both": ("place", "context")}
+
+
+class StepObjectives:
+    """The auxiliary terms a config turns on, with the decoders some of them train beside the encoder.
+
+    ``loss`` adds each term at its weight to the metric loss, always in the same order (reconstruction,
+    decorrelation, composition, patch reconstruction), so a run's loss is the same sum wherever it runs.
+    The decoders' weights go into the checkpoint under ``state_dict``'s keys (None where a term is off).
+    """
+
+    def __init__(self, config: TrainConfig, model: Encoder, channels: int, device: torch.device) -> None:
+        self.terms: list[tuple[float, Term]] = []
+        self.reconstruction: ReconstructionObjective | None = None
+        self.patch: PatchReconstruction | None = None
+        self._unhook: Callable[[], None] | None = None
+        if config.recon_weight > 0:
+            width = model.context_dim if config.recon_from == "context" else model.representation_dim
+            recon = ReconstructionObjective(width, channels, config.recon_cells).to(device)
+            self.reconstruction = recon
+            self.terms.append((config.recon_weight, lambda b, _e, rep: recon(rep[:, :width], b.target)))
+        if config.decorrelation_weight > 0:
+            self.terms.append((config.decorrelation_weight, lambda _b, _e, rep: decorrelation(rep)))
+        if config.composition_weight > 0:
+            for part in COMPOSITION_SHAPED[config.composition_on]:
+                self.terms.append((config.composition_weight, self._composition(config, model.context_dim, part)))
+        if config.patch_recon_weight > 0:
+            self.patch, seen = self._patch_reconstruction(model, channels, device)
+            patch = self.patch
+            self.terms.append((config.patch_recon_weight, lambda b, _e, _r: patch(seen["stem"], b.x)))
+        self.needs_representation = (
+            config.recon_weight > 0 or config.decorrelation_weight > 0 or config.composition_weight > 0
+        )
+
+    @staticmethod
+    def _composition(config: TrainConfig, context_dim: int, part: str) -> Term:
+        """The composition term on the representation (``part`` "place") or on its context part ("context")."""
+
+        def term(batch: StepBatch, _embedding: torch.Tensor, representation: torch.Tensor | None) -> torch.Tensor:
+            shaped = representation if part == "place" else representation[:, :context_dim]
+            return composition_neighbours(shaped, batch.composition, config.temperature, config.composition_temperature)
+
+        return term
+
+    def _patch_reconstruction(
+        self, model: Encoder, channels: int, device: torch.device
+    ) -> tuple[PatchReconstruction, dict[str, torch.Tensor]]:
+        """The patch decoder for the encoder's stem and the dict each forward pass leaves the stem's output in
+        (``"stem"``); ``close`` takes that hook off the encoder again (a trained model carries no hook)."""
+        conv = model.backbone.stem[0]
+        decoder = PatchReconstruction(conv.out_channels, channels, conv.kernel_size[0]).to(device)
+        seen: dict[str, torch.Tensor] = {}
+        hook = model.backbone.stem.register_forward_hook(lambda _m, _i, output: seen.__setitem__("stem", output))
+        self._unhook = hook.remove
+        return decoder, seen
+
+    @property
+    def decoders(self) -> list[torch.nn.Module]:
+        """The modules the terms train beside the encoder (their gradients averaged over DDP ranks by the loop)."""
+        return [m for m in (self.reconstruction, self.patch) if m is not None]
+
+    def loss(
+        self, metric: torch.Tensor, batch: StepBatch, embedding: torch.Tensor, representation: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The step's loss: the ``metric`` loss plus every term at its weight."""
+        for weight, term in self.terms:
+            metric = metric + weight * term(batch, embedding, representation)
+        return metric
+
+    def state_dict(self) -> dict[str, dict | None]:
+        return {
+            "reconstruction": self.reconstruction.state_dict() if self.reconstruction is not None else None,
+            "patch_reconstruction": self.patch.state_dict() if self.patch is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """The decoders' weights from a checkpoint written with ``state_dict``'s keys."""
+        if self.reconstruction is not None:
+            self.reconstruction.load_state_dict(state["reconstruction"])
+        if self.patch is not None:
+            self.patch.load_state_dict(state["patch_reconstruction"])
+
+    def close(self) -> None:
+        """Take the patch reconstruction's hook off the encoder (a trained model carries no hook)."""
+        if self._unhook is not None:
+            self._unhook()
+            self._unhook = None
+
+
+class InitialWeights:
+    """A copy of the backbone's seeded initial weights: ``after_step`` moves every trained backbone weight ``lr *
+    strength`` of its way back to where it started, ``lr`` its parameter group's current learning rate (the
+    decoupled L2-SP penalty, applied after the optimizer's step as AdamW applies weight decay), so training
+    keeps what the random features had unless the objectives pay for the change."""
+
+    def __init__(self, model: Encoder, strength: float) -> None:
+        self.strength = strength
+        self.initial = {id(p): p.detach().clone() for p in model.backbone.parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            shrink = min(1.0, group["lr"] * self.strength)
+            for weight in group["params"]:
+                if id(weight) in self.initial:
+                    weight.lerp_(self.initial[id(weight)], shrink)
+
+
+class StemFill:
+    """The patch stem's response to a uniform fill of each channel, kept at its seeded value: ``after_step`` puts
+    each kernel's mean over its taps back after the optimizer's step, so the patterns around that mean train
+    while the stem still sees how much of a patch each channel fills (``TrainConfig.keep_stem_fill``)."""
+
+    def __init__(self, model: Encoder) -> None:
+        self.weight = model.backbone.stem[0].weight
+        self.fill = self.weight.detach().mean(dim=(2, 3), keepdim=True).clone()
+
+    @torch.no_grad()
+    def after_step(self, _optimizer: torch.optim.Optimizer) -> None:
+        self.weight.sub_(self.weight.mean(dim=(2, 3), keepdim=True)).add_(self.fill)
+
+
+class StepCorrections:
+    """What puts weights back after each optimizer step (``init_pull``, then ``keep_stem_fill``), built from the
+    model's seeded weights: build it before a checkpoint's weights are loaded, so a resumed run keeps the same
+    targets. The projections need no state of their own, so DDP ranks agree without any."""
+
+    def __init__(self, config: TrainConfig, model: Encoder) -> None:
+        self.corrections: list[InitialWeights | StemFill] = []
+        if config.init_pull > 0:
+            self.corrections.append(InitialWeights(model, config.init_pull))
+        if config.keep_stem_fill:
+            self.corrections.append(StemFill(model))
+
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for correction in self.corrections:
+            correction.after_step(optimizer)
+
+
+def freeze_stem(model: Encoder) -> torch.nn.Module:
+    """The encoder's patch stem, its weights no longer trained (the loop keeps its batch norm in eval mode)."""
+    stem = model.backbone.stem
+    stem.requires_grad_(False)
+    return stem
