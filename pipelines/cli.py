@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from loc2vec.errors import Loc2VecError
+from pipelines.launch import (
+    definitions_on,
+    instance_in,
+    log,
+    region_catalog,
+    region_run_settings,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,12 +30,6 @@ if TYPE_CHECKING:
     from loc2vec.data.locations import SamplesManifest
     from loc2vec.osm.layers import FeaturesManifest
     from loc2vec.render.mosaic import MosaicManifest
-
-
-def _log(message: str) -> None:
-    from pipelines.console import display
-
-    display().message(message)
 
 
 # What to open after a run: (command, what it shows); {lat}/{lon} is an indexed place, {data_dir} the outputs.
@@ -73,102 +74,12 @@ def _print_summary(pipeline, main, evaluation: dict, next_commands, started: flo
     summary.render(display().console)
 
 
-def _definitions(
-    pbf: str,
-    bbox: str | None,
-    data_dir: Path,
-    n_models: int = 1,
-    replication_url: str | None = None,
-    replication_start: int | None = None,
-):
-    """Definitions on ``pbf`` (followed from ``replication_url`` when given) writing into ``data_dir``,
-    keeping at least ``n_models`` versions of each output."""
-    from pipelines.definitions import build_definitions
-    from resources import OsmSource, ProjectStorage
-
-    storage = ProjectStorage(data_dir=str(data_dir))
-    if storage.keep_versions < n_models:
-        storage = ProjectStorage(data_dir=str(data_dir), keep_versions=n_models)
-    osm = OsmSource(pbf_path=pbf, bbox=bbox, replication_url=replication_url, replication_start=replication_start)
-    return build_definitions(osm, storage)
-
-
-def _instance(data_dir: Path):
-    from pipelines.runner import open_instance
-
-    return open_instance(data_dir / "dagster_home")
-
-
-# The render settings `run --region` takes from the catalog, passed as `make run` takes them
-REGION_ENV = {"resolution_m": "LOC2VEC_RESOLUTION_M", "unit_chunks": "LOC2VEC_UNIT_CHUNKS"}
-BLOCKS_ENV = "LOC2VEC_RENDER_BLOCKS"
-
-
-def _catalog(path: str | None):
-    """The region catalog ``path`` (default ``$LOC2VEC_CATALOG`` or the project's ``regions.toml``), loaded."""
-    from loc2vec.regions import load_catalog
-    from resources.paths import default_catalog
-
-    return load_catalog(path or default_catalog())
-
-
-def region_run_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """For ``run --region NAME``: fill ``args``' extract, bbox and replication source from the catalog and
-    return the environment the region's render settings and blocks per side need. Without ``--region``:
-    nothing (``--pbf`` is then required). A region with a fault, ``--region`` beside ``--pbf``/``--bbox``/
-    ``--replication-*``, or a variable already set to another value than the region's is an error."""
-    from loc2vec.errors import ConfigError
-
-    environ = os.environ if environ is None else environ
-    if args.region is None:
-        if args.catalog:
-            raise Loc2VecError("--catalog needs --region NAME")
-        if not args.pbf:
-            raise Loc2VecError("give --pbf FILE (and optionally --bbox) or --region NAME (from the region catalog)")
-        return {}
-    flags = {"--pbf": args.pbf, "--bbox": args.bbox, "--replication-url": args.replication_url}
-    given = [flag for flag, value in {**flags, "--replication-start": args.replication_start}.items() if value]
-    if given:
-        raise Loc2VecError(
-            f"--region {args.region} takes the extract, bbox and replication source from the catalog: "
-            f"drop {', '.join(given)} (or drop --region)"
-        )
-    entry = _catalog(args.catalog).region(args.region)
-    region = entry.region
-    args.pbf = str(region.extract)
-    args.bbox = ",".join(repr(v) for v in region.bbox.as_tuple()) if region.bbox else None
-    if region.replication is not None:
-        args.replication_url, args.replication_start = region.replication.url, region.replication.start
-    settings = {var: str(getattr(region.render, field)) for field, var in REGION_ENV.items()}
-    settings[BLOCKS_ENV] = str(entry.blocks_per_side)
-    conflicts = [
-        f"{var}={environ[var]}" for var, value in settings.items() if not _same_number(environ.get(var), value)
-    ]
-    if conflicts:
-        own = ", ".join(f"{var}={value}" for var, value in settings.items())
-        raise ConfigError(
-            f"region {region.name!r} sets its own render settings ({own}); "
-            f"unset {', '.join(conflicts)} or change the region in the catalog"
-        )
-    return settings
-
-
-def _same_number(current: str | None, value: str) -> bool:
-    """True when the variable is unset or names the same number as ``value``."""
-    if not current:
-        return True
-    try:
-        return float(current) == float(value)
-    except ValueError:
-        return False
-
-
 def _apply_region(args: argparse.Namespace) -> None:
     """``run --region``: take the region's extract and settings from the catalog (before any asset loads)."""
     settings = region_run_settings(args)
     os.environ.update(settings)
     if args.region:
-        _log(f"region {args.region}: {args.pbf}" + (f", bbox {args.bbox}" if args.bbox else "") + f", {settings}")
+        log(f"region {args.region}: {args.pbf}" + (f", bbox {args.bbox}" if args.bbox else "") + f", {settings}")
 
 
 def _regions_table(catalog) -> str:
@@ -199,7 +110,7 @@ def _regions_table(catalog) -> str:
 
 def cmd_regions(args: argparse.Namespace) -> int:
     """List the catalog's regions; exit code 1 (each fault on stderr) when a region is unusable."""
-    catalog = _catalog(args.catalog)
+    catalog = region_catalog(args.catalog)
     print(f"region catalog {catalog.path}")
     print(_regions_table(catalog))
     faults = catalog.check()
@@ -223,16 +134,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_models = len(seeds) * len(split_seeds)
     # a URL, or a directory as an absolute file:// URL (the next commands run from other directories)
     replication = source_url(args.replication_url) if args.replication_url else None
-    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, n_models, replication, args.replication_start)
+    defs = definitions_on(str(Path(args.pbf).resolve()), args.bbox, out, n_models, replication, args.replication_start)
     # a bad file, region, setting or a too small disk fails here, before DIR is created
     first = main_job_config(seeds[0], args.epochs, split_seeds[0], args.steps_per_epoch)
     preflight(defs, {"main_job": first}, n_models=n_models)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with _instance(out) as instance, Pipeline(defs, instance, _log) as pipeline:
+    with instance_in(out) as instance, Pipeline(defs, instance, log) as pipeline:
         document = run_sweep(pipeline, seeds, split_seeds, args.epochs, args.steps_per_epoch)
         write_json(document, out / "evaluation.json")
-        _log(f"wrote {out / 'evaluation.json'}" + (" (means over the runs)" if n_models > 1 else ""))
+        log(f"wrote {out / 'evaluation.json'}" + (" (means over the runs)" if n_models > 1 else ""))
         next_commands = _run_next(out, str(Path(args.pbf).resolve()), args.bbox, replication, args.replication_start)
         _print_summary(pipeline, pipeline.last("main_job"), document, next_commands, started)
     return 0
@@ -273,17 +184,17 @@ def _protocol_for(args: argparse.Namespace, crop_px: int | None = None) -> Proto
     from pipelines.runner import Pipeline, PipelineFailed, preflight
 
     work = Path(args.work or Path(args.points_out or args.out or ".").resolve().parent / ".loc2vec-evaluate")
-    defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, work)
+    defs = definitions_on(str(Path(args.pbf).resolve()), args.bbox, work)
     preflight(defs, _split_config(crop_px))  # before the work directory is created
     selection = ["raster_mosaic", "sample_locations"]
-    with _instance(work) as instance, Pipeline(defs, instance, _log) as pipeline:
+    with instance_in(work) as instance, Pipeline(defs, instance, log) as pipeline:
         split = "training"
         try:
             main = pipeline.run_stages(_split_config(crop_px), main_assets=selection)["main_job"]
         except PipelineFailed as exc:
             if exc.cause != SplitTooSmall.__name__:
                 raise
-            _log(
+            log(
                 "warning: the region is too small for the training split (a split is empty after its leak "
                 "buffer): scoring on the evaluation-only split (no validation blocks; leak buffer: the crop diagonal)"
             )
@@ -329,7 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     points, reader, samples = protocol.points, protocol.reader, protocol.samples
     if args.points_out:
         write_geoparquet(to_geoparquet_frame(points), args.points_out)
-        _log(f"wrote {len(points)} points to {args.points_out}")
+        log(f"wrote {len(points)} points to {args.points_out}")
         return 0
     vectors = match_points(external, points)
     config = config or TrainConfig(crop_px=samples.spec["crop_px"])
@@ -343,10 +254,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     document["region"] = region_record(protocol.features, protocol.mosaic.version, samples, protocol.split)
     out = Path(args.out)
     write_json(document, out / "evaluation.json")
-    _log(f"wrote {out / 'evaluation.json'}")
+    log(f"wrote {out / 'evaluation.json'}")
     print(json.dumps(document["model"], indent=2))
     for line in warnings(document):
-        _log(line)
+        log(line)
     return 0
 
 
@@ -389,9 +300,9 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     summary = RunSummary(document, name, str(source.get("version", "")), None, [])
     display().close()
     summary.print_table(display().console)
-    _log(f"wrote {out / 'evaluation.json'} and {out / 'embeddings.parquet'} ({len(vectors)} points)")
+    log(f"wrote {out / 'evaluation.json'} and {out / 'embeddings.parquet'} ({len(vectors)} points)")
     for line in warnings(document):
-        _log(line)
+        log(line)
     return 0
 
 
@@ -403,13 +314,13 @@ def cmd_train_regions(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     names = parse_regions(args.regions)
     manifest = train_regions_command(
-        names, args.weights, args.catalog, out, args.epochs, args.seed, _log, args.crop_px, args.train_config
+        names, args.weights, args.catalog, out, args.epochs, args.seed, log, args.crop_px, args.train_config
     )
     shares = ", ".join(f"{r['name']} {r['weight']:g}" for r in manifest.regions or [])
-    _log(
+    log(
         f"registered {manifest.model_name} version {manifest.model_version} ({manifest.model_uri}), trained on {shares}"
     )
-    _log(f"MLflow: {manifest.tracking_uri}; manifest: {out / 'model.json'}")
+    log(f"MLflow: {manifest.tracking_uri}; manifest: {out / 'model.json'}")
     return 0
 
 
@@ -461,7 +372,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
         from loc2vec.evaluation.similar import write_similar_map
 
         write_similar_map(manifest, found, args.lat, args.lon, args.map)
-        _log(f"wrote {args.map}")
+        log(f"wrote {args.map}")
     return 0
 
 
@@ -471,7 +382,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     preflight(defs)
     started = time.perf_counter()
-    with open_instance() as instance, Pipeline(defs, instance, _log) as pipeline:
+    with open_instance() as instance, Pipeline(defs, instance, log) as pipeline:
         main = pipeline.run_stages()["main_job"]
         _print_summary(pipeline, main, main.output_for_node("evaluation"), MAKE_NEXT, started)
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from loc2vec.errors import ConfigError, Loc2VecError
 from loc2vec.training.multi import RegionInput
+from pipelines.launch import definitions_on, instance_in, log, region_catalog, region_run_settings
 
 PREPARED_ASSETS = ["raster_mosaic", "sample_locations"]
 
@@ -64,7 +65,6 @@ def prepare_region(
     from loc2vec.runtime import configure_process
 
     configure_process()
-    from pipelines.cli import _definitions, _instance, _log, region_run_settings
     from pipelines.runner import Pipeline, PipelineInterrupted, preflight
 
     args = argparse.Namespace(
@@ -78,11 +78,11 @@ def prepare_region(
 
             replication = source_url(replication)
         out = Path(data_dir)
-        defs = _definitions(str(Path(args.pbf).resolve()), args.bbox, out, 1, replication, args.replication_start)
+        defs = definitions_on(str(Path(args.pbf).resolve()), args.bbox, out, 1, replication, args.replication_start)
         config = {"main_job": _split_config(crop_px)}
         preflight(defs, config)
         out.mkdir(parents=True, exist_ok=True)
-        with _instance(out) as instance, Pipeline(defs, instance, _log) as pipeline:
+        with instance_in(out) as instance, Pipeline(defs, instance, log) as pipeline:
             runs = pipeline.run_stages(config, main_assets=PREPARED_ASSETS)
     except PipelineInterrupted as exc:
         raise PipelineInterrupted(f"region {name!r}: {exc}") from None
@@ -120,22 +120,20 @@ def prepare_group(
 ) -> list[tuple[RegionInput, str]]:
     """In one fresh process: ``prepare_region`` for each (name, weight, data dir), regions of the same render
     settings (blocks per side, resolution, unit edge)."""
-    from pipelines.cli import _log
 
     prepared = []
     for name, weight, data_dir in jobs:
-        _log(f"region {name}: import, render, split in {data_dir}")
+        log(f"region {name}: import, render, split in {data_dir}")
         started = time.perf_counter()
         region, schema = prepare_region(name, weight, catalog, data_dir, crop_px)
         counts = {str(k): int(v) for k, v in region.samples.counts.items() if k in ("train", "val", "test")}
-        _log(f"region {name}: mosaic {region.mosaic_version}, split {counts} ({time.perf_counter() - started:.0f} s)")
+        log(f"region {name}: mosaic {region.mosaic_version}, split {counts} ({time.perf_counter() - started:.0f} s)")
         prepared.append((region, schema))
     return prepared
 
 
 def render_settings(name: str, catalog: str | None) -> tuple[tuple[str, str], ...]:
     """The environment ``run --region NAME`` sets (blocks per side, resolution, unit edge), as a sortable key."""
-    from pipelines.cli import region_run_settings
 
     args = argparse.Namespace(
         region=name, catalog=catalog, pbf=None, bbox=None, replication_url=None, replication_start=None
@@ -186,12 +184,11 @@ def train_regions_command(
     from loc2vec.lock import DataDirLock
     from loc2vec.training.config import TrainConfig, transfer_recipe
     from loc2vec.training.multi import model_dir_name, train_and_register_regions
-    from pipelines.cli import _catalog
     from resources import MlflowTracking, TorchDevice
     from resources.paths import PROJECT_ROOT
 
     weights = parse_weights(weights_text, names)
-    catalog = _catalog(catalog_path)
+    catalog = region_catalog(catalog_path)
     entries = [catalog.region(name) for name in names]  # an unknown or unusable region fails here, before any work
     weights = [w if w is not None else e.region.weight for w, e in zip(weights, entries, strict=True)]
     base = TrainConfig.from_json(train_config) if train_config else transfer_recipe(len(names))

@@ -327,7 +327,7 @@ def _run_args(*argv: str):
 
 
 def test_run_region_takes_extract_and_settings_from_the_catalog(tmp_path):
-    from pipelines.cli import region_run_settings
+    from pipelines.launch import region_run_settings
 
     args = _run_args("--region", "monaco")
     assert region_run_settings(args, environ={}) == {
