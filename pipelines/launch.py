@@ -14,6 +14,7 @@ from loc2vec.errors import ConfigError, Loc2VecError
 
 
 def log(message: str) -> None:
+    """One line on the console (``pipelines.console``), as every command reports."""
     from pipelines.console import display
 
     display().message(message)
@@ -40,6 +41,7 @@ def definitions_on(
 
 
 def instance_in(data_dir: Path):
+    """The Dagster instance of the data directory ``data_dir`` (``DATA_DIR/dagster_home``)."""
     from pipelines.runner import open_instance
 
     return open_instance(data_dir / "dagster_home")

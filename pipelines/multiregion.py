@@ -120,7 +120,6 @@ def prepare_group(
 ) -> list[tuple[RegionInput, str]]:
     """In one fresh process: ``prepare_region`` for each (name, weight, data dir), regions of the same render
     settings (blocks per side, resolution, unit edge)."""
-
     prepared = []
     for name, weight, data_dir in jobs:
         log(f"region {name}: import, render, split in {data_dir}")
@@ -134,7 +133,6 @@ def prepare_group(
 
 def render_settings(name: str, catalog: str | None) -> tuple[tuple[str, str], ...]:
     """The environment ``run --region NAME`` sets (blocks per side, resolution, unit edge), as a sortable key."""
-
     args = argparse.Namespace(
         region=name, catalog=catalog, pbf=None, bbox=None, replication_url=None, replication_start=None
     )

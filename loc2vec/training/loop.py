@@ -253,7 +253,7 @@ def fit(
                 emb, rep = out if objectives.needs_representation else (out, None)
                 labels = labels_of[: len(batch.x)]
                 metric = objective(emb.float(), labels, loc, config.r_neg_m, config.max_negative_m, batch.alike)
-                loss = objectives.loss(metric, batch, emb, rep)
+                loss = objectives.loss(metric, batch, rep)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 _average_gradients(decoders, world)

@@ -1,14 +1,15 @@
 """What a training step adds to the metric loss, and what it corrects after the optimizer's step.
 
-Every ``TrainConfig`` option that shapes training beyond the metric loss is one object here, built from the
-config by ``StepObjectives`` (terms added to the loss, in a fixed order) or ``StepCorrections`` (weights put
-back after each step), so the loop in ``loop.py`` runs them without knowing which are on. A new option is a
-new term or correction, not a new branch of the loop.
+Each auxiliary loss term of ``TrainConfig`` (reconstruction, decorrelation, composition, patch reconstruction)
+and each correction of the weights after a step (``init_pull``, ``keep_stem_fill``) is one object here, built
+from the config by ``StepObjectives`` or ``StepCorrections``, so the loop in ``loop.py`` runs them without
+knowing which are on: a new term or correction is an entry here, not a new branch of the loop. What the
+optimizer trains at all (``freeze_stem``, ``stem_lr_scale``) stays with the loop's parameter groups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -52,8 +53,18 @@ class StepBatch:
         return cls(x, target, composition, alike)
 
 
-# A term: (the batch, its projection, its place representation or None) -> an unweighted loss
-Term = Callable[[StepBatch, torch.Tensor, torch.Tensor | None], torch.Tensor]
+# A term: (the batch, its place representation or None) -> its unweighted losses, each added as it comes (the
+# composition term on both parts gives two)
+Term = Callable[[StepBatch, torch.Tensor | None], Iterator[torch.Tensor]]
+
+
+def _single(loss: Callable[[StepBatch, torch.Tensor | None], torch.Tensor]) -> Term:
+    """A term of one loss."""
+
+    def term(batch: StepBatch, representation: torch.Tensor | None) -> Iterator[torch.Tensor]:
+        yield loss(batch, representation)
+
+    return term
 
 
 # What the composition term shapes (``TrainConfig.composition_on``): the place representation, its context part
@@ -78,27 +89,32 @@ class StepObjectives:
             width = model.context_dim if config.recon_from == "context" else model.representation_dim
             recon = ReconstructionObjective(width, channels, config.recon_cells).to(device)
             self.reconstruction = recon
-            self.terms.append((config.recon_weight, lambda b, _e, rep: recon(rep[:, :width], b.target)))
+            self.terms.append((config.recon_weight, _single(lambda b, rep: recon(rep[:, :width], b.target))))
         if config.decorrelation_weight > 0:
-            self.terms.append((config.decorrelation_weight, lambda _b, _e, rep: decorrelation(rep)))
+            self.terms.append((config.decorrelation_weight, _single(lambda _b, rep: decorrelation(rep))))
         if config.composition_weight > 0:
-            for part in COMPOSITION_SHAPED[config.composition_on]:
-                self.terms.append((config.composition_weight, self._composition(config, model.context_dim, part)))
+            self.terms.append((config.composition_weight, self._composition(config, model.context_dim)))
         if config.patch_recon_weight > 0:
             self.patch, seen = self._patch_reconstruction(model, channels, device)
             patch = self.patch
-            self.terms.append((config.patch_recon_weight, lambda b, _e, _r: patch(seen["stem"], b.x)))
+            self.terms.append((config.patch_recon_weight, _single(lambda b, _rep: patch(seen["stem"], b.x))))
         self.needs_representation = (
             config.recon_weight > 0 or config.decorrelation_weight > 0 or config.composition_weight > 0
         )
 
     @staticmethod
-    def _composition(config: TrainConfig, context_dim: int, part: str) -> Term:
-        """The composition term on the representation (``part`` "place") or on its context part ("context")."""
+    def _composition(config: TrainConfig, context_dim: int) -> Term:
+        """The composition term on each part ``composition_on`` names: the representation, its context part."""
 
-        def term(batch: StepBatch, _embedding: torch.Tensor, representation: torch.Tensor | None) -> torch.Tensor:
-            shaped = representation if part == "place" else representation[:, :context_dim]
-            return composition_neighbours(shaped, batch.composition, config.temperature, config.composition_temperature)
+        def term(batch: StepBatch, representation: torch.Tensor | None) -> Iterator[torch.Tensor]:
+            parts = [
+                representation if part == "place" else representation[:, :context_dim]
+                for part in COMPOSITION_SHAPED[config.composition_on]
+            ]  # every part cut before the first loss, so autograd sums their gradients in one order
+            for shaped in parts:
+                yield composition_neighbours(
+                    shaped, batch.composition, config.temperature, config.composition_temperature
+                )
 
         return term
 
@@ -119,13 +135,13 @@ class StepObjectives:
         """The modules the terms train beside the encoder (their gradients averaged over DDP ranks by the loop)."""
         return [m for m in (self.reconstruction, self.patch) if m is not None]
 
-    def loss(
-        self, metric: torch.Tensor, batch: StepBatch, embedding: torch.Tensor, representation: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The step's loss: the ``metric`` loss plus every term at its weight."""
+    def loss(self, metric: torch.Tensor, batch: StepBatch, representation: torch.Tensor | None) -> torch.Tensor:
+        """The step's loss: the ``metric`` loss plus every term's losses at the term's weight."""
+        total = metric
         for weight, term in self.terms:
-            metric = metric + weight * term(batch, embedding, representation)
-        return metric
+            for part in term(batch, representation):
+                total = total + weight * part
+        return total
 
     def state_dict(self) -> dict[str, dict | None]:
         return {
@@ -183,7 +199,8 @@ class StemFill:
 class StepCorrections:
     """What puts weights back after each optimizer step (``init_pull``, then ``keep_stem_fill``), built from the
     model's seeded weights: build it before a checkpoint's weights are loaded, so a resumed run keeps the same
-    targets. The projections need no state of their own, so DDP ranks agree without any."""
+    targets. What they keep (the initial weights, the kernels' means) is rebuilt from the seed by every resumed
+    run and every DDP rank alike, so it needs no checkpoint entry."""
 
     def __init__(self, config: TrainConfig, model: Encoder) -> None:
         self.corrections: list[InitialWeights | StemFill] = []
