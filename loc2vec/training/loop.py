@@ -50,6 +50,54 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class Progress:
+    """What a run has learnt of itself so far: the epochs' metrics and the early stopping's state (the best
+    validation loss, its epoch and weights, the epochs since), as the checkpoint keeps it."""
+
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_val: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_state: dict | None = None
+
+    def record(self, metrics: EpochMetrics, model: torch.nn.Module, patience: int) -> bool:
+        """Add an epoch; keep the model's weights when its validation loss is the best by more than 1e-4. True
+        when ``patience`` epochs in a row have not been."""
+        self.history.append(metrics)
+        if metrics.val_loss < self.best_val - 1e-4:
+            self.best_val, self.best_epoch, self.bad_epochs = metrics.val_loss, metrics.epoch, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= patience
+
+    def state_dict(self) -> dict:
+        return {
+            "history": [asdict(h) for h in self.history],
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "best_state": self.best_state,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> Progress:
+        history = [EpochMetrics(**h) for h in state["history"]]
+        return cls(history, state["best_val"], state["best_epoch"], state["bad_epochs"], state["best_state"])
+
+
+def _check_resumable(state: dict, path: Path, config: TrainConfig, data_digest: str) -> None:
+    """Refuse the checkpoint ``state`` read from ``path`` when another config or other anchors trained it."""
+    if state["config_digest"] != config.digest():
+        raise ConfigError(f"checkpoint {path} belongs to another training config; use a new directory")
+    if state.get("data_digest") != data_digest:
+        raise ConfigError(
+            f"checkpoint {path} was trained on other train/val anchors (another split); resuming it "
+            "could leak test ground into training: use a new directory"
+        )
+
+
 class SimulatedCrash(RuntimeError):
     """Raised by ``crash_after_epoch`` in tests to stand for a killed process."""
 
@@ -197,26 +245,15 @@ def fit(
     objective = TripletObjective(config.loss, config.margin, config.mining, config.temperature)
     ckpt_dir = Path(checkpoint_dir)
     last_path = ckpt_dir / "last.pt"
-    history: list[EpochMetrics] = []
-    best_val, best_epoch, bad_epochs, start_epoch = float("inf"), -1, 0, 0
-    best_state = None
-    resumed_from = None
+    progress, start_epoch, resumed_from = Progress(), 0, None
     state = load_checkpoint(last_path)
     if state is not None:
-        if state["config_digest"] != config.digest():
-            raise ConfigError(f"checkpoint {last_path} belongs to another training config; use a new directory")
-        if state.get("data_digest") != data_digest:
-            raise ConfigError(
-                f"checkpoint {last_path} was trained on other train/val anchors (another split); resuming it "
-                "could leak test ground into training: use a new directory"
-            )
+        _check_resumable(state, last_path, config, data_digest)
         model.load_state_dict(state["model"])
         objectives.load_state_dict(state)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        history = [EpochMetrics(**h) for h in state["history"]]
-        best_val, best_epoch, bad_epochs = state["best_val"], state["best_epoch"], state["bad_epochs"]
-        best_state = state["best_state"]
+        progress = Progress.from_state(state)
         start_epoch = resumed_from = state["epoch"] + 1
         torch.set_rng_state(state["torch_rng"])
         if state.get("stopped"):
@@ -275,13 +312,7 @@ def fit(
             data_wait_share=wait / seconds,
             lr=float(scheduler.get_last_lr()[0]),
         )
-        history.append(metrics)
-        if val_loss < best_val - 1e-4:
-            best_val, best_epoch, bad_epochs = val_loss, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        stopped = bad_epochs >= config.patience
+        stopped = progress.record(metrics, model, config.patience)
         if rank == 0:
             save_checkpoint(
                 {
@@ -293,11 +324,7 @@ def fit(
                     **objectives.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "history": [asdict(h) for h in history],
-                    "best_val": best_val,
-                    "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs,
-                    "best_state": best_state,
+                    **progress.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "stopped": stopped,
                 },
@@ -309,9 +336,9 @@ def fit(
             raise SimulatedCrash(f"simulated crash after epoch {epoch}")
         if stopped:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
     objectives.close()
     model.eval()
-    stopped_early = len(history) < config.epochs
-    return TrainResult(model.cpu(), history, best_epoch, stopped_early, resumed_from)
+    stopped_early = len(progress.history) < config.epochs
+    return TrainResult(model.cpu(), progress.history, progress.best_epoch, stopped_early, resumed_from)
