@@ -12,7 +12,11 @@ context over random stem summaries. Each part is normalised, as in ``Encoder.emb
 A variant is 8 letters: the model's context, centre, whole, peak (``M`` or ``-``), then the untrained
 encoder's (``U`` or ``-``). ``MMMM----`` is the model's own embedding, ``----UUUU`` the untrained baseline's.
 
-``--context`` says where both encoders' context part comes from: ``crop`` (as ``SmallCNN.place_features``:
+``--context-weight W`` scales both encoders' context part by W after it is normalised (1: as ``Encoder.embed``;
+0: the stem parts alone), to see how much of a gap is the context's weight in the distances and how much its
+content; ``--spread`` first prints, for each part of either encoder, how far apart R's test locations lie in it
+(the mean distance between their normalised part vectors: a part spread wider weighs more in the embedding's
+distances). ``--context`` says where both encoders' context part comes from: ``crop`` (as ``SmallCNN.place_features``:
 the last stage pooled over the whole crop), ``centre`` (the last stage pooled over the crop's central half
 only) or ``inner`` (the encoder run on the crop's central half alone, then pooled: the context of a crop half
 the size).
@@ -46,21 +50,57 @@ def place_parts(backbone: torch.nn.Module, x: torch.Tensor, context: str) -> tup
 class PartsEmbedding(torch.nn.Module):
     """``embed``: the chosen parts of the model's and the untrained encoder's place features, normalised."""
 
-    def __init__(self, model: torch.nn.Module, untrained: torch.nn.Module, variant: str, context: str = "crop") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        untrained: torch.nn.Module,
+        variant: str,
+        context: str = "crop",
+        context_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         if len(variant) != 8 or set(variant[:4]) - {"M", "-"} or set(variant[4:]) - {"U", "-"} or variant == "-" * 8:
             raise SystemExit(f"variant {variant!r}: 4 of M/- then 4 of U/-, at least one part")
         self.model, self.untrained, self.variant, self.context = model, untrained, variant, context
+        self.context_weight = context_weight
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        from loc2vec.models.encoders import _place_representation
+        import torch.nn.functional as F
 
         x = x.float().div_(255.0)
-        trained = place_parts(self.model.backbone, x, self.context)
-        random = place_parts(self.untrained.backbone, x, self.context)
-        parts = [trained[i] for i in range(4) if self.variant[i] == "M"]
-        parts += [random[i] for i in range(4) if self.variant[4 + i] == "U"]
-        return _place_representation(*parts)
+        chosen = [
+            (part, i)
+            for i, part in enumerate(place_parts(self.model.backbone, x, self.context))
+            if self.variant[i] == "M"
+        ]
+        chosen += [
+            (part, i)
+            for i, part in enumerate(place_parts(self.untrained.backbone, x, self.context))
+            if self.variant[4 + i] == "U"
+        ]
+        # as Encoder.embed: each part normalised, the whole divided by the root of their number
+        scaled = [F.normalize(part.float(), dim=1) * (self.context_weight if i == 0 else 1.0) for part, i in chosen]
+        return torch.cat(scaled, dim=1) / len(scaled) ** 0.5
+
+
+PARTS = ("context", "centre", "whole", "peak")
+
+
+def print_spread(trained, untrained, reader, xy, crop_px: int, context: str) -> None:
+    """For each part of each encoder: the mean distance between the normalised part vectors of the points ``xy``."""
+    import numpy as np
+    from scipy.spatial.distance import pdist
+
+    from loc2vec.evaluation.embedders import encode
+
+    print("| part | model | untrained |\n|---|---|---|")
+    for i, part in enumerate(PARTS):
+        alone = "".join("X" if j == i else "-" for j in range(len(PARTS)))  # this part alone
+        spreads = []
+        for variant in (alone.replace("X", "M") + "----", "----" + alone.replace("X", "U")):
+            vectors = encode(PartsEmbedding(trained, untrained, variant, context), reader, xy, crop_px)
+            spreads.append(float(np.mean(pdist(vectors))))
+        print(f"| {part} | {spreads[0]:.3f} | {spreads[1]:.3f} |", flush=True)
 
 
 def main() -> int:
@@ -69,6 +109,8 @@ def main() -> int:
     p.add_argument("--region", required=True, help="a held-out region of that run")
     p.add_argument("--variants", required=True, help="comma-separated, e.g. MMMM----,M----UUU")
     p.add_argument("--context", choices=CONTEXTS, default="crop", help="where the context part comes from")
+    p.add_argument("--context-weight", type=float, default=1.0, help="scale of the normalised context part")
+    p.add_argument("--spread", action="store_true", help="print each part's spread over R's test locations first")
     p.add_argument("--catalog", default=str(ROOT / "regions.toml"))
     args = p.parse_args()
 
@@ -81,11 +123,15 @@ def main() -> int:
     trained, untrained = load_encoder(model["weights_path"]), untrained_encoder(config, reader.channels)
     out = run / "parts"
     out.mkdir(exist_ok=True)
+    if args.spread:
+        test_xy = frame.loc[(frame["kind"] == "location") & (frame["split"] == "test"), ["x", "y"]].to_numpy()
+        print_spread(trained, untrained, reader, test_xy, config.crop_px, args.context)
     print("| variant | " + " | ".join(METRICS) + " |")
     for variant in args.variants.split(","):
-        embedding = PartsEmbedding(trained, untrained, variant, args.context)
+        embedding = PartsEmbedding(trained, untrained, variant, args.context, args.context_weight)
         vectors = encode(embedding, reader, frame[["x", "y"]].to_numpy(), config.crop_px)
         tag = f"{region}-{variant}" + ("" if args.context == "crop" else f"-{args.context}")
+        tag += "" if args.context_weight == 1 else f"-w{args.context_weight:g}"
         embedded = write_embedded(vectors, frame, out / f"{tag}.parquet")
         metrics = score_embedded(protocol, embedded, out / f"eval-{tag}")["model"]
         print(f"| {variant} | " + " | ".join(_number(metrics.get(m)) for m in METRICS) + " |", flush=True)
