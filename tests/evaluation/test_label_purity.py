@@ -1,4 +1,5 @@
-"""The analysis benchmarks' helpers: the label's share of its disc, scores per band of it, weight-space blends."""
+"""The analysis benchmarks' helpers: the label's share of its disc, scores per band of it, weight-space blends, and
+embeddings assembled from parts of two encoders."""
 
 from __future__ import annotations
 
@@ -71,3 +72,21 @@ def test_a_blend_is_the_initial_encoder_at_zero_the_trained_at_one_and_between_t
     mean = (initial.state_dict()[weight] + trained.state_dict()[weight]) / 2
     assert torch.allclose(half[weight], mean)
     assert not blended(trained, initial, 0.5).training  # ready to embed
+
+
+def test_a_parts_embedding_is_the_model_s_own_at_context_weight_1_and_weighs_the_context_down_below():
+    from benchmarks.embedding_parts import PartsEmbedding
+
+    torch.manual_seed(0)
+    model = build_encoder("small_cnn", 8, 12).eval()
+    untrained = build_encoder("small_cnn", 8, 12).eval()
+    x = (torch.rand(3, 12, 64, 64) * 255).to(torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(PartsEmbedding(model, untrained, "MMMM----").embed(x.clone()), model.embed(x.clone()))
+        assert torch.equal(PartsEmbedding(model, untrained, "----UUUU").embed(x.clone()), untrained.embed(x.clone()))
+        half = PartsEmbedding(model, untrained, "MMMM----", context_weight=0.5).embed(x.clone())
+    context = model.context_dim
+    assert torch.allclose(half[:, :context].norm(dim=1), torch.full((3,), 0.25))  # 0.5 / sqrt(4 parts)
+    assert torch.allclose(half[:, context:].norm(dim=1), torch.full((3,), 0.75**0.5))  # three parts of 1 / sqrt(4)
+    with pytest.raises(SystemExit, match="4 of M/- then 4 of U/-"):
+        PartsEmbedding(model, untrained, "MMMU----")
