@@ -25,6 +25,7 @@ the size).
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import torch
@@ -87,20 +88,20 @@ PARTS = ("context", "centre", "whole", "peak")
 
 
 def print_spread(trained, untrained, reader, xy, crop_px: int, context: str) -> None:
-    """For each part of each encoder: the mean distance between the normalised part vectors of the points ``xy``."""
+    """For each part of each encoder: the mean distance between the normalised part vectors of the points ``xy``
+    (one pass: both encoders' eight parts in one embedding, each cut out and scaled back to unit length)."""
     import numpy as np
     from scipy.spatial.distance import pdist
 
     from loc2vec.evaluation.embedders import encode
 
+    vectors = encode(PartsEmbedding(trained, untrained, "MMMMUUUU", context), reader, xy, crop_px) * 8**0.5
+    stem = (trained.representation_dim - trained.context_dim) // 3
+    edges = np.cumsum([0, *([trained.context_dim, stem, stem, stem] * 2)])
+    spreads = [float(np.mean(pdist(vectors[:, a:b]))) for a, b in itertools.pairwise(edges)]
     print("| part | model | untrained |\n|---|---|---|")
     for i, part in enumerate(PARTS):
-        alone = "".join("X" if j == i else "-" for j in range(len(PARTS)))  # this part alone
-        spreads = []
-        for variant in (alone.replace("X", "M") + "----", "----" + alone.replace("X", "U")):
-            vectors = encode(PartsEmbedding(trained, untrained, variant, context), reader, xy, crop_px)
-            spreads.append(float(np.mean(pdist(vectors))))
-        print(f"| {part} | {spreads[0]:.3f} | {spreads[1]:.3f} |", flush=True)
+        print(f"| {part} | {spreads[i]:.3f} | {spreads[4 + i]:.3f} |", flush=True)
 
 
 def main() -> int:
