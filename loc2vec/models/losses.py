@@ -206,6 +206,23 @@ def composition_neighbours(
     return -(target * log_predicted).sum(dim=1).mean()
 
 
+def distance_matching(representation: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """How differently two representations (N, D) and (N, D') of a batch space its crops: the Huber loss between the
+    distances of every two crops' unit vectors in each, each divided by its mean over the batch (the distance term
+    of relational knowledge distillation, Park et al. 2019). 0 when one is the other rotated or scaled, whatever
+    their widths; what it compares is which places lie relatively near and far, not how near all of them are."""
+    if representation.shape[0] < 2 or representation.shape[0] != reference.shape[0]:
+        raise ConfigError("distance_matching needs two batches of the same at least 2 crops")
+    other = ~torch.eye(len(representation), dtype=torch.bool, device=representation.device)
+
+    def relative(x: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(x.float(), dim=1)
+        d = (2.0 - 2.0 * z @ z.T)[other].clamp_min(1e-12).sqrt()  # unit vectors: |a - b|^2 = 2 - 2 a.b
+        return d / d.mean().clamp_min(1e-12)
+
+    return F.smooth_l1_loss(relative(representation), relative(reference))
+
+
 class ReconstructionObjective(torch.nn.Module):
     """Masked reconstruction of the channel raster, beside the metric loss (after S2Vec, Google 2025, which
     rasterises built-environment features and trains a masked autoencoder on them): a linear decoder

@@ -93,6 +93,12 @@ class TrainConfig:
     # distance of the anchor's (loc2vec.models.losses.alike_compositions; None: every far place is a negative): a
     # far place of the same kind is not pushed away, so what tells kinds of place apart is what the loss rewards
     negative_composition_l1: float | None = None
+    # weight of keeping the batch's relative distances in the place representation at those the seeded initial
+    # encoder gives the unmasked crops (loc2vec.models.losses.distance_matching; 0: off): init_pull kept in
+    # function space, so training keeps the random features' geometry of what a place holds unless the objectives
+    # pay for the change (distillation from the encoder's own random start, as Sarnthein et al. 2023 distil from a
+    # random teacher)
+    init_geometry_weight: float = 0.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -119,6 +125,7 @@ class TrainConfig:
             (0 < self.stem_lr_scale <= 1, "stem_lr_scale must be in (0, 1]"),
             (self.patch_recon_weight >= 0, "patch_recon_weight must be >= 0"),
             (self.init_pull >= 0, "init_pull must be >= 0"),
+            (self.init_geometry_weight >= 0, "init_geometry_weight must be >= 0"),
             (
                 not (self.keep_stem_fill and self.freeze_stem),
                 "keep_stem_fill keeps part of a stem that freeze_stem keeps whole: set one of them",
@@ -234,6 +241,7 @@ UNLESS_DEFAULT = {
     "composition_on": "place",
     "negative_composition_l1": None,
     "keep_stem_fill": False,
+    "init_geometry_weight": 0.0,
 }
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the

@@ -1,14 +1,15 @@
 """What a training step adds to the metric loss, and what it corrects after the optimizer's step.
 
-Each auxiliary loss term of ``TrainConfig`` (reconstruction, decorrelation, composition, patch reconstruction)
-and each correction of the weights after a step (``init_pull``, ``keep_stem_fill``) is one object here, built
-from the config by ``StepObjectives`` or ``StepCorrections``, so the loop in ``loop.py`` runs them without
-knowing which are on: a new term or correction is an entry here, not a new branch of the loop. What the
-optimizer trains at all (``freeze_stem``, ``stem_lr_scale``) stays with the loop's parameter groups.
+Each auxiliary loss term of ``TrainConfig`` (reconstruction, decorrelation, composition, patch reconstruction, the
+initial encoder's geometry) and each correction of the weights after a step (``init_pull``, ``keep_stem_fill``) is
+one object here, built from the config by ``StepObjectives`` or ``StepCorrections``, so the loop in ``loop.py`` runs
+them without knowing which are on: a new term or correction is an entry here, not a new branch of the loop. What
+the optimizer trains at all (``freeze_stem``, ``stem_lr_scale``) stays with the loop's parameter groups.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from loc2vec.models.losses import (
     composition_neighbours,
     decorrelation,
     disc_composition,
+    distance_matching,
     mask_cells,
 )
 from loc2vec.training.config import TrainConfig
@@ -31,13 +33,14 @@ from loc2vec.training.config import TrainConfig
 @dataclass
 class StepBatch:
     """One step's crops as the encoder sees them (``x``, masked when the config masks cells) and what is read
-    of them before masking: the reconstruction's ``target``, the centre's ``composition``, and the pairs of
-    crops ``alike`` in it (negatives the metric loss drops)."""
+    of them before masking: the reconstruction's ``target``, the centre's ``composition``, the pairs of crops
+    ``alike`` in it (negatives the metric loss drops), and the ``unmasked`` crops the initial encoder embeds."""
 
     x: torch.Tensor
     target: torch.Tensor | None = None
     composition: torch.Tensor | None = None
     alike: torch.Tensor | None = None
+    unmasked: torch.Tensor | None = None
 
     @classmethod
     def of(cls, x: torch.Tensor, config: TrainConfig) -> StepBatch:
@@ -48,9 +51,10 @@ class StepBatch:
             composition = disc_composition(x, config.composition_radius_px)
         if config.negative_composition_l1 is not None:
             alike = alike_compositions(composition, config.negative_composition_l1)
+        unmasked = x
         if config.mask_ratio > 0:
             x = mask_cells(x, config.recon_cells, config.mask_ratio)
-        return cls(x, target, composition, alike)
+        return cls(x, target, composition, alike, unmasked if config.init_geometry_weight > 0 else None)
 
 
 # A term: (the batch, its place representation or None) -> its unweighted losses, each added as it comes (the
@@ -76,7 +80,9 @@ class StepObjectives:
     """The auxiliary terms a config turns on, with the decoders some of them train beside the encoder.
 
     ``loss`` adds each term at its weight to the metric loss, always in the same order (reconstruction,
-    decorrelation, composition, patch reconstruction), so a run's loss is the same sum wherever it runs.
+    decorrelation, composition, patch reconstruction, initial geometry), so a run's loss is the same sum wherever
+    it runs. Build it from the seeded model, before a checkpoint's weights are loaded: the initial geometry's
+    encoder is a frozen copy of it.
     The decoders' weights go into the checkpoint under ``state_dict``'s keys (None where a term is off).
     """
 
@@ -98,8 +104,13 @@ class StepObjectives:
             self.patch, seen = self._patch_reconstruction(model, channels, device)
             patch = self.patch
             self.terms.append((config.patch_recon_weight, _single(lambda b, _rep: patch(seen["stem"], b.x))))
+        if config.init_geometry_weight > 0:
+            self.terms.append((config.init_geometry_weight, self._initial_geometry(model)))
         self.needs_representation = (
-            config.recon_weight > 0 or config.decorrelation_weight > 0 or config.composition_weight > 0
+            config.recon_weight > 0
+            or config.decorrelation_weight > 0
+            or config.composition_weight > 0
+            or config.init_geometry_weight > 0
         )
 
     @staticmethod
@@ -115,6 +126,20 @@ class StepObjectives:
                 yield composition_neighbours(
                     shaped, batch.composition, config.temperature, config.composition_temperature
                 )
+
+        return term
+
+    @staticmethod
+    def _initial_geometry(model: Encoder) -> Term:
+        """The term keeping the representation's similarities at those of a frozen copy of the seeded ``model`` (in
+        eval mode, as the untrained baseline embeds) on the unmasked crops; rebuilt from the seed by a resumed run
+        and every DDP rank alike, so it needs no checkpoint entry."""
+        initial = copy.deepcopy(model).eval().requires_grad_(False)
+
+        def term(batch: StepBatch, representation: torch.Tensor | None) -> Iterator[torch.Tensor]:
+            with torch.no_grad():
+                reference = initial.embed(batch.unmasked)
+            yield distance_matching(representation, reference)
 
         return term
 

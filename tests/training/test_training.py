@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from loc2vec.errors import ConfigError
+from loc2vec.evaluation.embedders import crops_at
 from loc2vec.evaluation.run import untrained_encoder
 from loc2vec.models.encoders import ENCODERS, build_encoder
 from loc2vec.models.losses import (
@@ -19,6 +20,7 @@ from loc2vec.models.losses import (
     composition_neighbours,
     decorrelation,
     disc_composition,
+    distance_matching,
     mask_cells,
     soft_pn,
 )
@@ -47,7 +49,11 @@ def test_loss_goes_down_on_real_data(monaco_samples, tmp_path):
     assert all(np.isfinite(h.val_loss) for h in history)
 
 
-@pytest.mark.parametrize("objective", [{}, {"patch_recon_weight": 1.0}], ids=["triplet", "patch-reconstruction"])
+@pytest.mark.parametrize(
+    "objective",
+    [{}, {"patch_recon_weight": 1.0}, {"init_geometry_weight": 1.0}],
+    ids=["triplet", "patch-reconstruction", "initial-geometry"],
+)
 def test_resume_after_a_killed_run_is_identical_to_an_uninterrupted_run(objective, monaco_samples, tmp_path):
     """Resumed, the run continues as if it had not stopped (with an auxiliary decoder: from its saved state)."""
     reader, manifest = monaco_samples
@@ -225,6 +231,7 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"freeze_stem": True, "patch_recon_weight": 1.0}, "which freeze_stem keeps at its initial weights"),
         ({"init_pull": -1.0}, "init_pull must be >= 0"),
         ({"composition_weight": -1.0}, "composition_weight must be >= 0"),
+        ({"init_geometry_weight": -1.0}, "init_geometry_weight must be >= 0"),
         ({"crop_px": 64, "composition_radius_px": 33.0}, "composition_radius_px must be in"),
         ({"composition_temperature": 0.0}, "composition_temperature must be > 0"),
         ({"composition_on": "stem"}, "composition_on must be one of"),
@@ -522,6 +529,38 @@ def test_a_stem_that_keeps_its_fill_trains_its_patterns_around_the_seeded_kernel
     assert (kept - start).norm() > 0.01 * start.norm()  # while the patterns around it trained
     free, _ = kernels(False)
     assert (means(free) - means(start)).abs().max() > 100 * (means(kept) - means(start)).abs().max()
+
+
+def test_distance_matching_compares_how_two_representations_space_a_batch():
+    torch.manual_seed(0)
+    reference = torch.randn(32, 8)
+    rotated = torch.cat([reference @ torch.linalg.qr(torch.randn(8, 8))[0], torch.zeros(32, 4)], dim=1)
+    assert distance_matching(3.0 * rotated, reference).item() == pytest.approx(0.0, abs=1e-10)  # any width, scale
+    nearly = distance_matching(reference + 0.1 * torch.randn(32, 8), reference).item()
+    assert 0 < nearly < 0.2 * distance_matching(torch.randn(32, 8), reference).item()
+    with pytest.raises(ConfigError, match="same at least 2 crops"):
+        distance_matching(reference[:16], reference)
+
+
+def test_the_initial_geometry_term_keeps_the_untrained_encoders_similarities(monaco_samples, tmp_path):
+    """Trained with ``init_geometry_weight`` the place representation spaces held-out crops nearer to how the
+    untrained encoder (the model's seeded start) spaces them than trained without it, in eval mode as the
+    evaluation embeds (80 steps, so that batch norm's running statistics settle)."""
+    reader, manifest = monaco_samples
+    train_xy, val_xy = _xy(manifest)
+    assert TrainConfig().digest() == TrainConfig(init_geometry_weight=0.0).digest()  # older runs keep theirs
+    assert TrainConfig().digest() != TrainConfig(init_geometry_weight=1.0).digest()
+    held_out = torch.from_numpy(crops_at(reader, val_xy[:64], FAST["crop_px"])).permute(0, 3, 1, 2).contiguous()
+
+    def drift(weight: float) -> float:
+        steps = {**FAST, "steps_per_epoch": 40}
+        config = TrainConfig(epochs=2, patience=10, init_geometry_weight=weight, mask_ratio=0.5, **steps)
+        trained = train(config, reader, train_xy, val_xy, select_device("cpu"), tmp_path / str(weight)).model
+        with torch.no_grad():
+            start = untrained_encoder(config, reader.channels).eval().embed(held_out)
+            return distance_matching(trained.eval().embed(held_out), start).item()
+
+    assert drift(100.0) < 0.6 * drift(0.0)  # 0.011 against 0.028
 
 
 def test_decorrelation_measures_redundant_dimensions_whatever_their_scale():
