@@ -210,6 +210,11 @@ class TrainingConfig(dg.Config):
         description="No negative of an anchor whose channel means over the composition disc lie within this L1 "
         "distance of the anchor's: far places of the same kind are not pushed apart (None: off).",
     )
+    init_geometry_weight: float = Field(
+        _TRAIN.init_geometry_weight,
+        description="Weight of keeping the batch's relative distances in the place representation at those the "
+        "seeded initial encoder (the untrained baseline, frozen) gives the unmasked crops (0: off).",
+    )
 
 
 @dg.asset(
