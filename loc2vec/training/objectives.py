@@ -91,6 +91,8 @@ class StepObjectives:
         self.reconstruction: ReconstructionObjective | None = None
         self.patch: PatchReconstruction | None = None
         self._unhook: Callable[[], None] | None = None
+        # the initial encoder is copied before the patch term hooks the encoder's stem (a copy would carry the hook)
+        geometry = self._initial_geometry(model) if config.init_geometry_weight > 0 else None
         if config.recon_weight > 0:
             width = model.context_dim if config.recon_from == "context" else model.representation_dim
             recon = ReconstructionObjective(width, channels, config.recon_cells).to(device)
@@ -104,8 +106,8 @@ class StepObjectives:
             self.patch, seen = self._patch_reconstruction(model, channels, device)
             patch = self.patch
             self.terms.append((config.patch_recon_weight, _single(lambda b, _rep: patch(seen["stem"], b.x))))
-        if config.init_geometry_weight > 0:
-            self.terms.append((config.init_geometry_weight, self._initial_geometry(model)))
+        if geometry is not None:
+            self.terms.append((config.init_geometry_weight, geometry))
         self.needs_representation = (
             config.recon_weight > 0
             or config.decorrelation_weight > 0

@@ -28,7 +28,7 @@ from loc2vec.training.checkpoint import load_checkpoint
 from loc2vec.training.config import TrainConfig
 from loc2vec.training.device import select_device
 from loc2vec.training.loop import SimulatedCrash, parameter_groups, train
-from loc2vec.training.objectives import InitialWeights
+from loc2vec.training.objectives import InitialWeights, StepBatch, StepObjectives
 
 FAST = dict(crop_px=64, batch_size=32, steps_per_epoch=8, val_triplets=64, r_neg_m=300.0, seed=1)
 
@@ -561,6 +561,20 @@ def test_the_initial_geometry_term_keeps_the_untrained_encoders_similarities(mon
             return distance_matching(trained.eval().embed(held_out), start).item()
 
     assert drift(100.0) < 0.6 * drift(0.0)  # 0.011 against 0.028
+
+
+def test_the_initial_encoder_runs_without_touching_what_the_patch_term_reads():
+    """The frozen initial encoder is copied before the patch term hooks the encoder's stem: embedding other crops
+    with it leaves the stem output the patch term decodes as the model's last forward pass left it."""
+    torch.manual_seed(0)
+    model = build_encoder("small_cnn", 16, 12)
+    config = TrainConfig(crop_px=64, patch_recon_weight=1.0, init_geometry_weight=1.0)
+    (_, patch), (_, geometry) = StepObjectives(config, model, 12, torch.device("cpu")).terms
+    crops, others = (torch.randint(0, 256, (8, 12, 64, 64), dtype=torch.uint8) for _ in range(2))
+    _, representation = model(crops, with_representation=True)
+    before = next(patch(StepBatch.of(crops, config), representation)).item()
+    next(geometry(StepBatch.of(others, config), representation))
+    assert next(patch(StepBatch.of(crops, config), representation)).item() == before
 
 
 def test_decorrelation_measures_redundant_dimensions_whatever_their_scale():
