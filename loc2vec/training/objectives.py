@@ -133,9 +133,9 @@ class StepObjectives:
 
     @staticmethod
     def _initial_geometry(model: Encoder) -> Term:
-        """The term keeping the representation's similarities at those of a frozen copy of the seeded ``model`` (in
-        eval mode, as the untrained baseline embeds) on the unmasked crops; rebuilt from the seed by a resumed run
-        and every DDP rank alike, so it needs no checkpoint entry."""
+        """The term keeping the representation's relative distances at those of a frozen copy of the seeded
+        ``model`` (in eval mode, as the untrained baseline embeds) on the unmasked crops; rebuilt from the seed by a
+        resumed run and every DDP rank alike, so it needs no checkpoint entry."""
         initial = copy.deepcopy(model).eval().requires_grad_(False)
 
         def term(batch: StepBatch, representation: torch.Tensor | None) -> Iterator[torch.Tensor]:

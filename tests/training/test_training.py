@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from loc2vec.errors import ConfigError
-from loc2vec.evaluation.embedders import crops_at
+from loc2vec.evaluation.embedders import crops_tensor
 from loc2vec.evaluation.run import untrained_encoder
 from loc2vec.models.encoders import ENCODERS, build_encoder
 from loc2vec.models.losses import (
@@ -542,7 +542,7 @@ def test_distance_matching_compares_how_two_representations_space_a_batch():
         distance_matching(reference[:16], reference)
 
 
-def test_the_initial_geometry_term_keeps_the_untrained_encoders_similarities(monaco_samples, tmp_path):
+def test_the_initial_geometry_term_keeps_the_untrained_encoders_relative_distances(monaco_samples, tmp_path):
     """Trained with ``init_geometry_weight`` the place representation spaces held-out crops nearer to how the
     untrained encoder (the model's seeded start) spaces them than trained without it, in eval mode as the
     evaluation embeds (80 steps, so that batch norm's running statistics settle)."""
@@ -550,7 +550,7 @@ def test_the_initial_geometry_term_keeps_the_untrained_encoders_similarities(mon
     train_xy, val_xy = _xy(manifest)
     assert TrainConfig().digest() == TrainConfig(init_geometry_weight=0.0).digest()  # older runs keep theirs
     assert TrainConfig().digest() != TrainConfig(init_geometry_weight=1.0).digest()
-    held_out = torch.from_numpy(crops_at(reader, val_xy[:64], FAST["crop_px"])).permute(0, 3, 1, 2).contiguous()
+    held_out = crops_tensor(reader, val_xy[:64], FAST["crop_px"], torch.device("cpu"))
 
     def drift(weight: float) -> float:
         steps = {**FAST, "steps_per_epoch": 40}
