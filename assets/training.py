@@ -215,6 +215,11 @@ class TrainingConfig(dg.Config):
         description="Weight of keeping the batch's relative distances in the place representation at those the "
         "seeded initial encoder (the untrained baseline, frozen) gives the unmasked crops (0: off).",
     )
+    init_geometry_on: str = Field(
+        _TRAIN.init_geometry_on,
+        description="place | context | both: what init_geometry_weight keeps, the whole place representation's "
+        "distances, its context part's alone (the last stage), or each with a term of its own.",
+    )
 
 
 @dg.asset(

@@ -99,6 +99,10 @@ class TrainConfig:
     # pay for the change (distillation from the encoder's own random start, as Sarnthein et al. 2023 distil from a
     # random teacher)
     init_geometry_weight: float = 0.0
+    # which part of the place representation that term keeps: all of it ("place"), the context part alone ("context":
+    # the part the triplet loss shapes, and the part a trained model moves furthest from its random twin), or both,
+    # as the sum of the two terms ("both")
+    init_geometry_on: str = "place"
 
     def __post_init__(self) -> None:
         checks = [
@@ -126,6 +130,7 @@ class TrainConfig:
             (self.patch_recon_weight >= 0, "patch_recon_weight must be >= 0"),
             (self.init_pull >= 0, "init_pull must be >= 0"),
             (self.init_geometry_weight >= 0, "init_geometry_weight must be >= 0"),
+            (self.init_geometry_on in COMPOSITION_TARGETS, f"init_geometry_on must be one of {COMPOSITION_TARGETS}"),
             (
                 not (self.keep_stem_fill and self.freeze_stem),
                 "keep_stem_fill keeps part of a stem that freeze_stem keeps whole: set one of them",
@@ -218,6 +223,8 @@ class TrainConfig:
             kept = () if "negative_composition_l1" not in values else ("composition_radius_px",)
             for name in set(COMPOSITION_FIELDS) - set(kept):
                 values.pop(name, None)
+        if values.get("init_geometry_weight", 0.0) == 0:  # no term (gone as a default): nothing to choose
+            values.pop("init_geometry_on", None)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -242,6 +249,7 @@ UNLESS_DEFAULT = {
     "negative_composition_l1": None,
     "keep_stem_fill": False,
     "init_geometry_weight": 0.0,
+    "init_geometry_on": "place",
 }
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the

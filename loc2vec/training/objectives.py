@@ -71,9 +71,17 @@ def _single(loss: Callable[[StepBatch, torch.Tensor | None], torch.Tensor]) -> T
     return term
 
 
-# What the composition term shapes (``TrainConfig.composition_on``): the place representation, its context part
-# (the representation's first ``Encoder.context_dim`` columns), or both, each with a term of its own
+# What the composition term shapes and the initial geometry term keeps (``TrainConfig.composition_on``,
+# ``init_geometry_on``): the place representation, its context part (the representation's first
+# ``Encoder.context_dim`` columns), or both, each with a term of its own
 COMPOSITION_SHAPED = {"place": ("place",), "context": ("context",), "both": ("place", "context")}
+
+
+def _shaped_parts(representation: torch.Tensor, target: str, context_dim: int) -> list[torch.Tensor]:
+    """The parts of the place ``representation`` a ``target`` of ``COMPOSITION_SHAPED`` names, every part cut
+    before a term's first loss, so autograd sums their gradients in one order."""
+    parts = COMPOSITION_SHAPED[target]
+    return [representation if part == "place" else representation[:, :context_dim] for part in parts]
 
 
 class StepObjectives:
@@ -92,7 +100,7 @@ class StepObjectives:
         self.patch: PatchReconstruction | None = None
         self._unhook: Callable[[], None] | None = None
         # the initial encoder is copied before the patch term hooks the encoder's stem (a copy would carry the hook)
-        geometry = self._initial_geometry(model) if config.init_geometry_weight > 0 else None
+        geometry = self._initial_geometry(model, config.init_geometry_on) if config.init_geometry_weight > 0 else None
         if config.recon_weight > 0:
             width = model.context_dim if config.recon_from == "context" else model.representation_dim
             recon = ReconstructionObjective(width, channels, config.recon_cells).to(device)
@@ -120,11 +128,7 @@ class StepObjectives:
         """The composition term on each part ``composition_on`` names: the representation, its context part."""
 
         def term(batch: StepBatch, representation: torch.Tensor | None) -> Iterator[torch.Tensor]:
-            parts = [
-                representation if part == "place" else representation[:, :context_dim]
-                for part in COMPOSITION_SHAPED[config.composition_on]
-            ]  # every part cut before the first loss, so autograd sums their gradients in one order
-            for shaped in parts:
+            for shaped in _shaped_parts(representation, config.composition_on, context_dim):
                 yield composition_neighbours(
                     shaped, batch.composition, config.temperature, config.composition_temperature
                 )
@@ -132,16 +136,20 @@ class StepObjectives:
         return term
 
     @staticmethod
-    def _initial_geometry(model: Encoder) -> Term:
-        """The term keeping the representation's relative distances at those of a frozen copy of the seeded
-        ``model`` (in eval mode, as the untrained baseline embeds) on the unmasked crops; rebuilt from the seed by a
-        resumed run and every DDP rank alike, so it needs no checkpoint entry."""
+    def _initial_geometry(model: Encoder, target: str) -> Term:
+        """The term keeping the relative distances of each part ``target`` names (``init_geometry_on``) at those of
+        the same part in a frozen copy of the seeded ``model`` (in eval mode, as the untrained baseline embeds) on
+        the unmasked crops; rebuilt from the seed by a resumed run and every DDP rank alike, so it needs no
+        checkpoint entry."""
         initial = copy.deepcopy(model).eval().requires_grad_(False)
+        context_dim = model.context_dim
 
         def term(batch: StepBatch, representation: torch.Tensor | None) -> Iterator[torch.Tensor]:
             with torch.no_grad():
                 reference = initial.embed(batch.unmasked)
-            yield distance_matching(representation, reference)
+            kept = _shaped_parts(representation, target, context_dim)
+            for part, initial_part in zip(kept, _shaped_parts(reference, target, context_dim), strict=True):
+                yield distance_matching(part, initial_part)
 
         return term
 

@@ -235,6 +235,7 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"crop_px": 64, "composition_radius_px": 33.0}, "composition_radius_px must be in"),
         ({"composition_temperature": 0.0}, "composition_temperature must be > 0"),
         ({"composition_on": "stem"}, "composition_on must be one of"),
+        ({"init_geometry_on": "stem"}, "init_geometry_on must be one of"),
         ({"negative_composition_l1": 0.0}, "negative_composition_l1 must be > 0"),
         ({"encoder": "resnet18", "keep_stem_fill": True}, "keep_stem_fill needs a small_cnn encoder"),
         ({"keep_stem_fill": True, "freeze_stem": True}, "keep_stem_fill keeps part of a stem that freeze_stem"),
@@ -575,6 +576,33 @@ def test_the_initial_encoder_runs_without_touching_what_the_patch_term_reads():
     before = next(patch(StepBatch.of(crops, config), representation)).item()
     next(geometry(StepBatch.of(others, config), representation))
     assert next(patch(StepBatch.of(crops, config), representation)).item() == before
+
+
+def test_init_geometry_on_chooses_the_parts_whose_distances_the_term_keeps():
+    """With ``init_geometry_on="context"`` the term matches the context part (the first ``context_dim`` columns)
+    to the initial encoder's context part, with "place" the whole representation, with "both" each in a term of
+    its own; the target is part of the config's identity only where a term keeps something."""
+    on = {"crop_px": 64, "init_geometry_weight": 1.0}
+    assert TrainConfig(**on).digest() == TrainConfig(init_geometry_on="place", **on).digest()
+    assert TrainConfig(**on).digest() != TrainConfig(init_geometry_on="context", **on).digest()
+    assert TrainConfig().digest() == TrainConfig(init_geometry_on="context").digest()  # no term to keep anything
+    crops = torch.randint(0, 256, (8, 12, 64, 64), dtype=torch.uint8)
+    losses = {}
+    for target in ("place", "context", "both"):
+        torch.manual_seed(0)
+        model = build_encoder("small_cnn", 16, 12)
+        with torch.no_grad():
+            initial = model.eval().embed(crops)
+        config = TrainConfig(init_geometry_on=target, **on)
+        ((_, geometry),) = StepObjectives(config, model, 12, torch.device("cpu")).terms
+        with torch.no_grad():
+            model.backbone.features[-1][0].weight.mul_(-1.5)  # a trained context: its distances moved
+            representation = model.eval().embed(crops)
+        losses[target] = [loss.item() for loss in geometry(StepBatch.of(crops, config), representation)]
+        context = model.context_dim
+        whole, part = (distance_matching(representation[:, :w], initial[:, :w]).item() for w in (None, context))
+    assert part > 0
+    assert losses == {"place": [whole], "context": [part], "both": [whole, part]}
 
 
 def test_decorrelation_measures_redundant_dimensions_whatever_their_scale():
