@@ -130,7 +130,7 @@ class TrainConfig:
             (self.patch_recon_weight >= 0, "patch_recon_weight must be >= 0"),
             (self.init_pull >= 0, "init_pull must be >= 0"),
             (self.init_geometry_weight >= 0, "init_geometry_weight must be >= 0"),
-            (self.init_geometry_on in COMPOSITION_TARGETS, f"init_geometry_on must be one of {COMPOSITION_TARGETS}"),
+            (self.init_geometry_on in PART_TARGETS, f"init_geometry_on must be one of {PART_TARGETS}"),
             (
                 not (self.keep_stem_fill and self.freeze_stem),
                 "keep_stem_fill keeps part of a stem that freeze_stem keeps whole: set one of them",
@@ -138,7 +138,7 @@ class TrainConfig:
             (self.composition_weight >= 0, "composition_weight must be >= 0"),
             (0 < self.composition_radius_px <= self.crop_px / 2, "composition_radius_px must be in (0, crop_px / 2]"),
             (self.composition_temperature > 0, "composition_temperature must be > 0"),
-            (self.composition_on in COMPOSITION_TARGETS, f"composition_on must be one of {COMPOSITION_TARGETS}"),
+            (self.composition_on in PART_TARGETS, f"composition_on must be one of {PART_TARGETS}"),
             (
                 self.negative_composition_l1 is None or self.negative_composition_l1 > 0,
                 "negative_composition_l1 must be > 0 (or None: off)",
@@ -233,7 +233,9 @@ SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio", "recon_from")
 RECON_SOURCES = ("place", "context")
 COMPOSITION_FIELDS = ("composition_weight", "composition_radius_px", "composition_temperature", "composition_on")
-COMPOSITION_TARGETS = ("place", "context", "both")
+# what a term on the place representation acts on (`composition_on`, `init_geometry_on`): the whole
+# representation, its context part or both
+PART_TARGETS = ("place", "context", "both")
 # the options on the small CNN's patch stem, each refused with another encoder unless at its default
 STEM_FIELDS = ("freeze_stem", "stem_lr_scale", "patch_recon_weight", "keep_stem_fill")
 # fields added after the first trained configs, part of the digest only when not at these defaults

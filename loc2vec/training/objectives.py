@@ -74,13 +74,13 @@ def _single(loss: Callable[[StepBatch, torch.Tensor | None], torch.Tensor]) -> T
 # What the composition term shapes and the initial geometry term keeps (``TrainConfig.composition_on``,
 # ``init_geometry_on``): the place representation, its context part (the representation's first
 # ``Encoder.context_dim`` columns), or both, each with a term of its own
-COMPOSITION_SHAPED = {"place": ("place",), "context": ("context",), "both": ("place", "context")}
+PARTS_OF_TARGET = {"place": ("place",), "context": ("context",), "both": ("place", "context")}
 
 
 def _shaped_parts(representation: torch.Tensor, target: str, context_dim: int) -> list[torch.Tensor]:
-    """The parts of the place ``representation`` a ``target`` of ``COMPOSITION_SHAPED`` names, every part cut
+    """The parts of the place ``representation`` a ``target`` of ``PARTS_OF_TARGET`` names, every part cut
     before a term's first loss, so autograd sums their gradients in one order."""
-    parts = COMPOSITION_SHAPED[target]
+    parts = PARTS_OF_TARGET[target]
     return [representation if part == "place" else representation[:, :context_dim] for part in parts]
 
 
