@@ -233,9 +233,11 @@ SAMPLER_FIELDS = ("sampler", "neighbourhood_px", "shuffle_neighbourhoods")
 RECON_FIELDS = ("recon_weight", "recon_cells", "mask_ratio", "recon_from")
 RECON_SOURCES = ("place", "context")
 COMPOSITION_FIELDS = ("composition_weight", "composition_radius_px", "composition_temperature", "composition_on")
-# what a term on the place representation acts on (`composition_on`, `init_geometry_on`): the whole
-# representation, its context part or both
-PART_TARGETS = ("place", "context", "both")
+# What a term on the place representation acts on (`composition_on`, `init_geometry_on`): the whole
+# representation, its context part (the representation's first ``Encoder.context_dim`` columns), or both,
+# each part with a term of its own
+PARTS_OF_TARGET = {"place": ("place",), "context": ("context",), "both": ("place", "context")}
+PART_TARGETS = tuple(PARTS_OF_TARGET)
 # the options on the small CNN's patch stem, each refused with another encoder unless at its default
 STEM_FIELDS = ("freeze_stem", "stem_lr_scale", "patch_recon_weight", "keep_stem_fill")
 # fields added after the first trained configs, part of the digest only when not at these defaults

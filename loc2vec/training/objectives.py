@@ -27,7 +27,7 @@ from loc2vec.models.losses import (
     distance_matching,
     mask_cells,
 )
-from loc2vec.training.config import TrainConfig
+from loc2vec.training.config import PARTS_OF_TARGET, TrainConfig
 
 
 @dataclass
@@ -69,12 +69,6 @@ def _single(loss: Callable[[StepBatch, torch.Tensor | None], torch.Tensor]) -> T
         yield loss(batch, representation)
 
     return term
-
-
-# What the composition term shapes and the initial geometry term keeps (``TrainConfig.composition_on``,
-# ``init_geometry_on``): the place representation, its context part (the representation's first
-# ``Encoder.context_dim`` columns), or both, each with a term of its own
-PARTS_OF_TARGET = {"place": ("place",), "context": ("context",), "both": ("place", "context")}
 
 
 def _shaped_parts(representation: torch.Tensor, target: str, context_dim: int) -> list[torch.Tensor]:
