@@ -103,6 +103,9 @@ class TrainConfig:
     # the part the triplet loss shapes, and the part a trained model moves furthest from its random twin), or both,
     # as the sum of the two terms ("both")
     init_geometry_on: str = "place"
+    # weight of the context part's term under init_geometry_on="both" (None: init_geometry_weight, as for the whole
+    # representation): the context kept less than the whole, so the triplet loss shapes it further
+    init_geometry_context_weight: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -131,6 +134,14 @@ class TrainConfig:
             (self.init_pull >= 0, "init_pull must be >= 0"),
             (self.init_geometry_weight >= 0, "init_geometry_weight must be >= 0"),
             (self.init_geometry_on in PART_TARGETS, f"init_geometry_on must be one of {PART_TARGETS}"),
+            (
+                self.init_geometry_context_weight is None or self.init_geometry_context_weight >= 0,
+                "init_geometry_context_weight must be >= 0 (or None: init_geometry_weight)",
+            ),
+            (
+                self.init_geometry_context_weight is None or self.init_geometry_on == "both",
+                "init_geometry_context_weight weighs the context part beside the whole: set init_geometry_on='both'",
+            ),
             (
                 not (self.keep_stem_fill and self.freeze_stem),
                 "keep_stem_fill keeps part of a stem that freeze_stem keeps whole: set one of them",
@@ -225,6 +236,7 @@ class TrainConfig:
                 values.pop(name, None)
         if values.get("init_geometry_weight", 0.0) == 0:  # no term (gone as a default): nothing to choose
             values.pop("init_geometry_on", None)
+            values.pop("init_geometry_context_weight", None)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -254,6 +266,7 @@ UNLESS_DEFAULT = {
     "keep_stem_fill": False,
     "init_geometry_weight": 0.0,
     "init_geometry_on": "place",
+    "init_geometry_context_weight": None,
 }
 
 # What `loc2vec train-regions` trains a model for new regions with, unless given a config: the recipe of the

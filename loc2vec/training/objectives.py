@@ -57,8 +57,8 @@ class StepBatch:
         return cls(x, target, composition, alike, unmasked if config.init_geometry_weight > 0 else None)
 
 
-# A term: (the batch, its place representation or None) -> its unweighted losses, each added as it comes (the
-# composition term on both parts gives two)
+# A term: (the batch, its place representation or None) -> its unweighted losses, each added as it comes at its own
+# weight (the composition and initial geometry terms on both parts give two)
 Term = Callable[[StepBatch, torch.Tensor | None], Iterator[torch.Tensor]]
 
 
@@ -78,10 +78,20 @@ def _shaped_parts(representation: torch.Tensor, target: str, context_dim: int) -
     return [representation if part == "place" else representation[:, :context_dim] for part in parts]
 
 
+def _initial_geometry_weights(config: TrainConfig) -> tuple[float, ...]:
+    """The weight of each part's initial geometry loss, in ``PARTS_OF_TARGET``'s order: ``init_geometry_weight``,
+    the context part beside the whole at ``init_geometry_context_weight`` where that is set."""
+    context = config.init_geometry_context_weight
+    return tuple(
+        context if part == "context" and context is not None else config.init_geometry_weight
+        for part in PARTS_OF_TARGET[config.init_geometry_on]
+    )
+
+
 class StepObjectives:
     """The auxiliary terms a config turns on, with the decoders some of them train beside the encoder.
 
-    ``loss`` adds each term at its weight to the metric loss, always in the same order (reconstruction,
+    ``loss`` adds each term's losses at their weights to the metric loss, always in the same order (reconstruction,
     decorrelation, composition, patch reconstruction, initial geometry), so a run's loss is the same sum wherever
     it runs. Build it from the seeded model, before a checkpoint's weights are loaded: the initial geometry's
     encoder is a frozen copy of it.
@@ -89,7 +99,7 @@ class StepObjectives:
     """
 
     def __init__(self, config: TrainConfig, model: Encoder, channels: int, device: torch.device) -> None:
-        self.terms: list[tuple[float, Term]] = []
+        self.terms: list[tuple[tuple[float, ...], Term]] = []  # a term and the weight of each loss it yields
         self.reconstruction: ReconstructionObjective | None = None
         self.patch: PatchReconstruction | None = None
         self._unhook: Callable[[], None] | None = None
@@ -99,17 +109,18 @@ class StepObjectives:
             width = model.context_dim if config.recon_from == "context" else model.representation_dim
             recon = ReconstructionObjective(width, channels, config.recon_cells).to(device)
             self.reconstruction = recon
-            self.terms.append((config.recon_weight, _single(lambda b, rep: recon(rep[:, :width], b.target))))
+            self.terms.append(((config.recon_weight,), _single(lambda b, rep: recon(rep[:, :width], b.target))))
         if config.decorrelation_weight > 0:
-            self.terms.append((config.decorrelation_weight, _single(lambda _b, rep: decorrelation(rep))))
+            self.terms.append(((config.decorrelation_weight,), _single(lambda _b, rep: decorrelation(rep))))
         if config.composition_weight > 0:
-            self.terms.append((config.composition_weight, self._composition(config, model.context_dim)))
+            parts = PARTS_OF_TARGET[config.composition_on]
+            self.terms.append(((config.composition_weight,) * len(parts), self._composition(config, model.context_dim)))
         if config.patch_recon_weight > 0:
             self.patch, seen = self._patch_reconstruction(model, channels, device)
             patch = self.patch
-            self.terms.append((config.patch_recon_weight, _single(lambda b, _rep: patch(seen["stem"], b.x))))
+            self.terms.append(((config.patch_recon_weight,), _single(lambda b, _rep: patch(seen["stem"], b.x))))
         if geometry is not None:
-            self.terms.append((config.init_geometry_weight, geometry))
+            self.terms.append((_initial_geometry_weights(config), geometry))
         self.needs_representation = (
             config.recon_weight > 0
             or config.decorrelation_weight > 0
@@ -165,10 +176,10 @@ class StepObjectives:
         return [m for m in (self.reconstruction, self.patch) if m is not None]
 
     def loss(self, metric: torch.Tensor, batch: StepBatch, representation: torch.Tensor | None) -> torch.Tensor:
-        """The step's loss: the ``metric`` loss plus every term's losses at the term's weight."""
+        """The step's loss: the ``metric`` loss plus every term's losses, each at its weight."""
         total = metric
-        for weight, term in self.terms:
-            for part in term(batch, representation):
+        for weights, term in self.terms:
+            for weight, part in zip(weights, term(batch, representation), strict=True):
                 total = total + weight * part
         return total
 

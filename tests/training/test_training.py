@@ -236,6 +236,11 @@ def test_infonce_contrasts_each_pair_with_its_far_negatives_only():
         ({"composition_temperature": 0.0}, "composition_temperature must be > 0"),
         ({"composition_on": "stem"}, "composition_on must be one of"),
         ({"init_geometry_on": "stem"}, "init_geometry_on must be one of"),
+        (
+            {"init_geometry_weight": 1.0, "init_geometry_on": "both", "init_geometry_context_weight": -1.0},
+            "init_geometry_context_weight must be >= 0",
+        ),
+        ({"init_geometry_weight": 1.0, "init_geometry_context_weight": 0.3}, "set init_geometry_on='both'"),
         ({"negative_composition_l1": 0.0}, "negative_composition_l1 must be > 0"),
         ({"encoder": "resnet18", "keep_stem_fill": True}, "keep_stem_fill needs a small_cnn encoder"),
         ({"keep_stem_fill": True, "freeze_stem": True}, "keep_stem_fill keeps part of a stem that freeze_stem"),
@@ -602,6 +607,31 @@ def test_init_geometry_on_chooses_the_parts_whose_distances_the_term_keeps():
         whole, part = (distance_matching(representation[:, :w], initial[:, :w]).item() for w in (None, context))
         assert part > 0
         assert losses == {"place": [whole], "context": [part], "both": [whole, part]}[target], target
+
+
+def test_init_geometry_context_weight_weighs_the_context_part_beside_the_whole():
+    """Under ``init_geometry_on="both"`` the context part's loss enters the step's loss at
+    ``init_geometry_context_weight``, the whole representation's at ``init_geometry_weight``; unset, both at the
+    latter, and the config keeps the identity it had before the option."""
+    on = {"crop_px": 64, "init_geometry_weight": 100.0, "init_geometry_on": "both"}
+    assert TrainConfig(**on).digest() == TrainConfig(init_geometry_context_weight=None, **on).digest()
+    assert TrainConfig(**on).digest() != TrainConfig(init_geometry_context_weight=30.0, **on).digest()
+    crops = torch.randint(0, 256, (8, 12, 64, 64), dtype=torch.uint8)
+    for context_weight, weights in ((None, (100.0, 100.0)), (30.0, (100.0, 30.0)), (0.0, (100.0, 0.0))):
+        torch.manual_seed(0)
+        model = build_encoder("small_cnn", 16, 12)
+        config = TrainConfig(init_geometry_context_weight=context_weight, **on)
+        objectives = StepObjectives(config, model, 12, torch.device("cpu"))
+        ((term_weights, geometry),) = objectives.terms
+        assert term_weights == weights
+        with torch.no_grad():
+            model.backbone.features[-1][0].weight.mul_(-1.5)
+            representation = model.eval().embed(crops)
+        batch = StepBatch.of(crops, config)
+        whole, part = geometry(batch, representation)
+        metric = torch.tensor(0.5)
+        expected = 0.5 + weights[0] * whole.item() + weights[1] * part.item()
+        assert objectives.loss(metric, batch, representation).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_decorrelation_measures_redundant_dimensions_whatever_their_scale():
