@@ -220,6 +220,11 @@ class TrainingConfig(dg.Config):
         description="place | context | both: what init_geometry_weight keeps, the whole place representation's "
         "distances, its context part's alone (the last stage), or each with a term of its own.",
     )
+    init_geometry_context_weight: float | None = Field(
+        _TRAIN.init_geometry_context_weight,
+        description="Under init_geometry_on=both, the weight of the context part's term apart from the whole "
+        "representation's (None: init_geometry_weight).",
+    )
 
 
 @dg.asset(
