@@ -78,13 +78,12 @@ def _shaped_parts(representation: torch.Tensor, target: str, context_dim: int) -
     return [representation if part == "place" else representation[:, :context_dim] for part in parts]
 
 
-def _initial_geometry_weights(config: TrainConfig) -> tuple[float, ...]:
-    """The weight of each part's initial geometry loss, in ``PARTS_OF_TARGET``'s order: ``init_geometry_weight``,
-    the context part beside the whole at ``init_geometry_context_weight`` where that is set."""
-    context = config.init_geometry_context_weight
+def _part_weights(target: str, weight: float, context_weight: float | None = None) -> tuple[float, ...]:
+    """The weight of each loss a term on the parts ``target`` names yields, in ``_shaped_parts``' order: ``weight``,
+    the context part at ``context_weight`` where that is set."""
     return tuple(
-        context if part == "context" and context is not None else config.init_geometry_weight
-        for part in PARTS_OF_TARGET[config.init_geometry_on]
+        context_weight if part == "context" and context_weight is not None else weight
+        for part in PARTS_OF_TARGET[target]
     )
 
 
@@ -113,14 +112,17 @@ class StepObjectives:
         if config.decorrelation_weight > 0:
             self.terms.append(((config.decorrelation_weight,), _single(lambda _b, rep: decorrelation(rep))))
         if config.composition_weight > 0:
-            parts = PARTS_OF_TARGET[config.composition_on]
-            self.terms.append(((config.composition_weight,) * len(parts), self._composition(config, model.context_dim)))
+            weights = _part_weights(config.composition_on, config.composition_weight)
+            self.terms.append((weights, self._composition(config, model.context_dim)))
         if config.patch_recon_weight > 0:
             self.patch, seen = self._patch_reconstruction(model, channels, device)
             patch = self.patch
             self.terms.append(((config.patch_recon_weight,), _single(lambda b, _rep: patch(seen["stem"], b.x))))
         if geometry is not None:
-            self.terms.append((_initial_geometry_weights(config), geometry))
+            weights = _part_weights(
+                config.init_geometry_on, config.init_geometry_weight, config.init_geometry_context_weight
+            )
+            self.terms.append((weights, geometry))
         self.needs_representation = (
             config.recon_weight > 0
             or config.decorrelation_weight > 0
