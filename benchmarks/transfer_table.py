@@ -4,9 +4,10 @@
 
 Prints, as Markdown: per held-out region and embedder the mean ± standard deviation over the files of every
 metric (``insufficient`` where R's protocol flags it), then the bar: per seed, the model minus the untrained
-encoder and minus channel statistics on balanced recall, the probe and POI presence, and how many of the bar's
+encoder and minus channel statistics on balanced recall, the probe and POI presence, each with the 95 %
+interval of its lead (``leads`` in evaluation.json) where that reaches 0 or below, and how many of the bar's
 cells (file, held-out region, sufficient metric) the model meets: ahead of both, and ahead of both with the
-leads' intervals (``leads`` in evaluation.json) above 0. The files of ``--own-region`` runs
+leads' intervals above 0. The files of ``--own-region`` runs
 (``own-region.json``) add the model trained on the region alone (and the model minus it), and how many cells
 the model of all regions is no worse on, and behind beyond the noise (``lead_over_alone``'s interval below 0).
 A region may be missing from some files (held out in other runs): its rows use the files that hold it.
@@ -105,6 +106,26 @@ def own_cells(results: list[dict]) -> tuple[int, int, int]:
     return cells, no_worse, behind
 
 
+def _interval(lead: dict | None) -> str:
+    """`` [low, high]`` of a lead whose interval reaches 0 or below (as the docs' tables show it), else ``""``."""
+    if not lead or lead["low"] > 0:
+        return ""
+    return f" [{lead['low']:+.3f}, {lead['high']:+.3f}]"
+
+
+def _gaps(run: dict, metric: str) -> str:
+    """The model minus each bar baseline (and minus R's own model, in own-region files) on one metric, each
+    with its interval where it reaches 0; ``n/a`` where a score is missing."""
+    model = _value(run["model"], metric)
+    others = [(run["baselines"][b], (run.get("leads") or {}).get(b)) for b in BAR_BASELINES]
+    if "model_alone" in run:
+        others.append((run["model_alone"], run.get("lead_over_alone")))
+    gaps = [(model - _value(other, metric), (leads or {}).get(metric)) for other, leads in others]
+    if any(math.isnan(gap) for gap, _ in gaps):
+        return "n/a"
+    return " / ".join(f"{gap:+.3f}{_interval(lead)}" for gap, lead in gaps)
+
+
 def tables(results: list[dict]) -> str:
     regions = list(dict.fromkeys(r for result in results for r, run in result.items() if run.get("scored")))
     head = "| held out | embedder | " + " | ".join(label for _, label in METRICS) + " |"
@@ -121,13 +142,7 @@ def tables(results: list[dict]) -> str:
             lines.append(f"| {region if i == 0 else ''} | {name} | " + " | ".join(cells) + " |")
         per_metric = []
         for metric in BAR:
-            seeds = []
-            for run in runs:
-                model = _value(run["model"], metric)
-                others = [run["baselines"][b] for b in BAR_BASELINES]
-                others += [run["model_alone"]] if "model_alone" in run else []
-                gaps = [model - _value(other, metric) for other in others]
-                seeds.append("n/a" if any(math.isnan(g) for g in gaps) else " / ".join(f"{g:+.3f}" for g in gaps))
+            seeds = [_gaps(run, metric) for run in runs]
             per_metric.append("; ".join(seeds) + (" (insufficient)" if metric in flagged else ""))
         bar.append(f"| {region} | " + " | ".join(per_metric) + " |")
     against = "untrained / channel statistics" + (

@@ -76,7 +76,12 @@ def test_cells_of_the_bar_count_sufficient_metrics_ahead_of_both_baselines():
     seed0["north"]["model"]["landuse_probe_macro_f1"] = 0.9
     seed1 = {"north": _run(0.6, 0.5, 0.7), "small": {"scored": False}}
     assert cells_met([seed0, seed1]) == (5, 2, 1)
-    assert "Cells of the bar met: 2 of 5 (ahead of both baselines; 1 with both" in tables([seed0, seed1])
+    text = tables([seed0, seed1])
+    assert "Cells of the bar met: 2 of 5 (ahead of both baselines; 1 with both" in text
+    bar = next(line for line in text.splitlines() if line.startswith("| north |") and "+0.300 / +0.100" in line)
+    balanced, probe = (cell.strip() for cell in bar.split("|")[2:4])
+    assert balanced == "+0.300 / +0.100; +0.100 / -0.100"  # intervals above 0, and a file without leads
+    assert probe == "+0.400 [-0.010, +0.010] / +0.400 [-0.010, +0.010]; +0.000 / +0.000"
 
 
 def test_own_region_cells_count_no_worse_and_behind_beyond_the_noise():
