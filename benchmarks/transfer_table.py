@@ -59,6 +59,13 @@ def embedders(run: dict) -> dict[str, dict]:
     return {**out, **{name: run["baselines"][name] for name in BASELINES if name in run["baselines"]}}
 
 
+def _lead(run: dict, against: str, metric: str) -> dict | None:
+    """The model's lead over ``against`` (a bar baseline, or ``"alone"``: R's own model) on one metric, with
+    its interval: from ``leads``, or ``lead_over_alone`` in own-region files; None where the file has none."""
+    leads = run.get("lead_over_alone") if against == "alone" else (run.get("leads") or {}).get(against)
+    return (leads or {}).get(metric)
+
+
 def _sufficient_cells(results: list[dict], value: Callable[[dict, str], float]) -> Iterator[tuple[dict, str, float]]:
     """(run, metric, value) of each scored region's sufficient bar metrics over the files, where ``value`` of
     the run and metric is a number."""
@@ -81,7 +88,7 @@ def cells_met(results: list[dict]) -> tuple[int, int, int]:
         cells += 1
         if all(model > _value(run["baselines"][b], metric) for b in BAR_BASELINES):
             met += 1
-            leads = [((run.get("leads") or {}).get(b) or {}).get(metric) for b in BAR_BASELINES]
+            leads = [_lead(run, b, metric) for b in BAR_BASELINES]
             clear += all(lead is not None and lead["low"] > 0 for lead in leads)
     return cells, met, clear
 
@@ -101,7 +108,7 @@ def own_cells(results: list[dict]) -> tuple[int, int, int]:
     for run, metric, gap in _sufficient_cells(results, _gap_to_alone):
         cells += 1
         no_worse += gap >= 0
-        lead = (run.get("lead_over_alone") or {}).get(metric)
+        lead = _lead(run, "alone", metric)
         behind += lead is not None and lead["high"] < 0
     return cells, no_worse, behind
 
@@ -117,10 +124,10 @@ def _gaps(run: dict, metric: str) -> str:
     """The model minus each bar baseline (and minus R's own model, in own-region files) on one metric, each
     with its interval where it reaches 0; ``n/a`` where a score is missing."""
     model = _value(run["model"], metric)
-    others = [(run["baselines"][b], (run.get("leads") or {}).get(b)) for b in BAR_BASELINES]
+    others = [(run["baselines"][b], b) for b in BAR_BASELINES]
     if "model_alone" in run:
-        others.append((run["model_alone"], run.get("lead_over_alone")))
-    gaps = [(model - _value(other, metric), (leads or {}).get(metric)) for other, leads in others]
+        others.append((run["model_alone"], "alone"))
+    gaps = [(model - _value(other, metric), _lead(run, against, metric)) for other, against in others]
     if any(math.isnan(gap) for gap, _ in gaps):
         return "n/a"
     return " / ".join(f"{gap:+.3f}{_interval(lead)}" for gap, lead in gaps)
